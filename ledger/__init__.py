@@ -1,0 +1,1 @@
+"""Event-sourced ledger of Stripe Connect seller transfers."""
