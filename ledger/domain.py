@@ -1,0 +1,466 @@
+"""The Transfer aggregate: a seller transfer whose status changes are events.
+
+Reads as a list of commands, each with its past-tense event. Commands validate
+(values, then the transition matrix) BEFORE any event exists, so a refusal
+appends nothing. Each event's `apply` only assigns state: it runs again on every
+replay, and the seller_transfers projection runs the very same `apply` against
+its row, so the read table cannot drift from the aggregate.
+
+No database, HTTP or Stripe code is imported here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from ledger import values
+from ledger.errors import IdempotencyConflict, InvalidInput, TransitionRefused
+from ledger.matrix import Status, can_transition
+
+# Transfer ids of created transfers derive from the order reference, so that
+# "create the transfer for order X" is idempotent across retries and processes.
+ORDER_NAMESPACE: Final = uuid5(NAMESPACE_URL, "urn:transfer-ledger:order")
+
+# The fields every status-bearing thing (the aggregate, a read-table row) has.
+STATE_FIELDS: Final = (
+    "seller_account_id",
+    "order_ref",
+    "amount",
+    "currency",
+    "status",
+    "retry_count",
+    "next_retry_at",
+    "stripe_transfer_id",
+    "amount_reversed",
+    "last_error",
+    "reversal_request_ref",
+    "reversal_amount",
+)
+
+
+def transfer_id_for_order(order_ref: str) -> UUID:
+    return uuid5(ORDER_NAMESPACE, order_ref)
+
+
+def event_ref(event: Aggregate.Event) -> str:
+    """The id of a stored event: its transfer and version, e.g. for `caused_by`."""
+    return f"{event.originator_id}:{event.originator_version}"
+
+
+class Transfer(Aggregate):
+    """One Stripe Connect transfer to a seller, from creation to a terminal status."""
+
+    if TYPE_CHECKING:
+        # State, assigned only by events' apply methods. Declared for type checkers
+        # only: at run time, class-level annotations would become __init__ params.
+        seller_account_id: str
+        order_ref: str
+        amount: int
+        currency: str
+        status: str
+        retry_count: int
+        next_retry_at: datetime | None
+        stripe_transfer_id: str | None
+        amount_reversed: int
+        last_error: str | None
+        reversal_request_ref: str | None
+        reversal_amount: int | None
+
+    class Event(Aggregate.Event):
+        """Every event says who or what caused it: a person, or `system:<component>`;
+        why, where a person acted; and the causing event, where there is one."""
+
+        actor: str
+        reason: str | None
+        caused_by: str | None
+
+    class Created(Event, Aggregate.Created):
+        seller_account_id: str
+        order_ref: str
+        amount: int
+        currency: str
+
+        def apply(self, transfer: Any) -> None:
+            transfer.seller_account_id = self.seller_account_id
+            transfer.order_ref = self.order_ref
+            transfer.amount = self.amount
+            transfer.currency = self.currency
+            transfer.status = Status.PENDING.value
+            transfer.retry_count = 0
+            transfer.next_retry_at = None
+            transfer.stripe_transfer_id = None
+            transfer.amount_reversed = 0
+            transfer.last_error = None
+            transfer.reversal_request_ref = None
+            transfer.reversal_amount = None
+
+    class Imported(Event, Aggregate.Created):
+        """The first event of a transfer brought over from the old mutable table:
+        it records the state the row had, whatever status that was."""
+
+        seller_account_id: str
+        order_ref: str
+        amount: int
+        currency: str
+        status: str
+        retry_count: int
+        next_retry_at: datetime | None
+        stripe_transfer_id: str | None
+        amount_reversed: int
+        last_error: str | None
+        source_updated_at: datetime | None
+
+        def apply(self, transfer: Any) -> None:
+            for field in STATE_FIELDS:
+                if field not in ("reversal_request_ref", "reversal_amount"):
+                    setattr(transfer, field, getattr(self, field))
+            transfer.reversal_request_ref = None
+            # A transfer imported mid-reversal is owed the rest of its amount.
+            transfer.reversal_amount = (
+                self.amount - self.amount_reversed
+                if self.status == Status.REVERSAL_PENDING
+                else None
+            )
+
+    class StatusChanged(Event):
+        """Base of the events that (may) move the status: they record both ends."""
+
+        from_status: str
+        to_status: str
+
+        def apply(self, transfer: Any) -> None:
+            transfer.status = self.to_status
+
+    class PayoutSucceeded(StatusChanged):
+        stripe_transfer_id: str
+
+        def apply(self, transfer: Any) -> None:
+            transfer.status = self.to_status
+            transfer.stripe_transfer_id = self.stripe_transfer_id
+            transfer.next_retry_at = None
+            transfer.last_error = None
+
+    class PayoutFailed(StatusChanged):
+        """A payout attempt failed; `next_retry_at` None means no retry is scheduled."""
+
+        error: str
+        next_retry_at: datetime | None
+
+        def apply(self, transfer: Any) -> None:
+            transfer.status = self.to_status
+            transfer.retry_count += 1
+            transfer.next_retry_at = self.next_retry_at
+            transfer.last_error = self.error
+
+    class PayoutPermanentlyFailed(StatusChanged):
+        error: str
+
+        def apply(self, transfer: Any) -> None:
+            transfer.status = self.to_status
+            transfer.next_retry_at = None
+            transfer.last_error = self.error
+
+    class ReversalRequested(StatusChanged):
+        request_ref: str
+        amount: int
+
+        def apply(self, transfer: Any) -> None:
+            transfer.status = self.to_status
+            transfer.reversal_request_ref = self.request_ref
+            transfer.reversal_amount = self.amount
+            # NULL = due now: the reversal worker picks it up on its first pass.
+            transfer.next_retry_at = None
+            transfer.retry_count = 0
+            transfer.last_error = None
+
+    class ReversalAttemptFailed(StatusChanged):
+        error: str
+        next_retry_at: datetime
+
+        def apply(self, transfer: Any) -> None:
+            transfer.status = self.to_status
+            transfer.retry_count += 1
+            transfer.next_retry_at = self.next_retry_at
+            transfer.last_error = self.error
+
+    class Reversed(StatusChanged):
+        stripe_reversal_id: str
+        amount_reversed: int
+
+        def apply(self, transfer: Any) -> None:
+            transfer.status = self.to_status
+            transfer.amount_reversed = self.amount_reversed
+            transfer.next_retry_at = None
+            transfer.last_error = None
+
+    class ReversalPermanentlyFailed(StatusChanged):
+        error: str
+
+        def apply(self, transfer: Any) -> None:
+            transfer.status = self.to_status
+            transfer.next_retry_at = None
+            transfer.last_error = self.error
+
+    class StatusSetByAdmin(StatusChanged):
+        def apply(self, transfer: Any) -> None:
+            transfer.status = self.to_status
+            # An operator's change cancels any scheduled retry: for `failed`,
+            # NULL next_retry_at means "no retry scheduled".
+            transfer.next_retry_at = None
+
+    # ----- creation -----------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        seller_account_id: str,
+        order_ref: str,
+        amount: int,
+        currency: str,
+        actor: str,
+    ) -> Transfer:
+        order_ref = values.text(order_ref, "order")
+        return cls._create(
+            cls.Created,
+            id=transfer_id_for_order(order_ref),
+            seller_account_id=values.seller_account_id(seller_account_id),
+            order_ref=order_ref,
+            amount=values.amount(amount),
+            currency=values.currency(currency),
+            actor=values.text(actor, "actor"),
+            reason=None,
+            caused_by=None,
+        )
+
+    @classmethod
+    def import_existing(
+        cls,
+        *,
+        transfer_id: UUID,
+        seller_account_id: str,
+        order_ref: str,
+        amount: int,
+        currency: str,
+        status: str,
+        retry_count: int,
+        next_retry_at: datetime | None,
+        stripe_transfer_id: str | None,
+        amount_reversed: int,
+        last_error: str | None,
+        source_updated_at: datetime | None,
+        actor: str,
+    ) -> Transfer:
+        amount = values.amount(amount)
+        if not 0 <= amount_reversed <= amount:
+            raise InvalidInput(
+                f"invalid amount_reversed {amount_reversed}: must be from 0 to the amount {amount}"
+            )
+        return cls._create(
+            cls.Imported,
+            id=transfer_id,
+            seller_account_id=values.seller_account_id(seller_account_id),
+            order_ref=values.text(order_ref, "order_ref"),
+            amount=amount,
+            currency=values.currency(currency),
+            status=values.status(status),
+            retry_count=values.non_negative_int(retry_count, "retry_count"),
+            next_retry_at=next_retry_at,
+            stripe_transfer_id=stripe_transfer_id,
+            amount_reversed=amount_reversed,
+            last_error=last_error,
+            source_updated_at=source_updated_at,
+            actor=values.text(actor, "actor"),
+            reason=None,
+            caused_by=None,
+        )
+
+    # ----- payout (processSellerTransfers, TransferRetryWorker) --------------
+
+    def record_payout_succeeded(
+        self, *, stripe_transfer_id: str, actor: str, caused_by: str | None
+    ) -> None:
+        if self.status == Status.COMPLETED and self.stripe_transfer_id == stripe_transfer_id:
+            return  # This outcome is already recorded: recording it again would duplicate it.
+        self._change_status(
+            self.PayoutSucceeded,
+            Status.COMPLETED,
+            actor=actor,
+            caused_by=caused_by,
+            stripe_transfer_id=values.text(stripe_transfer_id, "stripe transfer id"),
+        )
+
+    def record_payout_failed(
+        self,
+        *,
+        error: str,
+        next_retry_at: datetime | None,
+        actor: str,
+        caused_by: str | None,
+    ) -> None:
+        self._change_status(
+            self.PayoutFailed,
+            Status.FAILED,
+            actor=actor,
+            caused_by=caused_by,
+            error=values.text(error, "error"),
+            next_retry_at=next_retry_at,
+        )
+
+    def record_payout_permanently_failed(
+        self, *, error: str, actor: str, caused_by: str | None
+    ) -> None:
+        if self.status == Status.PERMANENTLY_FAILED:
+            return
+        self._change_status(
+            self.PayoutPermanentlyFailed,
+            Status.PERMANENTLY_FAILED,
+            actor=actor,
+            caused_by=caused_by,
+            error=values.text(error, "error"),
+        )
+
+    # ----- refund accounting (reverseSellerAccounting) ------------------------
+
+    def request_reversal(
+        self,
+        *,
+        request_ref: str,
+        amount: int | None,
+        actor: str,
+        reason: str | None,
+        caused_by: str | None = None,
+    ) -> bool:
+        """Ask for (part of) the transfer back. Returns False when this exact
+        request was already recorded (nothing appended), True when recorded now."""
+        request_ref = values.text(request_ref, "request")
+        outstanding = self.amount - self.amount_reversed
+        amount = outstanding if amount is None else values.amount(amount)
+        if self.reversal_request_ref == request_ref:
+            if self.reversal_amount != amount:
+                raise IdempotencyConflict(
+                    f"reversal request {request_ref!r} of transfer {self.id} was recorded"
+                    f" for {self.reversal_amount}, not {amount}"
+                )
+            return False
+        self._require_transition(Status.REVERSAL_PENDING)
+        if self.status == Status.REVERSAL_PENDING:
+            raise IdempotencyConflict(
+                f"transfer {self.id} already has reversal request "
+                f"{self.reversal_request_ref!r} pending"
+            )
+        if amount > outstanding:
+            raise InvalidInput(
+                f"invalid amount {amount}: transfer {self.id} has only {outstanding} to reverse"
+            )
+        self._change_status(
+            self.ReversalRequested,
+            Status.REVERSAL_PENDING,
+            actor=actor,
+            reason=reason,
+            caused_by=caused_by,
+            request_ref=request_ref,
+            amount=amount,
+        )
+        return True
+
+    # ----- reversal process manager (StripeReversalWorker) --------------------
+
+    def record_reversal_attempt_failed(
+        self, *, error: str, next_retry_at: datetime, actor: str, caused_by: str | None
+    ) -> None:
+        self._change_status(
+            self.ReversalAttemptFailed,
+            Status.REVERSAL_PENDING,
+            actor=actor,
+            caused_by=caused_by,
+            error=values.text(error, "error"),
+            next_retry_at=next_retry_at,
+        )
+
+    def record_reversed(
+        self, *, stripe_reversal_id: str, amount_reversed: int, actor: str, caused_by: str | None
+    ) -> None:
+        if self.status == Status.REVERSED:
+            return  # Already recorded; a second Reversed would be a duplicate outcome.
+        self._change_status(
+            self.Reversed,
+            Status.REVERSED,
+            actor=actor,
+            caused_by=caused_by,
+            stripe_reversal_id=values.text(stripe_reversal_id, "stripe reversal id"),
+            amount_reversed=values.non_negative_int(
+                amount_reversed, "amount_reversed", maximum=self.amount
+            ),
+        )
+
+    def record_reversal_permanently_failed(
+        self, *, error: str, actor: str, caused_by: str | None
+    ) -> None:
+        if self.status == Status.PERMANENTLY_FAILED:
+            return
+        self._change_status(
+            self.ReversalPermanentlyFailed,
+            Status.PERMANENTLY_FAILED,
+            actor=actor,
+            caused_by=caused_by,
+            error=values.text(error, "error"),
+        )
+
+    # ----- admin handler ------------------------------------------------------
+
+    def set_status_by_admin(self, to_status: str, *, actor: str, reason: str) -> None:
+        """Any matrix-legal change, by a named person with a reason.
+
+        To `reversal_pending` it records a full-amount ReversalRequested, so the
+        reversal process manager has the same work item as after a refund.
+        """
+        actor = values.text(actor, "actor")
+        reason = values.text(reason, "reason")
+        if not isinstance(to_status, str) or not to_status:
+            raise InvalidInput("invalid status: must not be empty")
+        self._require_transition(to_status)
+        if to_status == Status.REVERSAL_PENDING and self.status != Status.REVERSAL_PENDING:
+            self.request_reversal(
+                request_ref=f"admin:{self.id}:{self.version + 1}",
+                amount=None,
+                actor=actor,
+                reason=reason,
+            )
+            return
+        self._change_status(
+            self.StatusSetByAdmin, to_status, actor=actor, reason=reason, caused_by=None
+        )
+
+    # ----- the one place a status changes ------------------------------------
+
+    def _require_transition(self, to_status: str) -> None:
+        if not can_transition(self.status, to_status):
+            raise TransitionRefused(self.id, self.status, to_status)
+
+    def _change_status(
+        self,
+        event_class: type[StatusChanged],
+        to_status: str,
+        *,
+        actor: str,
+        caused_by: str | None,
+        reason: str | None = None,
+        **details: Any,
+    ) -> None:
+        # The matrix is checked before the event object exists: a refusal leaves
+        # no pending event behind, so a later save cannot append it by accident.
+        self._require_transition(to_status)
+        self.trigger_event(
+            event_class,
+            from_status=self.status,
+            to_status=str(to_status),
+            actor=values.text(actor, "actor"),
+            reason=reason,
+            caused_by=caused_by,
+            **details,
+        )

@@ -1,0 +1,43 @@
+"""The ledger's errors: tiny classes under one base, each saying what went wrong.
+
+The CLI maps them to the contract's exit codes; nothing here knows about exit codes.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger raises on purpose."""
+
+
+class InvalidInput(LedgerError, ValueError):
+    """A value or request is malformed or contradicts an earlier one.
+
+    A ValueError too, so validators (pydantic's among them) report it as bad input."""
+
+
+class IdempotencyConflict(InvalidInput):
+    """An idempotency key (order ref, reversal request ref) was reused with other values."""
+
+
+class TransitionRefused(LedgerError):
+    """The transition matrix does not allow this status change; nothing was appended."""
+
+    def __init__(self, transfer_id: object, from_status: str, to_status: str) -> None:
+        self.transfer_id = str(transfer_id)
+        self.from_status = from_status
+        self.to_status = to_status
+        super().__init__(
+            f"transition refused for transfer {self.transfer_id}: "
+            f"{from_status} -> {to_status} is not allowed by the transition matrix"
+        )
+
+
+class TransferNotFound(LedgerError):
+    def __init__(self, transfer_id: object) -> None:
+        self.transfer_id = str(transfer_id)
+        super().__init__(f"transfer not found: {self.transfer_id}")
+
+
+class NotMigrated(LedgerError):
+    """The database lacks migrations this version of the ledger needs."""
