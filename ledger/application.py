@@ -1,0 +1,195 @@
+"""The Transfers application: commands on Transfer aggregates, saved as events.
+
+Every status change in the product runs through `Transfers.change`, the one
+place that loads a transfer, runs a command on it (which consults the
+transition matrix) and saves what it decided, retrying when another process
+saved the same transfer first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from ledger.domain import Transfer, transfer_id_for_order
+from ledger.errors import IdempotencyConflict, LedgerError, TransferNotFound
+
+T = TypeVar("T")
+
+# How often a command is re-run when another writer saved the transfer first.
+SAVE_CONFLICT_RETRIES: Final = 5
+
+
+class ConcurrentUpdate(LedgerError):
+    """Other writers kept saving the same transfer; the command gave up."""
+
+
+@dataclass(frozen=True)
+class ImportRecord:
+    """One existing transfer to bring into the ledger (validated by the reader)."""
+
+    line: int
+    transfer_id: UUID
+    seller_account_id: str
+    order_ref: str
+    amount: int
+    currency: str
+    status: str
+    retry_count: int
+    next_retry_at: datetime | None
+    stripe_transfer_id: str | None
+    amount_reversed: int
+    last_error: str | None
+    source_updated_at: datetime | None
+
+    def same_as(self, event: Transfer.Imported) -> bool:
+        return all(
+            getattr(self, name) == getattr(event, name)
+            for name in (
+                "seller_account_id",
+                "order_ref",
+                "amount",
+                "currency",
+                "status",
+                "retry_count",
+                "next_retry_at",
+                "stripe_transfer_id",
+                "amount_reversed",
+                "last_error",
+            )
+        )
+
+
+class Transfers(Application[UUID]):
+    """Seller transfers as event-sourced aggregates."""
+
+    # Names the PostgreSQL events table: transfers_events.
+    name = "Transfers"
+
+    def get(self, transfer_id: UUID) -> Transfer:
+        try:
+            transfer: object = self.repository.get(transfer_id)
+        except AggregateNotFoundError:
+            raise TransferNotFound(transfer_id) from None
+        assert isinstance(transfer, Transfer)
+        return transfer
+
+    def change(self, transfer_id: UUID, command: Callable[[Transfer], T]) -> T:
+        """Run `command` on the current transfer and save the events it triggers.
+
+        A command that raises (refused transition, bad value) saves nothing. When
+        another process appended to the same transfer in the meantime, the save
+        conflicts and the command is re-run against the newer state, where the
+        matrix decides again.
+        """
+        for _ in range(SAVE_CONFLICT_RETRIES):
+            transfer = self.get(transfer_id)
+            result = command(transfer)
+            try:
+                self.save(transfer)
+            except IntegrityError:
+                continue
+            return result
+        raise ConcurrentUpdate(
+            f"transfer {transfer_id} kept changing under this command; try again"
+        )
+
+    def create_transfer(
+        self,
+        *,
+        seller_account_id: str,
+        order_ref: str,
+        amount: int,
+        currency: str,
+        actor: str,
+    ) -> tuple[UUID, bool]:
+        """Returns (id, created). The same order again with the same values
+        returns the first transfer's id; with other values it is refused."""
+        transfer = Transfer.create(
+            seller_account_id=seller_account_id,
+            order_ref=order_ref,
+            amount=amount,
+            currency=currency,
+            actor=actor,
+        )
+        try:
+            self.save(transfer)
+        except IntegrityError:
+            existing = self.get(transfer.id)
+            check_same_order(existing, transfer)
+            return existing.id, False
+        return transfer.id, True
+
+    def request_reversal(
+        self,
+        transfer_id: UUID,
+        *,
+        request_ref: str,
+        amount: int | None,
+        actor: str,
+        reason: str | None,
+    ) -> bool:
+        return self.change(
+            transfer_id,
+            lambda t: t.request_reversal(
+                request_ref=request_ref, amount=amount, actor=actor, reason=reason
+            ),
+        )
+
+    def set_status(self, transfer_id: UUID, to_status: str, *, actor: str, reason: str) -> None:
+        self.change(
+            transfer_id, lambda t: t.set_status_by_admin(to_status, actor=actor, reason=reason)
+        )
+
+    # ----- import -----------------------------------------------------------
+
+    def imported_event(self, transfer_id: UUID) -> Any:
+        """The first event of an existing transfer (to compare a re-import with)."""
+        for event in self.events.get(transfer_id, lte=1):
+            return event
+        raise TransferNotFound(transfer_id)
+
+    def save_imported(self, records: Sequence[ImportRecord], actor: str) -> None:
+        """Save one batch of new transfers in one append (one transaction)."""
+        transfers = [
+            Transfer.import_existing(
+                transfer_id=r.transfer_id,
+                seller_account_id=r.seller_account_id,
+                order_ref=r.order_ref,
+                amount=r.amount,
+                currency=r.currency,
+                status=r.status,
+                retry_count=r.retry_count,
+                next_retry_at=r.next_retry_at,
+                stripe_transfer_id=r.stripe_transfer_id,
+                amount_reversed=r.amount_reversed,
+                last_error=r.last_error,
+                source_updated_at=r.source_updated_at,
+                actor=actor,
+            )
+            for r in records
+        ]
+        self.save(*transfers)
+
+
+def check_same_order(existing: Transfer, requested: Transfer) -> None:
+    for name in ("seller_account_id", "order_ref", "amount", "currency"):
+        if getattr(existing, name) != getattr(requested, name):
+            raise IdempotencyConflict(
+                f"order {requested.order_ref!r} already has transfer {existing.id} with"
+                f" {name} {getattr(existing, name)!r}, not {getattr(requested, name)!r}"
+            )
+
+
+def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+__all__ = ["ConcurrentUpdate", "ImportRecord", "Transfers", "chunks", "transfer_id_for_order"]

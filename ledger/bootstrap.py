@@ -1,0 +1,205 @@
+"""The composition root: builds the ledger for one database URL.
+
+Only this module (and the CLI above it) names concrete adapters. `Ledger` runs
+each command, then brings the read table up to date before returning, so that a
+command's effect is visible in `seller_transfers` as soon as it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError
+
+from ledger import values
+from ledger.application import ImportRecord, Transfers, chunks
+from ledger.config import DatabaseConfig
+from ledger.domain import transfer_id_for_order
+from ledger.errors import IdempotencyConflict, InvalidInput, NotMigrated, TransferNotFound
+from ledger.migrate import Migration, apply_migrations, require_migrated
+from ledger.storage import Database
+from projections import seller_transfers
+from projections.seller_transfers import SellerTransfersProjection, TransferView
+
+IMPORT_BATCH_SIZE: Final = 2000
+CLI_ACTOR: Final = "system:cli"
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    imported: int
+    already_present: int
+
+
+class Ledger:
+    def __init__(self, config: DatabaseConfig, *, create_tables: bool = False) -> None:
+        self.config = config
+        self.transfers = Transfers(env=config.eventsourcing_env(create_tables=create_tables))
+        self.db = Database(self.transfers.recorder)
+        self.projection = SellerTransfersProjection(self.db, self.transfers.mapper.to_domain_event)
+
+    @classmethod
+    def open(cls, url: str) -> Ledger:
+        """For every command but `migrate`: refuses a database that is not migrated."""
+        config = DatabaseConfig.from_url(url)
+        if config.kind == "sqlite" and not Path(config.path).exists():
+            # Opening would create an empty file: say what is wrong instead.
+            raise NotMigrated(f"no ledger database at {config.path}: run `ledger migrate`")
+        ledger = cls(config)
+        try:
+            require_migrated(ledger.db)
+        except BaseException:
+            ledger.close()
+            raise
+        return ledger
+
+    def migrate(self) -> list[Migration]:
+        return apply_migrations(self.db)
+
+    def close(self) -> None:
+        self.transfers.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- commands -----------------------------------------------------------
+
+    def create_transfer(
+        self,
+        *,
+        seller_account_id: str,
+        order_ref: str,
+        amount: int,
+        currency: str,
+        actor: str = CLI_ACTOR,
+    ) -> tuple[UUID, bool]:
+        order_ref = values.text(order_ref, "order")
+        # An order imported from the old table has an id of its own; it is found
+        # through the read table (kept current by every command).
+        for existing in seller_transfers.find_by_order_ref(self.db, order_ref):
+            if existing.id != transfer_id_for_order(order_ref):
+                _check_same_order(existing, seller_account_id, amount, currency)
+                return existing.id, False
+        transfer_id, created = self.transfers.create_transfer(
+            seller_account_id=seller_account_id,
+            order_ref=order_ref,
+            amount=amount,
+            currency=currency,
+            actor=actor,
+        )
+        self.catch_up()
+        return transfer_id, created
+
+    def request_reversal(
+        self,
+        transfer_id: UUID,
+        *,
+        request_ref: str,
+        amount: int | None,
+        reason: str | None,
+        actor: str = CLI_ACTOR,
+    ) -> bool:
+        recorded = self.transfers.request_reversal(
+            transfer_id, request_ref=request_ref, amount=amount, actor=actor, reason=reason
+        )
+        self.catch_up()
+        return recorded
+
+    def set_status(self, transfer_id: UUID, to_status: str, *, actor: str, reason: str) -> None:
+        self.transfers.set_status(transfer_id, to_status, actor=actor, reason=reason)
+        self.catch_up()
+
+    def import_transfers(
+        self, records: Sequence[ImportRecord], actor: str = CLI_ACTOR
+    ) -> ImportResult:
+        """Save every record not yet in the ledger, in batches of one append each.
+
+        Ids already present are checked against what was imported then: the
+        same values append nothing; other values refuse the whole file before
+        anything is saved.
+        """
+        new: list[ImportRecord] = []
+        present = 0
+        for batch in chunks(records, IMPORT_BATCH_SIZE):
+            with self.db.transaction(write=False) as cursor:
+                existing = self.db.existing_aggregate_ids(
+                    cursor, [r.transfer_id for r in batch]
+                )
+            for record in batch:
+                if record.transfer_id in existing:
+                    self._check_reimport(record)
+                    present += 1
+                else:
+                    new.append(record)
+        for batch in chunks(new, IMPORT_BATCH_SIZE):
+            try:
+                self.transfers.save_imported(batch, actor)
+            except IntegrityError:
+                # Another import got some of these first: save the rest one by one.
+                present += self._save_individually(batch, actor)
+        self.catch_up()
+        return ImportResult(imported=len(records) - present, already_present=present)
+
+    def _save_individually(self, batch: Sequence[ImportRecord], actor: str) -> int:
+        present = 0
+        for record in batch:
+            try:
+                self.transfers.save_imported([record], actor)
+            except IntegrityError:
+                self._check_reimport(record)
+                present += 1
+        return present
+
+    def _check_reimport(self, record: ImportRecord) -> None:
+        event = self.transfers.imported_event(record.transfer_id)
+        if not (hasattr(event, "status") and record.same_as(event)):
+            raise IdempotencyConflict(
+                f"line {record.line}: transfer {record.transfer_id} is already in the"
+                " ledger with other values"
+            )
+
+    # ----- reads --------------------------------------------------------------
+
+    def catch_up(self) -> int:
+        return self.projection.catch_up()
+
+    def show(self, transfer_id: UUID) -> TransferView:
+        view = seller_transfers.get_transfer(self.db, transfer_id)
+        if view is None:
+            raise TransferNotFound(transfer_id)
+        return view
+
+    def list(self, status: str | None = None) -> list[TransferView]:
+        return seller_transfers.list_transfers(self.db, status)
+
+
+def _check_same_order(existing: TransferView, seller: str, amount: Any, currency: str) -> None:
+    requested = {
+        "seller_account_id": values.seller_account_id(seller),
+        "amount": values.amount(amount),
+        "currency": values.currency(currency),
+    }
+    for name, value in requested.items():
+        if getattr(existing, name) != value:
+            raise IdempotencyConflict(
+                f"order {existing.order_ref!r} already has transfer {existing.id} with"
+                f" {name} {getattr(existing, name)!r}, not {value!r}"
+            )
+
+
+def migrate_database(url: str) -> list[Migration]:
+    """Create the event store's tables (the library's) and apply our migrations."""
+    with Ledger(DatabaseConfig.from_url(url), create_tables=True) as ledger:
+        applied = ledger.migrate()
+        ledger.catch_up()
+        return applied
+
+
+__all__ = ["ImportResult", "InvalidInput", "Ledger", "migrate_database"]

@@ -1,0 +1,304 @@
+"""The `ledger` command line.
+
+Errors are one line on stderr and an exit code from the contract:
+0 ok; 2 bad input; 3 transition refused by the matrix; 4 transfer not found;
+1 anything else. Set LEDGER_DEBUG=1 to get a traceback for unexpected errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from eventsourcing.persistence import PersistenceError
+
+from ledger import matrix, values
+from ledger.bootstrap import CLI_ACTOR, Ledger, migrate_database
+from ledger.config import database_url
+from ledger.errors import InvalidInput, LedgerError, TransferNotFound, TransitionRefused
+from ledger.importing import parse_lines
+from projections.seller_transfers import TransferView
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
+EXIT_NOT_FOUND = 4
+
+
+class UsageError(Exception):
+    """argparse found the command line malformed."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints usage plus an error and exits; the contract wants one line
+    # and exit 2, raised so main() reports it like every other bad input.
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=None, separators=(", ", ": "))
+    sys.stdout.write("\n")
+
+
+def _show_text(view: TransferView) -> None:
+    data = view.as_json()
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        print(f"{key.ljust(width)}  {'' if value is None else value}")
+
+
+def _list_text(views: Sequence[TransferView]) -> None:
+    header = ("id", "status", "seller_account_id", "amount", "currency", "order_ref", "retries")
+    rows = [
+        (
+            str(v.id),
+            v.status,
+            v.seller_account_id,
+            str(v.amount),
+            v.currency,
+            v.order_ref,
+            str(v.retry_count),
+        )
+        for v in views
+    ]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(f"({len(rows)} transfer{'s' if len(rows) != 1 else ''})")
+
+
+# ----- commands ---------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    applied = migrate_database(args.database_url)
+    if args.json:
+        _print_json({"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
+    elif applied:
+        for m in applied:
+            print(f"applied {m.version:04d}_{m.name}")
+    else:
+        print("database is up to date")
+    return EXIT_OK
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    with Ledger.open(args.database_url) as ledger:
+        transfer_id, _created = ledger.create_transfer(
+            seller_account_id=values.seller_account_id(args.seller),
+            order_ref=args.order,
+            amount=values.amount(args.amount),
+            currency=values.currency(args.currency),
+            actor=args.actor,
+        )
+    if args.json:
+        _print_json({"id": str(transfer_id)})
+    else:
+        print(transfer_id)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    transfer_id = values.transfer_id(args.id)
+    with Ledger.open(args.database_url) as ledger:
+        view = ledger.show(transfer_id)
+    if args.json:
+        _print_json(view.as_json())
+    else:
+        _show_text(view)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    status = values.status(args.status) if args.status is not None else None
+    with Ledger.open(args.database_url) as ledger:
+        views = ledger.list(status)
+    if args.json:
+        _print_json([v.as_json() for v in views])
+    else:
+        _list_text(views)
+    return EXIT_OK
+
+
+def cmd_reverse(args: argparse.Namespace) -> int:
+    transfer_id = values.transfer_id(args.id)
+    amount = values.amount(args.amount) if args.amount is not None else None
+    reason = values.text(args.reason, "reason")
+    with Ledger.open(args.database_url) as ledger:
+        request_ref = args.request
+        if request_ref is None:
+            # Without --request every call is a new request; the transfer's own
+            # state then refuses a second one while the first is pending.
+            request_ref = f"cli:{transfer_id}:{ledger.transfers.get(transfer_id).version + 1}"
+        recorded = ledger.request_reversal(
+            transfer_id, request_ref=request_ref, amount=amount, reason=reason, actor=args.actor
+        )
+        view = ledger.show(transfer_id)
+    if args.json:
+        _print_json({"id": str(transfer_id), "recorded": recorded, "status": view.status})
+    else:
+        note = "reversal requested" if recorded else "reversal already requested; nothing appended"
+        print(f"{transfer_id} {view.status} ({note})")
+    return EXIT_OK
+
+
+def cmd_set_status(args: argparse.Namespace) -> int:
+    transfer_id = values.transfer_id(args.id)
+    status = values.status(args.status)
+    actor = values.text(args.actor, "actor")
+    reason = values.text(args.reason, "reason")
+    with Ledger.open(args.database_url) as ledger:
+        ledger.set_status(transfer_id, status, actor=actor, reason=reason)
+        view = ledger.show(transfer_id)
+    if args.json:
+        _print_json(view.as_json())
+    else:
+        print(f"{transfer_id} {view.status}")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise InvalidInput(f"cannot read {args.file}: {error.strerror}") from None
+    lines: list[str] = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInput(f"line {number}: not valid UTF-8") from None
+    records = parse_lines(lines)
+    with Ledger.open(args.database_url) as ledger:
+        result = ledger.import_transfers(records, actor=args.actor)
+    if args.json:
+        _print_json({"imported": result.imported, "already_present": result.already_present})
+    else:
+        print(f"imported {result.imported}, already present {result.already_present}")
+    return EXIT_OK
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    print(matrix.render_mermaid() if args.format == "mermaid" else matrix.render_table())
+    return EXIT_OK
+
+
+# ----- parser -----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--database-url",
+        default=None,
+        help="overrides LEDGER_DATABASE_URL (default sqlite:///ledger.db)",
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+    parser = _Parser(prog="ledger", description="Event-sourced ledger of seller transfers.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(
+        group: Any, name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add(commands, "migrate", cmd_migrate, "apply migrations; safe to run again")
+
+    transfer = commands.add_parser("transfer", help="create, inspect and change transfers")
+    transfer_commands = transfer.add_subparsers(
+        dest="transfer_command", required=True, parser_class=_Parser
+    )
+
+    create = add(transfer_commands, "create", cmd_create, "new pending transfer; prints its id")
+    create.add_argument("--seller", required=True, help="connected account, acct_...")
+    create.add_argument("--amount", required=True, help="minor units, e.g. 1250 for 12.50")
+    create.add_argument("--currency", required=True, help="ISO code, e.g. usd")
+    create.add_argument("--order", required=True, help="order reference (idempotency key)")
+    create.add_argument("--actor", default=CLI_ACTOR)
+
+    show = add(transfer_commands, "show", cmd_show, "current state of one transfer")
+    show.add_argument("id")
+
+    listing = add(transfer_commands, "list", cmd_list, "rows of the read table")
+    listing.add_argument("--status")
+
+    reverse = add(
+        transfer_commands, "reverse", cmd_reverse, "completed -> reversal_pending (after a refund)"
+    )
+    reverse.add_argument("id")
+    reverse.add_argument("--reason", required=True)
+    reverse.add_argument("--amount", help="minor units; default the whole outstanding amount")
+    reverse.add_argument("--request", help="refund/request reference (idempotency key)")
+    reverse.add_argument("--actor", default=CLI_ACTOR)
+
+    set_status = add(
+        transfer_commands, "set-status", cmd_set_status, "admin change through the matrix"
+    )
+    set_status.add_argument("id")
+    set_status.add_argument("status")
+    set_status.add_argument("--actor", required=True, help="who is making the change")
+    set_status.add_argument("--reason", required=True, help="why")
+
+    importing = add(
+        transfer_commands, "import", cmd_import, "bulk-load existing transfers (JSON Lines)"
+    )
+    importing.add_argument("file")
+    importing.add_argument("--actor", default=CLI_ACTOR)
+
+    matrix_cmd = add(commands, "matrix", cmd_matrix, "print the transition matrix")
+    matrix_cmd.add_argument("--format", choices=("table", "mermaid"), default="table")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.database_url is None:
+            args.database_url = database_url()
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except UsageError as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
+    except TransitionRefused as error:
+        return _fail(str(error), EXIT_REFUSED)
+    except TransferNotFound as error:
+        return _fail(str(error), EXIT_NOT_FOUND)
+    except InvalidInput as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
+    except LedgerError as error:
+        return _fail(str(error), EXIT_FAILURE)
+    except PersistenceError as error:
+        # The message is the driver's; it names the problem, never the password.
+        return _fail(f"database error: {_first_line(str(error))}", EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_FAILURE)
+    except Exception as error:
+        if os.environ.get("LEDGER_DEBUG"):
+            traceback.print_exc()
+        return _fail(f"internal error: {type(error).__name__}: {_first_line(str(error))}", 1)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "(no message)"
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"ledger: error: {_first_line(message)}", file=sys.stderr)
+    return code
+
+
+def main() -> NoReturn:
+    sys.exit(run())

@@ -1,0 +1,119 @@
+"""Configuration from the environment (flags may override): database URL, retry policy."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final, Literal
+from urllib.parse import unquote, urlsplit
+
+from ledger.errors import InvalidInput
+
+DEFAULT_DATABASE_URL: Final = "sqlite:///ledger.db"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where everything lives: events, the read table, tracking positions."""
+
+    kind: Literal["sqlite", "postgresql"]
+    # sqlite: the file path. postgresql: connection parameters.
+    path: str = ""
+    host: str = ""
+    port: int = 5432
+    user: str = ""
+    password: str = ""
+    dbname: str = ""
+
+    @classmethod
+    def from_url(cls, url: str) -> DatabaseConfig:
+        """`sqlite:///relative.db`, `sqlite:////absolute.db`, or
+        `postgresql://user:pass@host:port/db`."""
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///") :]
+            if not path or path.endswith("/"):
+                raise InvalidInput(f"invalid database URL {url!r}: names no file")
+            return cls(kind="sqlite", path=path)
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme in ("postgresql", "postgres"):
+            parts = urlsplit(url)
+            try:
+                port = parts.port or 5432
+            except ValueError:
+                raise InvalidInput("invalid database URL: bad port") from None
+            dbname = unquote(parts.path.lstrip("/"))
+            if not parts.hostname or not dbname or not parts.username:
+                raise InvalidInput(
+                    "invalid database URL: expected postgresql://user:pass@host:port/db"
+                )
+            return cls(
+                kind="postgresql",
+                host=parts.hostname,
+                port=port,
+                user=unquote(parts.username),
+                password=unquote(parts.password or ""),
+                dbname=dbname,
+            )
+        # Never echo the URL here: it may carry a password.
+        raise InvalidInput(
+            "invalid database URL: expected sqlite:///PATH or postgresql://user:pass@host:port/db"
+        )
+
+    def eventsourcing_env(self, *, create_tables: bool) -> dict[str, str]:
+        """The eventsourcing library's settings for this database."""
+        if self.kind == "sqlite":
+            return {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": self.path,
+                "SQLITE_LOCK_TIMEOUT": "30",
+                "CREATE_TABLE": "y" if create_tables else "n",
+            }
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": self.dbname,
+            "POSTGRES_HOST": self.host,
+            "POSTGRES_PORT": str(self.port),
+            "POSTGRES_USER": self.user,
+            "POSTGRES_PASSWORD": self.password,
+            "POSTGRES_POOL_SIZE": "2",
+            "POSTGRES_MAX_OVERFLOW": "4",
+            "POSTGRES_CONNECT_TIMEOUT": "10",
+            # Appends take an EXCLUSIVE table lock; wait for it rather than fail fast.
+            "POSTGRES_LOCK_TIMEOUT": "30",
+            "CREATE_TABLE": "y" if create_tables else "n",
+        }
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, capped; after max_attempts, give up."""
+
+    max_attempts: int = 8
+    base: timedelta = timedelta(seconds=30)
+    maximum: timedelta = timedelta(hours=6)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> RetryPolicy:
+        def number(name: str, default: float) -> float:
+            raw = environ.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise InvalidInput(f"invalid {name} {raw!r}: expected a number") from None
+            if value <= 0:
+                raise InvalidInput(f"invalid {name} {raw!r}: must be positive")
+            return value
+
+        return cls(
+            max_attempts=int(number("LEDGER_MAX_ATTEMPTS", 8)),
+            base=timedelta(seconds=number("LEDGER_RETRY_BASE_SECONDS", 30)),
+            maximum=timedelta(seconds=number("LEDGER_RETRY_MAX_SECONDS", 6 * 3600)),
+        )
+
+
+def database_url(environ: Mapping[str, str] = os.environ) -> str:
+    return environ.get("LEDGER_DATABASE_URL") or DEFAULT_DATABASE_URL

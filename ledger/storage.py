@@ -1,0 +1,243 @@
+"""One small interface over the two databases the ledger runs on.
+
+The event store is the eventsourcing library's recorder; this module lends its
+connection pool to the ledger's own SQL (read table, tracking positions,
+migrations) so that everything lives in one database and a projection can
+write its rows and its tracking position in one transaction.
+
+SQL in the ledger is written once with `?` placeholders and rewritten to
+`%s` for psycopg; the few real dialect differences (time values, the events
+table's shape, how a writer takes its lock) are methods here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+Row = dict[str, Any]
+Dialect = Literal["sqlite", "postgresql"]
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    def fetchone(self) -> Row | None: ...
+    def fetchall(self) -> list[Row]: ...
+    @property
+    def rowcount(self) -> int: ...
+
+
+class _SQLiteCursor:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._cursor.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._cursor.executemany(sql, rows)
+
+    def fetchone(self) -> Row | None:
+        row = self._cursor.fetchone()
+        return None if row is None else dict(row)
+
+    def fetchall(self) -> list[Row]:
+        return [dict(row) for row in self._cursor.fetchall()]
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+
+class _PostgresCursor:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._cursor.execute(self._sql(sql), params or None)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._cursor.executemany(self._sql(sql), rows)
+
+    def fetchone(self) -> Row | None:
+        row = self._cursor.fetchone()
+        return None if row is None else dict(row)
+
+    def fetchall(self) -> list[Row]:
+        return [dict(row) for row in self._cursor.fetchall()]
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+
+class Database:
+    """The ledger's view of its one database: transactions, time values, events table."""
+
+    def __init__(self, recorder: object) -> None:
+        if isinstance(recorder, SQLiteApplicationRecorder):
+            self.dialect: Dialect = "sqlite"
+            self._sqlite: SQLiteDatastore = recorder.datastore
+            # The SQLite recorder stores the notification id in the rowid.
+            self.events_table = recorder.events_table_name
+            self.notification_id_column = "rowid"
+        elif isinstance(recorder, PostgresApplicationRecorder):
+            self.dialect = "postgresql"
+            self._postgres: PostgresDatastore = recorder.datastore
+            self.events_table = recorder.events_table_name
+            self.notification_id_column = "notification_id"
+        else:  # pragma: no cover - only the two recorders are configured
+            raise TypeError(f"unsupported recorder {type(recorder).__name__}")
+
+    # ----- transactions -----------------------------------------------------
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Cursor]:
+        """A transaction that commits on success and rolls back on any error.
+
+        On SQLite a writing transaction starts with BEGIN IMMEDIATE: it takes the
+        write lock up front, so two processes never both read and then fail to
+        upgrade to writing (SQLITE_BUSY in the middle of a projection batch).
+        """
+        if self.dialect == "sqlite":
+            with self._sqlite.get_connection(commit=write) as conn:
+                raw = conn.cursor()
+                raw.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield _SQLiteCursor(raw.sqlite_cursor)
+                except BaseException:
+                    conn.rollback()
+                    raise
+                if write:
+                    conn.commit()
+                else:
+                    conn.rollback()
+        else:
+            with (
+                self._postgres.get_connection() as pg_conn,
+                pg_conn.transaction(force_rollback=not write),
+                pg_conn.cursor() as cursor,
+            ):
+                yield _PostgresCursor(cursor)
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Cursor]:
+        """Statements that must run outside a transaction (CREATE INDEX CONCURRENTLY)."""
+        if self.dialect == "sqlite":
+            with self._sqlite.get_connection(commit=True) as conn:
+                yield _SQLiteCursor(conn.cursor().sqlite_cursor)
+        else:
+            with self._postgres.get_connection() as pg_conn, pg_conn.cursor() as cursor:
+                yield _PostgresCursor(cursor)
+
+    @contextmanager
+    def exclusive_session(self, key: int) -> Iterator[None]:
+        """Let one process at a time through (migrations), across processes.
+
+        PostgreSQL: a session advisory lock held on a connection of its own, so
+        that it spans statements that must run outside any transaction. SQLite:
+        nothing to do; every writing transaction holds its single write lock.
+        """
+        if self.dialect == "sqlite":
+            yield
+            return
+        with self._postgres.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                yield
+            finally:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def table_exists(self, cursor: Cursor, name: str) -> bool:
+        if self.dialect == "sqlite":
+            cursor.execute(
+                "SELECT 1 AS found FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+            )
+        else:
+            cursor.execute("SELECT 1 AS found WHERE to_regclass(?) IS NOT NULL", (name,))
+        return cursor.fetchone() is not None
+
+    # ----- values -----------------------------------------------------------
+
+    def to_db_time(self, value: datetime | None) -> Any:
+        if value is None or self.dialect == "postgresql":
+            return value
+        # Fixed-width UTC ISO text: compares correctly as a string in SQLite.
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+    def from_db_time(self, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            return value.astimezone(UTC)
+        return datetime.fromisoformat(str(value)).astimezone(UTC)
+
+    def to_db_id(self, value: UUID) -> Any:
+        return value if self.dialect == "postgresql" else str(value)
+
+    def to_events_id(self, value: UUID) -> Any:
+        # The SQLite recorder stores originator ids as hex without hyphens.
+        return value if self.dialect == "postgresql" else value.hex
+
+    # ----- the event log ----------------------------------------------------
+
+    def select_stored_events_after(
+        self, cursor: Cursor, position: int, limit: int
+    ) -> list[tuple[int, StoredEvent]]:
+        """Stored events with notification id > position, in order, read in the
+        caller's transaction (so what is read and what is written agree)."""
+        cursor.execute(
+            f"SELECT {self.notification_id_column} AS notification_id, originator_id,"
+            f" originator_version, topic, state FROM {self.events_table}"
+            f" WHERE {self.notification_id_column} > ?"
+            f" ORDER BY {self.notification_id_column} LIMIT ?",
+            (position, limit),
+        )
+        return [
+            (
+                int(row["notification_id"]),
+                StoredEvent(
+                    originator_id=(
+                        row["originator_id"]
+                        if isinstance(row["originator_id"], UUID)
+                        else UUID(row["originator_id"])
+                    ),
+                    originator_version=int(row["originator_version"]),
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                ),
+            )
+            for row in cursor.fetchall()
+        ]
+
+    def existing_aggregate_ids(self, cursor: Cursor, ids: Sequence[UUID]) -> set[UUID]:
+        """Which of these ids already have events (for idempotent imports)."""
+        if not ids:
+            return set()
+        if self.dialect == "postgresql":
+            cursor.execute(
+                f"SELECT originator_id FROM {self.events_table}"
+                " WHERE originator_id = ANY(?) AND originator_version = 1",
+                (list(ids),),
+            )
+            return {row["originator_id"] for row in cursor.fetchall()}
+        placeholders = ",".join("?" * len(ids))
+        cursor.execute(
+            f"SELECT originator_id FROM {self.events_table}"
+            f" WHERE originator_id IN ({placeholders}) AND originator_version = 1",
+            [i.hex for i in ids],
+        )
+        return {UUID(row["originator_id"]) for row in cursor.fetchall()}

@@ -1,0 +1,1 @@
+"""Numbered plain-SQL migrations, one folder per database; see README.md here."""

@@ -1,0 +1,310 @@
+"""The `seller_transfers` read table, projected from the ledger's events.
+
+Exactly-once: each batch reads the events after this projection's tracking
+position, upserts the rows they change, and moves the position, all in ONE
+transaction. The tracking row is locked first, so concurrent projectors (CLI
+commands, daemons) take turns instead of double-applying.
+
+Each row also carries the aggregate version it reflects, and an upsert only
+replaces an older version: replays and overlaps cannot move a row backwards.
+
+The row's state comes from running each event's own `apply` (the same method
+that evolves the aggregate) against a plain row object, so the read table and
+the aggregate cannot disagree about what an event means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+from uuid import UUID
+
+from eventsourcing.domain import CanMutateAggregate
+from eventsourcing.persistence import StoredEvent
+
+from ledger.domain import STATE_FIELDS, Transfer
+from ledger.storage import Cursor, Database, Row
+
+TABLE: Final = "seller_transfers"
+TRACKING_NAME: Final = "seller_transfers"
+DEFAULT_BATCH_SIZE: Final = 5000
+
+COLUMNS: Final = ("id", *STATE_FIELDS, "version", "created_at", "updated_at")
+
+# The fields of `transfer show --json` (and of one line of `transfer import`).
+PUBLIC_FIELDS: Final = (
+    "id",
+    "status",
+    "seller_account_id",
+    "order_ref",
+    "amount",
+    "currency",
+    "retry_count",
+    "next_retry_at",
+    "stripe_transfer_id",
+    "amount_reversed",
+    "last_error",
+    "reversal_request_ref",
+    "reversal_amount",
+    "version",
+    "created_at",
+    "updated_at",
+)
+
+
+class ProjectionError(Exception):
+    """The event log and the read table disagree in a way replay cannot explain."""
+
+
+class TransferRow:
+    """A read-table row as a mutable object that events can `apply` to."""
+
+    id: UUID
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    def as_params(self, db: Database) -> list[Any]:
+        params: list[Any] = []
+        for column in COLUMNS:
+            value = getattr(self, column)
+            if column == "id":
+                value = db.to_db_id(value)
+            elif isinstance(value, datetime):
+                value = db.to_db_time(value)
+            params.append(value)
+        return params
+
+
+@dataclass(frozen=True)
+class TransferView:
+    """A row of the read table as the CLI and workers see it."""
+
+    id: UUID
+    status: str
+    seller_account_id: str
+    order_ref: str
+    amount: int
+    currency: str
+    retry_count: int
+    next_retry_at: datetime | None
+    stripe_transfer_id: str | None
+    amount_reversed: int
+    last_error: str | None
+    reversal_request_ref: str | None
+    reversal_amount: int | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, db: Database, row: Row) -> TransferView:
+        fields = {name: row[name] for name in PUBLIC_FIELDS}
+        fields["id"] = row["id"] if isinstance(row["id"], UUID) else UUID(row["id"])
+        for name in ("next_retry_at", "created_at", "updated_at"):
+            fields[name] = db.from_db_time(row[name])
+        return cls(**fields)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in PUBLIC_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, UUID):
+                value = str(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat().replace("+00:00", "Z")
+            out[name] = value
+        return out
+
+
+class SellerTransfersProjection:
+    """Keeps a seller_transfers table in step with the event log.
+
+    `table` and `tracking_name` are parameters so that a rebuild can project
+    the same events into a fresh table with a tracking position of its own.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        decode: Callable[[StoredEvent], Any],
+        *,
+        table: str = TABLE,
+        tracking_name: str = TRACKING_NAME,
+    ) -> None:
+        self.db = db
+        self.decode = decode
+        self.table = table
+        self.tracking_name = tracking_name
+        assignments = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "id")
+        self._upsert_sql = (
+            f"INSERT INTO {table} ({', '.join(COLUMNS)})"
+            f" VALUES ({', '.join('?' * len(COLUMNS))})"
+            f" ON CONFLICT (id) DO UPDATE SET {assignments}"
+            # The version guard: never replace a row with an older picture of it.
+            f" WHERE {table}.version < excluded.version"
+        )
+
+    # ----- driving the projection ------------------------------------------
+
+    def catch_up(self, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+        """Project every event recorded so far; returns how many were processed."""
+        total = 0
+        while True:
+            processed = self.process_batch(batch_size)
+            total += processed
+            if processed < batch_size:
+                return total
+
+    def process_batch(self, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+        with self.db.transaction(write=True) as cursor:
+            position = self._lock_position(cursor)
+            batch = self.db.select_stored_events_after(cursor, position, batch_size)
+            if not batch:
+                return 0
+            events = [(nid, self.decode(stored)) for nid, stored in batch]
+            self._apply(cursor, [e for _, e in events])
+            cursor.execute(
+                "UPDATE projection_tracking SET position = ? WHERE name = ?",
+                (events[-1][0], self.tracking_name),
+            )
+            return len(events)
+
+    def position(self) -> int:
+        with self.db.transaction(write=False) as cursor:
+            cursor.execute(
+                "SELECT position FROM projection_tracking WHERE name = ?", (self.tracking_name,)
+            )
+            row = cursor.fetchone()
+            return 0 if row is None else int(row["position"])
+
+    def _lock_position(self, cursor: Cursor) -> int:
+        suffix = " FOR UPDATE" if self.db.dialect == "postgresql" else ""
+        cursor.execute(
+            f"SELECT position FROM projection_tracking WHERE name = ?{suffix}",
+            (self.tracking_name,),
+        )
+        row = cursor.fetchone()
+        if row is None:
+            cursor.execute(
+                "INSERT INTO projection_tracking (name, position) VALUES (?, 0)",
+                (self.tracking_name,),
+            )
+            return 0
+        return int(row["position"])
+
+    # ----- events to rows ---------------------------------------------------
+
+    def _apply(self, cursor: Cursor, events: Sequence[CanMutateAggregate[UUID]]) -> None:
+        rows: dict[UUID, TransferRow] = {}
+        needed = {
+            e.originator_id
+            for e in events
+            if not isinstance(e, (Transfer.Created, Transfer.Imported))
+        }
+        rows.update(self._load_rows(cursor, needed))
+        for event in events:
+            row = rows.get(event.originator_id)
+            if row is not None and row.version >= event.originator_version:
+                continue  # Already reflected (the version guard, on the read side).
+            if row is None:
+                if not isinstance(event, (Transfer.Created, Transfer.Imported)):
+                    raise ProjectionError(
+                        f"{type(event).__qualname__} v{event.originator_version} of"
+                        f" transfer {event.originator_id} has no row to apply to"
+                    )
+                row = TransferRow(id=event.originator_id, created_at=event.timestamp)
+                rows[event.originator_id] = row
+            elif row.version != event.originator_version - 1:
+                raise ProjectionError(
+                    f"transfer {event.originator_id}: row is at v{row.version},"
+                    f" next event is v{event.originator_version}"
+                )
+            event.apply(row)
+            row.version = event.originator_version
+            row.updated_at = event.timestamp
+        cursor.executemany(self._upsert_sql, [row.as_params(self.db) for row in rows.values()])
+
+    def _load_rows(self, cursor: Cursor, ids: set[UUID]) -> dict[UUID, TransferRow]:
+        loaded: dict[UUID, TransferRow] = {}
+        id_list = list(ids)
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            placeholders = ", ".join("?" * len(chunk))
+            cursor.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM {self.table} WHERE id IN ({placeholders})",
+                [self.db.to_db_id(i) for i in chunk],
+            )
+            for raw in cursor.fetchall():
+                row = TransferRow(**raw)
+                row.id = raw["id"] if isinstance(raw["id"], UUID) else UUID(raw["id"])
+                row.__dict__["next_retry_at"] = self.db.from_db_time(raw["next_retry_at"])
+                row.created_at = self.db.from_db_time(raw["created_at"]) or row.created_at
+                row.updated_at = self.db.from_db_time(raw["updated_at"]) or row.updated_at
+                loaded[row.id] = row
+        return loaded
+
+
+# ----- queries the CLI and the workers use ------------------------------------
+
+
+def get_transfer(db: Database, transfer_id: UUID, table: str = TABLE) -> TransferView | None:
+    with db.transaction(write=False) as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM {table} WHERE id = ?", (db.to_db_id(transfer_id),)
+        )
+        row = cursor.fetchone()
+    return None if row is None else TransferView.from_row(db, row)
+
+
+def list_transfers(
+    db: Database, status: str | None = None, table: str = TABLE
+) -> list[TransferView]:
+    where, params = ("WHERE status = ?", [status]) if status else ("", [])
+    with db.transaction(write=False) as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM {table} {where} ORDER BY created_at, id", params
+        )
+        rows = cursor.fetchall()
+    return [TransferView.from_row(db, row) for row in rows]
+
+
+def find_by_order_ref(db: Database, order_ref: str, table: str = TABLE) -> list[TransferView]:
+    with db.transaction(write=False) as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM {table} WHERE order_ref = ?", (order_ref,)
+        )
+        rows = cursor.fetchall()
+    return [TransferView.from_row(db, row) for row in rows]
+
+
+# The reversal worker's due query, as the seed wrote it; `now` is a parameter
+# so that one clock (the daemon's) decides what is due, on SQLite as on
+# PostgreSQL, and tests can move it. Served by idx_seller_transfers_reversal_pending.
+DUE_REVERSALS_SQL: Final = (
+    "SELECT id FROM seller_transfers"
+    " WHERE status = 'reversal_pending'"
+    " AND (next_retry_at IS NULL OR next_retry_at <= ?)"
+    " ORDER BY next_retry_at NULLS FIRST"
+    " LIMIT ?"
+)
+
+# The payout retry worker's due query. Served by idx_seller_transfers_retry.
+DUE_PAYOUT_RETRIES_SQL: Final = (
+    "SELECT id FROM seller_transfers"
+    " WHERE status = 'failed' AND next_retry_at IS NOT NULL AND next_retry_at <= ?"
+    " ORDER BY next_retry_at"
+    " LIMIT ?"
+)
+
+
+def due_ids(db: Database, query: str, now: datetime, limit: int) -> list[UUID]:
+    with db.transaction(write=False) as cursor:
+        cursor.execute(query, (db.to_db_time(now), limit))
+        rows = cursor.fetchall()
+    return [r["id"] if isinstance(r["id"], UUID) else UUID(r["id"]) for r in rows]
