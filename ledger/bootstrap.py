@@ -8,6 +8,7 @@ command's effect is visible in `seller_transfers` as soon as it returns.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -138,12 +139,27 @@ class Ledger:
                     present += 1
                 else:
                     new.append(record)
-        for batch in chunks(new, IMPORT_BATCH_SIZE):
-            try:
-                self.transfers.save_imported(batch, actor)
-            except IntegrityError:
-                # Another import got some of these first: save the rest one by one.
-                present += self._save_individually(batch, actor)
+        # Each batch is projected as soon as it is saved, from memory when nobody
+        # else wrote in between, on a second thread: while it waits on the
+        # database the next batch is being built and appended. One worker keeps
+        # the batches in order; the catch_up below covers whatever was skipped.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-projection") as pool:
+            projected: list[Future[bool]] = []
+            for batch in chunks(new, IMPORT_BATCH_SIZE):
+                try:
+                    recordings = self.transfers.save_imported(batch, actor)
+                except IntegrityError:
+                    # Another import got some of these first: save the rest one by one.
+                    present += self._save_individually(batch, actor)
+                    continue
+                projected.append(
+                    pool.submit(
+                        self.projection.process_recorded,
+                        [(r.notification.id, r.domain_event) for r in recordings],
+                    )
+                )
+            for future in projected:
+                future.result()  # Re-raises a projection error here, in order.
         self.catch_up()
         return ImportResult(imported=len(records) - present, already_present=present)
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, HasOriginatorIDVersion
 
 from ledger import values
 from ledger.errors import IdempotencyConflict, InvalidInput, TransitionRefused
@@ -46,7 +46,7 @@ def transfer_id_for_order(order_ref: str) -> UUID:
     return uuid5(ORDER_NAMESPACE, order_ref)
 
 
-def event_ref(event: Aggregate.Event) -> str:
+def event_ref(event: HasOriginatorIDVersion[Any]) -> str:
     """The id of a stored event: its transfer and version, e.g. for `caused_by`."""
     return f"{event.originator_id}:{event.originator_version}"
 

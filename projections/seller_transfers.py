@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, Final
 from uuid import UUID
 
@@ -54,6 +55,9 @@ PUBLIC_FIELDS: Final = (
 )
 
 
+_COLUMN_VALUES: Final = attrgetter(*COLUMNS)
+
+
 class ProjectionError(Exception):
     """The event log and the read table disagree in a way replay cannot explain."""
 
@@ -69,16 +73,14 @@ class TransferRow:
     def __init__(self, **fields: Any) -> None:
         self.__dict__.update(fields)
 
-    def as_params(self, db: Database) -> list[Any]:
-        params: list[Any] = []
-        for column in COLUMNS:
-            value = getattr(self, column)
-            if column == "id":
-                value = db.to_db_id(value)
-            elif isinstance(value, datetime):
-                value = db.to_db_time(value)
-            params.append(value)
-        return params
+    def as_params(self, db: Database) -> Sequence[Any]:
+        values = _COLUMN_VALUES(self)
+        if db.dialect == "postgresql":
+            return values  # psycopg adapts UUIDs and datetimes itself.
+        return [
+            str(v) if isinstance(v, UUID) else db.to_db_time(v) if isinstance(v, datetime) else v
+            for v in values
+        ]
 
 
 @dataclass(frozen=True)
@@ -169,11 +171,36 @@ class SellerTransfersProjection:
                 return 0
             events = [(nid, self.decode(stored)) for nid, stored in batch]
             self._apply(cursor, [e for _, e in events])
-            cursor.execute(
-                "UPDATE projection_tracking SET position = ? WHERE name = ?",
-                (events[-1][0], self.tracking_name),
-            )
+            self._set_position(cursor, events[-1][0])
             return len(events)
+
+    def _set_position(self, cursor: Cursor, position: int) -> None:
+        cursor.execute(
+            "UPDATE projection_tracking SET position = ? WHERE name = ?",
+            (position, self.tracking_name),
+        )
+
+    def process_recorded(self, recorded: Sequence[tuple[int, Any]]) -> bool:
+        """Project events this process has just recorded, without reading them back.
+
+        Only when they are exactly the next events after the tracking position
+        (nobody else wrote in between); returns False otherwise, and the caller
+        falls back to `catch_up`, which reads the log. Bulk imports take this
+        path: decoding events back from the store would cost as much as the
+        rest of the import.
+        """
+        if not recorded:
+            return True
+        with self.db.transaction(write=True) as cursor:
+            position = self._lock_position(cursor)
+            first, last = recorded[0][0], recorded[-1][0]
+            if first <= position or self.db.count_events_between(
+                cursor, position, last
+            ) != len(recorded):
+                return False
+            self._apply(cursor, [event for _, event in recorded])
+            self._set_position(cursor, last)
+            return True
 
     def position(self) -> int:
         with self.db.transaction(write=False) as cursor:

@@ -1,0 +1,106 @@
+"""Writers racing on one transfer: the matrix decides again on the newer state,
+and nothing is appended twice."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from ledger.bootstrap import Ledger, migrate_database
+from ledger.domain import Transfer
+from ledger.errors import TransitionRefused
+
+
+@pytest.fixture
+def two_ledgers(database_url: str) -> Iterator[tuple[Ledger, Ledger]]:
+    migrate_database(database_url)
+    with Ledger.open(database_url) as first, Ledger.open(database_url) as second:
+        yield first, second
+
+
+def event_types(ledger: Ledger, transfer_id: object) -> list[str]:
+    return [type(e).__name__ for e in ledger.transfers.events.get(transfer_id)]  # type: ignore[arg-type]
+
+
+def test_a_command_that_lost_a_race_is_rerun_against_the_winners_state(
+    two_ledgers: tuple[Ledger, Ledger],
+) -> None:
+    first, second = two_ledgers
+    transfer_id, _ = first.create_transfer(
+        seller_account_id="acct_1", order_ref="o-1", amount=100, currency="usd"
+    )
+    first.set_status(transfer_id, "completed", actor="alice", reason="paid by hand")
+    raced = False
+
+    def reverse_after_a_rival_does(transfer: Transfer) -> bool:
+        nonlocal raced
+        if not raced:
+            raced = True
+            # A rival process records a refund after we loaded the transfer...
+            second.request_reversal(
+                transfer_id, request_ref="refund-A", amount=None, reason="refund"
+            )
+        # ...so our save conflicts, and on the re-run the same request is
+        # recognised as already recorded.
+        return transfer.request_reversal(
+            request_ref="refund-A", amount=None, actor="system:test", reason="refund"
+        )
+
+    recorded = first.transfers.change(transfer_id, reverse_after_a_rival_does)
+    assert recorded is False
+    assert event_types(first, transfer_id).count("ReversalRequested") == 1
+
+
+def test_a_raced_change_that_becomes_illegal_is_refused_and_appends_nothing(
+    two_ledgers: tuple[Ledger, Ledger],
+) -> None:
+    first, second = two_ledgers
+    transfer_id, _ = first.create_transfer(
+        seller_account_id="acct_1", order_ref="o-1", amount=100, currency="usd"
+    )
+    raced = False
+
+    def fail_after_a_rival_completes(transfer: Transfer) -> None:
+        nonlocal raced
+        if not raced:
+            raced = True
+            second.set_status(transfer_id, "completed", actor="bob", reason="paid")
+        transfer.set_status_by_admin("failed", actor="alice", reason="bounced")
+
+    with pytest.raises(TransitionRefused, match="completed -> failed"):
+        first.transfers.change(transfer_id, fail_after_a_rival_completes)
+    assert event_types(first, transfer_id) == ["Created", "StatusSetByAdmin"]
+
+
+def test_the_same_order_created_at_once_by_several_processes_is_one_transfer(
+    database_url: str,
+) -> None:
+    migrate_database(database_url)
+    ids: list[object] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def create() -> None:
+        try:
+            with Ledger.open(database_url) as ledger:
+                barrier.wait(timeout=30)
+                ids.append(
+                    ledger.create_transfer(
+                        seller_account_id="acct_1", order_ref="o-1", amount=100, currency="usd"
+                    )[0]
+                )
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert len(set(ids)) == 1 and len(ids) == 4
+    with Ledger.open(database_url) as ledger:
+        assert event_types(ledger, ids[0]) == ["Created"]
+        assert len(ledger.list()) == 1

@@ -1,0 +1,199 @@
+"""Migrations: the schema they produce, applied once, the same whether the
+runner or a person with the plain SQL files applies them."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import psycopg
+import pytest
+
+from ledger.bootstrap import Ledger, migrate_database
+from ledger.config import DatabaseConfig
+from ledger.errors import NotMigrated
+from ledger.migrate import available_migrations
+from tests.postgres_server import create_database
+
+# What `ledger migrate` must leave behind, per dialect: (column, type, not null).
+EXPECTED_COLUMNS = {
+    "postgresql": [
+        ("id", "uuid", True),
+        ("seller_account_id", "text", True),
+        ("order_ref", "text", True),
+        ("amount", "bigint", True),
+        ("currency", "text", True),
+        ("status", "text", True),
+        ("retry_count", "integer", True),
+        ("next_retry_at", "timestamp with time zone", False),
+        ("stripe_transfer_id", "text", False),
+        ("amount_reversed", "bigint", True),
+        ("last_error", "text", False),
+        ("reversal_request_ref", "text", False),
+        ("reversal_amount", "bigint", False),
+        ("version", "integer", True),
+        ("created_at", "timestamp with time zone", True),
+        ("updated_at", "timestamp with time zone", True),
+    ],
+    "sqlite": [
+        ("id", "TEXT", False),  # PRIMARY KEY; SQLite reports notnull only when declared
+        ("seller_account_id", "TEXT", True),
+        ("order_ref", "TEXT", True),
+        ("amount", "INTEGER", True),
+        ("currency", "TEXT", True),
+        ("status", "TEXT", True),
+        ("retry_count", "INTEGER", True),
+        ("next_retry_at", "TEXT", False),
+        ("stripe_transfer_id", "TEXT", False),
+        ("amount_reversed", "INTEGER", True),
+        ("last_error", "TEXT", False),
+        ("reversal_request_ref", "TEXT", False),
+        ("reversal_amount", "INTEGER", False),
+        ("version", "INTEGER", True),
+        ("created_at", "TEXT", True),
+        ("updated_at", "TEXT", True),
+    ],
+}
+
+# The partial indexes, names and predicates exactly as the seed has them.
+EXPECTED_INDEXES = {
+    "postgresql": {
+        "idx_seller_transfers_retry": (
+            "CREATE INDEX idx_seller_transfers_retry ON public.seller_transfers"
+            " USING btree (status, next_retry_at)"
+            " WHERE ((status = 'failed'::text) AND (next_retry_at IS NOT NULL))"
+        ),
+        "idx_seller_transfers_reversal_pending": (
+            "CREATE INDEX idx_seller_transfers_reversal_pending ON public.seller_transfers"
+            " USING btree (status, next_retry_at) WHERE (status = 'reversal_pending'::text)"
+        ),
+        "idx_seller_transfers_order_ref": (
+            "CREATE INDEX idx_seller_transfers_order_ref ON public.seller_transfers"
+            " USING btree (order_ref)"
+        ),
+        "seller_transfers_pkey": (
+            "CREATE UNIQUE INDEX seller_transfers_pkey ON public.seller_transfers"
+            " USING btree (id)"
+        ),
+    },
+    "sqlite": {
+        "idx_seller_transfers_retry": (
+            "CREATE INDEX idx_seller_transfers_retry ON seller_transfers (status, next_retry_at)"
+            " WHERE status = 'failed' AND next_retry_at IS NOT NULL"
+        ),
+        "idx_seller_transfers_reversal_pending": (
+            "CREATE INDEX idx_seller_transfers_reversal_pending"
+            " ON seller_transfers (status, next_retry_at) WHERE status = 'reversal_pending'"
+        ),
+        "idx_seller_transfers_order_ref": (
+            "CREATE INDEX idx_seller_transfers_order_ref ON seller_transfers (order_ref)"
+        ),
+    },
+}
+
+
+def _normalise(sql: str) -> str:
+    return " ".join(sql.replace("IF NOT EXISTS ", "").split())
+
+
+def describe(url: str) -> dict[str, Any]:
+    """The read table's columns and indexes, as the database reports them."""
+    config = DatabaseConfig.from_url(url)
+    if config.kind == "sqlite":
+        with sqlite3.connect(config.path) as conn:
+            columns = [
+                (name, type_, bool(notnull))
+                for _, name, type_, notnull, _, _ in conn.execute(
+                    "PRAGMA table_info(seller_transfers)"
+                )
+            ]
+            indexes = {
+                name: _normalise(sql)
+                for name, sql in conn.execute(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+                    " AND tbl_name = 'seller_transfers' AND sql IS NOT NULL"
+                )
+            }
+        return {"columns": columns, "indexes": indexes}
+    with psycopg.connect(url) as pg:
+        columns = [
+            (name, type_, nullable == "NO")
+            for name, type_, nullable in pg.execute(
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+                " WHERE table_name = 'seller_transfers' ORDER BY ordinal_position"
+            )
+        ]
+        indexes = {
+            name: _normalise(sql)
+            for name, sql in pg.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'seller_transfers'"
+            )
+        }
+        invalid = pg.execute(
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE c.relname LIKE '%seller_transfers%' AND NOT i.indisvalid"
+        ).fetchone()
+        assert invalid == (0,), "an index was left INVALID"
+    return {"columns": columns, "indexes": indexes}
+
+
+def test_migrated_schema_is_the_expected_one(database_url: str) -> None:
+    migrate_database(database_url)
+    dialect = DatabaseConfig.from_url(database_url).kind
+    schema = describe(database_url)
+    assert schema["columns"] == EXPECTED_COLUMNS[dialect]
+    assert schema["indexes"] == {
+        name: _normalise(sql) for name, sql in EXPECTED_INDEXES[dialect].items()
+    }
+
+
+def test_migrate_applies_each_migration_once_and_records_it(database_url: str) -> None:
+    first = migrate_database(database_url)
+    second = migrate_database(database_url)
+    assert [m.version for m in first] == [1, 2, 3]
+    assert second == []
+    with Ledger.open(database_url) as ledger, ledger.db.transaction(write=False) as cursor:
+        cursor.execute("SELECT version, name FROM ledger_migrations ORDER BY version")
+        recorded = [(row["version"], row["name"]) for row in cursor.fetchall()]
+    assert recorded == [
+        (1, "seller_transfers"),
+        (2, "idx_seller_transfers_retry"),
+        (3, "idx_seller_transfers_reversal_pending"),
+    ]
+
+
+def test_index_migrations_on_postgresql_build_concurrently_outside_a_transaction() -> None:
+    for migration in available_migrations("postgresql"):
+        creates_index_on_live_table = migration.version > 1
+        if creates_index_on_live_table:
+            assert not migration.in_transaction
+            creates = [s for s in migration.statements() if s.startswith("CREATE INDEX")]
+            assert creates and all("CONCURRENTLY" in s for s in creates)
+
+
+@pytest.mark.postgres
+def test_plain_sql_files_applied_by_hand_give_the_same_schema_as_the_runner(
+    postgres_admin_url: str, postgres_url: str
+) -> None:
+    """A DBA applying the files with psql, in order, gets what `ledger migrate` builds."""
+    migrate_database(postgres_url)
+    by_hand = create_database(postgres_admin_url, "by_hand_" + postgres_url.rsplit("_", 1)[-1])
+    with psycopg.connect(by_hand, autocommit=True) as pg:
+        for migration in available_migrations("postgresql"):
+            if migration.in_transaction:
+                with pg.transaction():
+                    pg.execute(migration.sql.encode())
+            else:
+                for statement in migration.statements():
+                    pg.execute(statement.encode())
+    assert describe(by_hand) == describe(postgres_url)
+
+
+def test_commands_refuse_a_database_that_is_not_migrated(database_url: str) -> None:
+    config = DatabaseConfig.from_url(database_url)
+    if config.kind == "sqlite":
+        # Creating the event store's table alone is not enough.
+        ledger = Ledger(config, create_tables=True)
+        ledger.close()
+    with pytest.raises(NotMigrated, match="ledger migrate"):
+        Ledger.open(database_url)
