@@ -91,7 +91,7 @@ def test_the_same_order_created_at_once_by_several_processes_is_one_transfer(
                         seller_account_id="acct_1", order_ref="o-1", amount=100, currency="usd"
                     )[0]
                 )
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=create) for _ in range(4)]

@@ -73,8 +73,11 @@ def load_rows(ledger: Ledger, rows: list[dict[str, Any]]) -> None:
             f" VALUES ({', '.join('?' * len(COLUMNS))})",
             [
                 [
-                    ledger.db.to_db_id(r[c]) if c == "id" else
-                    ledger.db.to_db_time(r[c]) if isinstance(r[c], datetime) else r[c]
+                    ledger.db.to_db_id(r[c])
+                    if c == "id"
+                    else ledger.db.to_db_time(r[c])
+                    if isinstance(r[c], datetime)
+                    else r[c]
                     for c in COLUMNS
                 ]
                 for r in rows
@@ -103,7 +106,9 @@ def test_due_reversals_are_first_pass_rows_then_retries_that_came_due(database_u
         found = due_ids(ledger.db, DUE_REVERSALS_SQL, NOW, limit=10_000)
     expected = expected_due_reversals(rows, 10_000)
     assert set(found) == set(expected)
-    first_pass = {r["id"] for r in rows if r["status"] == "reversal_pending" and not r["next_retry_at"]}
+    first_pass = {
+        r["id"] for r in rows if r["status"] == "reversal_pending" and not r["next_retry_at"]
+    }
     # Every first-pass row comes before every retry row.
     positions = [i for i, f in enumerate(found) if f in first_pass]
     assert positions == list(range(len(first_pass)))
@@ -153,9 +158,7 @@ def test_postgresql_serves_the_due_queries_from_their_partial_indexes(
         load_rows(ledger, skewed_rows(50_000))
     with psycopg.connect(postgres_url, autocommit=True) as pg:
         pg.execute("ANALYZE seller_transfers")
-        plan = pg.execute(
-            "EXPLAIN (FORMAT JSON) " + query.replace("?", "%s"), (NOW, 20)
-        ).fetchone()
+        plan = pg.execute("EXPLAIN (FORMAT JSON) " + query.replace("?", "%s"), (NOW, 20)).fetchone()
     assert plan is not None
     assert index in _index_names(plan[0]), plan[0]
 

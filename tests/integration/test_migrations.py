@@ -72,8 +72,7 @@ EXPECTED_INDEXES = {
             " USING btree (order_ref)"
         ),
         "seller_transfers_pkey": (
-            "CREATE UNIQUE INDEX seller_transfers_pkey ON public.seller_transfers"
-            " USING btree (id)"
+            "CREATE UNIQUE INDEX seller_transfers_pkey ON public.seller_transfers USING btree (id)"
         ),
     },
     "sqlite": {

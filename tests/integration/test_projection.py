@@ -72,7 +72,9 @@ def test_replaying_the_whole_log_again_changes_no_row(ledger: Ledger) -> None:
     # Rewind the tracking position: every event is offered again, and the
     # version guard must leave each row as it is.
     with ledger.db.transaction(write=True) as cursor:
-        cursor.execute("UPDATE projection_tracking SET position = 0 WHERE name = 'seller_transfers'")
+        cursor.execute(
+            "UPDATE projection_tracking SET position = 0 WHERE name = 'seller_transfers'"
+        )
     assert ledger.catch_up() == max_notification_id(ledger)
     assert table(ledger) == before
 
@@ -85,7 +87,10 @@ def test_a_batch_that_fails_midway_writes_neither_rows_nor_position(ledger: Ledg
     for i in range(4):
         ledger.transfers.save(
             Transfer.create(
-                seller_account_id="acct_9", order_ref=f"late-{i}", amount=5, currency="usd",
+                seller_account_id="acct_9",
+                order_ref=f"late-{i}",
+                amount=5,
+                currency="usd",
                 actor="system:test",
             )
         )
@@ -128,7 +133,10 @@ def test_concurrent_projectors_apply_each_event_exactly_once(database_url: str) 
         ids = []
         for i in range(60):
             transfer = Transfer.create(
-                seller_account_id="acct_7", order_ref=f"o-{i}", amount=100, currency="usd",
+                seller_account_id="acct_7",
+                order_ref=f"o-{i}",
+                amount=100,
+                currency="usd",
                 actor="system:test",
             )
             transfer.set_status_by_admin("failed", actor="alice", reason="bounced")
@@ -146,7 +154,7 @@ def test_concurrent_projectors_apply_each_event_exactly_once(database_url: str) 
             with Ledger.open(database_url) as ledger:
                 barrier.wait(timeout=30)
                 processed.append(ledger.projection.catch_up(batch_size=7))
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=project) for _ in range(3)]
@@ -172,12 +180,18 @@ def test_events_recorded_here_are_projected_from_memory_only_when_nothing_came_b
     # Someone else's event, not yet projected...
     ledger.transfers.save(
         Transfer.create(
-            seller_account_id="acct_2", order_ref="o-2", amount=20, currency="usd",
+            seller_account_id="acct_2",
+            order_ref="o-2",
+            amount=20,
+            currency="usd",
             actor="system:test",
         )
     )
     mine = Transfer.create(
-        seller_account_id="acct_3", order_ref="o-3", amount=30, currency="usd",
+        seller_account_id="acct_3",
+        order_ref="o-3",
+        amount=30,
+        currency="usd",
         actor="system:test",
     )
     recordings = ledger.transfers.save(mine)
@@ -188,7 +202,10 @@ def test_events_recorded_here_are_projected_from_memory_only_when_nothing_came_b
     assert ledger.catch_up() == 2
     # Now mine are next in line: projected from memory.
     again = Transfer.create(
-        seller_account_id="acct_4", order_ref="o-4", amount=40, currency="usd",
+        seller_account_id="acct_4",
+        order_ref="o-4",
+        amount=40,
+        currency="usd",
         actor="system:test",
     )
     recordings = ledger.transfers.save(again)
