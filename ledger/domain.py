@@ -42,6 +42,11 @@ STATE_FIELDS: Final = (
 )
 
 
+# The stages whose outcomes the process managers record.
+_AWAITING_PAYOUT: Final = frozenset({Status.PENDING.value, Status.FAILED.value})
+_AWAITING_REVERSAL: Final = frozenset({Status.REVERSAL_PENDING.value})
+
+
 def transfer_id_for_order(order_ref: str) -> UUID:
     return uuid5(ORDER_NAMESPACE, order_ref)
 
@@ -256,9 +261,15 @@ class Transfer(Aggregate):
         actor: str,
     ) -> Transfer:
         amount = values.amount(amount)
-        if not 0 <= amount_reversed <= amount:
+        amount_reversed = values.non_negative_int(amount_reversed, "amount_reversed")
+        if amount_reversed > amount:
             raise InvalidInput(
                 f"invalid amount_reversed {amount_reversed}: must be from 0 to the amount {amount}"
+            )
+        if status == Status.REVERSAL_PENDING and amount_reversed == amount:
+            raise InvalidInput(
+                "invalid amount_reversed: a reversal_pending transfer must have something"
+                " left to reverse"
             )
         return cls._create(
             cls.Imported,
@@ -289,6 +300,7 @@ class Transfer(Aggregate):
         self._change_status(
             self.PayoutSucceeded,
             Status.COMPLETED,
+            applies_to=_AWAITING_PAYOUT,
             actor=actor,
             caused_by=caused_by,
             stripe_transfer_id=values.text(stripe_transfer_id, "stripe transfer id"),
@@ -305,6 +317,7 @@ class Transfer(Aggregate):
         self._change_status(
             self.PayoutFailed,
             Status.FAILED,
+            applies_to=_AWAITING_PAYOUT,
             actor=actor,
             caused_by=caused_by,
             error=values.text(error, "error"),
@@ -319,6 +332,7 @@ class Transfer(Aggregate):
         self._change_status(
             self.PayoutPermanentlyFailed,
             Status.PERMANENTLY_FAILED,
+            applies_to=_AWAITING_PAYOUT,
             actor=actor,
             caused_by=caused_by,
             error=values.text(error, "error"),
@@ -338,16 +352,25 @@ class Transfer(Aggregate):
         """Ask for (part of) the transfer back. Returns False when this exact
         request was already recorded (nothing appended), True when recorded now."""
         request_ref = values.text(request_ref, "request")
-        outstanding = self.amount - self.amount_reversed
-        amount = outstanding if amount is None else values.amount(amount)
+        if amount is not None:
+            amount = values.amount(amount)
+        if reason is not None:
+            reason = values.text(reason, "reason")
         if self.reversal_request_ref == request_ref:
-            if self.reversal_amount != amount:
+            # The same request again (a retried refund handler): nothing to do,
+            # unless it now names another amount, which is a caller's bug.
+            if amount is not None and amount != self.reversal_amount:
                 raise IdempotencyConflict(
                     f"reversal request {request_ref!r} of transfer {self.id} was recorded"
                     f" for {self.reversal_amount}, not {amount}"
                 )
             return False
         self._require_transition(Status.REVERSAL_PENDING)
+        outstanding = self.amount - self.amount_reversed
+        if outstanding <= 0:
+            raise InvalidInput(f"transfer {self.id} has nothing left to reverse")
+        if amount is None:
+            amount = outstanding
         if self.status == Status.REVERSAL_PENDING:
             raise IdempotencyConflict(
                 f"transfer {self.id} already has reversal request "
@@ -376,6 +399,7 @@ class Transfer(Aggregate):
         self._change_status(
             self.ReversalAttemptFailed,
             Status.REVERSAL_PENDING,
+            applies_to=_AWAITING_REVERSAL,
             actor=actor,
             caused_by=caused_by,
             error=values.text(error, "error"),
@@ -390,6 +414,7 @@ class Transfer(Aggregate):
         self._change_status(
             self.Reversed,
             Status.REVERSED,
+            applies_to=_AWAITING_REVERSAL,
             actor=actor,
             caused_by=caused_by,
             stripe_reversal_id=values.text(stripe_reversal_id, "stripe reversal id"),
@@ -406,6 +431,7 @@ class Transfer(Aggregate):
         self._change_status(
             self.ReversalPermanentlyFailed,
             Status.PERMANENTLY_FAILED,
+            applies_to=_AWAITING_REVERSAL,
             actor=actor,
             caused_by=caused_by,
             error=values.text(error, "error"),
@@ -450,11 +476,23 @@ class Transfer(Aggregate):
         actor: str,
         caused_by: str | None,
         reason: str | None = None,
+        applies_to: frozenset[str] | None = None,
         **details: Any,
     ) -> None:
         # The matrix is checked before the event object exists: a refusal leaves
         # no pending event behind, so a later save cannot append it by accident.
         self._require_transition(to_status)
+        # A process manager's outcome also belongs to one stage of the lifecycle:
+        # "reversal attempt failed" on a completed transfer is legal for the
+        # matrix (completed -> reversal_pending) but not a reversal outcome.
+        if applies_to is not None and self.status not in applies_to:
+            raise TransitionRefused(
+                self.id,
+                self.status,
+                to_status,
+                because=f"{event_class.__name__} applies only to"
+                f" {' or '.join(sorted(applies_to))} transfers",
+            )
         self.trigger_event(
             event_class,
             from_status=self.status,

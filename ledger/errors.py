@@ -23,13 +23,16 @@ class IdempotencyConflict(InvalidInput):
 class TransitionRefused(LedgerError):
     """The transition matrix does not allow this status change; nothing was appended."""
 
-    def __init__(self, transfer_id: object, from_status: str, to_status: str) -> None:
+    def __init__(
+        self, transfer_id: object, from_status: str, to_status: str, *, because: str = ""
+    ) -> None:
         self.transfer_id = str(transfer_id)
         self.from_status = from_status
         self.to_status = to_status
+        why = because or "is not allowed by the transition matrix"
         super().__init__(
-            f"transition refused for transfer {self.transfer_id}: "
-            f"{from_status} -> {to_status} is not allowed by the transition matrix"
+            f"transition refused for transfer {self.transfer_id}:"
+            f" {from_status} -> {to_status} {why}"
         )
 
 

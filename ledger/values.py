@@ -60,7 +60,9 @@ def currency(value: object) -> str:
 def amount(value: object, field: str = "amount") -> int:
     """An amount of minor units (cents), 1 to 999,999,999,999. Never a float."""
     if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value)
+        # Bounded before int(): Python refuses to parse over 4,300 digits, and
+        # anything past 15 is out of range anyway.
+        value = int(value) if len(value) <= 15 else MAX_AMOUNT + 1
     if isinstance(value, int) and not isinstance(value, bool):
         if MIN_AMOUNT <= value <= MAX_AMOUNT:
             return value
