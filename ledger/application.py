@@ -46,6 +46,8 @@ class ImportRecord:
     stripe_transfer_id: str | None
     amount_reversed: int
     last_error: str | None
+    reversal_request_ref: str | None
+    reversal_amount: int | None
     source_updated_at: datetime | None
 
     def same_as(self, event: Transfer.Imported) -> bool:
@@ -62,8 +64,9 @@ class ImportRecord:
                 "stripe_transfer_id",
                 "amount_reversed",
                 "last_error",
+                "reversal_request_ref",
             )
-        )
+        ) and self.reversal_amount in (None, event.reversal_amount)
 
 
 class Transfers(Application[UUID]):
@@ -177,6 +180,8 @@ class Transfers(Application[UUID]):
                 stripe_transfer_id=r.stripe_transfer_id,
                 amount_reversed=r.amount_reversed,
                 last_error=r.last_error,
+                reversal_request_ref=r.reversal_request_ref,
+                reversal_amount=r.reversal_amount,
                 source_updated_at=r.source_updated_at,
                 actor=actor,
             )

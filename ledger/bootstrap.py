@@ -22,7 +22,7 @@ from ledger.config import DatabaseConfig
 from ledger.domain import transfer_id_for_order
 from ledger.errors import IdempotencyConflict, InvalidInput, NotMigrated, TransferNotFound
 from ledger.migrate import Migration, apply_migrations, require_migrated
-from ledger.storage import Database
+from ledger.storage import Database, check_postgres_reachable
 from projections import seller_transfers
 from projections.seller_transfers import SellerTransfersProjection, TransferView
 
@@ -38,6 +38,14 @@ class ImportResult:
 
 class Ledger:
     def __init__(self, config: DatabaseConfig, *, create_tables: bool = False) -> None:
+        if config.kind == "postgresql":
+            check_postgres_reachable(
+                host=config.host,
+                port=config.port,
+                user=config.user,
+                password=config.password,
+                dbname=config.dbname,
+            )
         self.config = config
         self.transfers = Transfers(env=config.eventsourcing_env(create_tables=create_tables))
         self.db = Database(self.transfers.recorder)

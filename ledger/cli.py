@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import psycopg
 from eventsourcing.persistence import PersistenceError
 
 from ledger import matrix, values
@@ -280,7 +282,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error), EXIT_BAD_INPUT)
     except LedgerError as error:
         return _fail(str(error), EXIT_FAILURE)
-    except PersistenceError as error:
+    except (PersistenceError, sqlite3.Error, psycopg.Error) as error:
         # The message is the driver's; it names the problem, never the password.
         return _fail(f"database error: {_first_line(str(error))}", EXIT_FAILURE)
     except KeyboardInterrupt:

@@ -1,11 +1,10 @@
-"""Configuration from the environment (flags may override): database URL, retry policy."""
+"""Configuration from the environment (flags may override): where the database is."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Final, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -84,35 +83,6 @@ class DatabaseConfig:
             "POSTGRES_LOCK_TIMEOUT": "30",
             "CREATE_TABLE": "y" if create_tables else "n",
         }
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter, capped; after max_attempts, give up."""
-
-    max_attempts: int = 8
-    base: timedelta = timedelta(seconds=30)
-    maximum: timedelta = timedelta(hours=6)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> RetryPolicy:
-        def number(name: str, default: float) -> float:
-            raw = environ.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise InvalidInput(f"invalid {name} {raw!r}: expected a number") from None
-            if value <= 0:
-                raise InvalidInput(f"invalid {name} {raw!r}: must be positive")
-            return value
-
-        return cls(
-            max_attempts=int(number("LEDGER_MAX_ATTEMPTS", 8)),
-            base=timedelta(seconds=number("LEDGER_RETRY_BASE_SECONDS", 30)),
-            maximum=timedelta(seconds=number("LEDGER_RETRY_MAX_SECONDS", 6 * 3600)),
-        )
 
 
 def database_url(environ: Mapping[str, str] = os.environ) -> str:

@@ -51,6 +51,34 @@ def transfer_id_for_order(order_ref: str) -> UUID:
     return uuid5(ORDER_NAMESPACE, order_ref)
 
 
+def imported_reversal_amount(
+    *, status: str, amount: int, amount_reversed: int, reversal_amount: int | None
+) -> int | None:
+    """The cross-field rules of an imported transfer's state; returns the
+    reversal amount to record (a transfer imported mid-reversal without one is
+    owed the rest of its amount). The import reader applies these too, so a
+    file is refused before anything in it is saved."""
+    if amount_reversed > amount:
+        raise InvalidInput(f"invalid amount_reversed {amount_reversed}: exceeds amount {amount}")
+    if reversal_amount is not None:
+        reversal_amount = values.amount(reversal_amount, "reversal_amount")
+    if status != Status.REVERSAL_PENDING:
+        return reversal_amount
+    outstanding = amount - amount_reversed
+    if outstanding == 0:
+        raise InvalidInput(
+            "invalid amount_reversed: a reversal_pending transfer must have something left"
+            " to reverse"
+        )
+    if reversal_amount is None:
+        return outstanding
+    if reversal_amount > outstanding:
+        raise InvalidInput(
+            f"invalid reversal_amount {reversal_amount}: only {outstanding} is left to reverse"
+        )
+    return reversal_amount
+
+
 def event_ref(event: HasOriginatorIDVersion[Any]) -> str:
     """The id of a stored event: its transfer and version, e.g. for `caused_by`."""
     return f"{event.originator_id}:{event.originator_version}"
@@ -117,19 +145,13 @@ class Transfer(Aggregate):
         stripe_transfer_id: str | None
         amount_reversed: int
         last_error: str | None
+        reversal_request_ref: str | None
+        reversal_amount: int | None
         source_updated_at: datetime | None
 
         def apply(self, transfer: Any) -> None:
             for field in STATE_FIELDS:
-                if field not in ("reversal_request_ref", "reversal_amount"):
-                    setattr(transfer, field, getattr(self, field))
-            transfer.reversal_request_ref = None
-            # A transfer imported mid-reversal is owed the rest of its amount.
-            transfer.reversal_amount = (
-                self.amount - self.amount_reversed
-                if self.status == Status.REVERSAL_PENDING
-                else None
-            )
+                setattr(transfer, field, getattr(self, field))
 
     class StatusChanged(Event):
         """Base of the events that (may) move the status: they record both ends."""
@@ -259,18 +281,20 @@ class Transfer(Aggregate):
         last_error: str | None,
         source_updated_at: datetime | None,
         actor: str,
+        reversal_request_ref: str | None = None,
+        reversal_amount: int | None = None,
     ) -> Transfer:
         amount = values.amount(amount)
+        status = values.status(status)
         amount_reversed = values.non_negative_int(amount_reversed, "amount_reversed")
-        if amount_reversed > amount:
-            raise InvalidInput(
-                f"invalid amount_reversed {amount_reversed}: must be from 0 to the amount {amount}"
-            )
-        if status == Status.REVERSAL_PENDING and amount_reversed == amount:
-            raise InvalidInput(
-                "invalid amount_reversed: a reversal_pending transfer must have something"
-                " left to reverse"
-            )
+        reversal_amount = imported_reversal_amount(
+            status=status,
+            amount=amount,
+            amount_reversed=amount_reversed,
+            reversal_amount=reversal_amount,
+        )
+        if reversal_request_ref is not None:
+            reversal_request_ref = values.text(reversal_request_ref, "reversal_request_ref")
         return cls._create(
             cls.Imported,
             id=transfer_id,
@@ -278,12 +302,14 @@ class Transfer(Aggregate):
             order_ref=values.text(order_ref, "order_ref"),
             amount=amount,
             currency=values.currency(currency),
-            status=values.status(status),
+            status=status,
             retry_count=values.non_negative_int(retry_count, "retry_count"),
             next_retry_at=next_retry_at,
             stripe_transfer_id=stripe_transfer_id,
             amount_reversed=amount_reversed,
             last_error=last_error,
+            reversal_request_ref=reversal_request_ref,
+            reversal_amount=reversal_amount,
             source_updated_at=source_updated_at,
             actor=values.text(actor, "actor"),
             reason=None,

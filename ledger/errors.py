@@ -42,5 +42,9 @@ class TransferNotFound(LedgerError):
         super().__init__(f"transfer not found: {self.transfer_id}")
 
 
+class DatabaseUnavailable(LedgerError):
+    """The database cannot be reached or refuses the credentials."""
+
+
 class NotMigrated(LedgerError):
     """The database lacks migrations this version of the ledger needs."""

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Val
 
 from ledger import values
 from ledger.application import ImportRecord
+from ledger.domain import imported_reversal_amount
 from ledger.errors import InvalidInput
 
 
@@ -40,7 +41,8 @@ class ImportLine(BaseModel):
     id: Annotated[UUID, BeforeValidator(_uuid)]
     seller_account_id: Annotated[str, AfterValidator(values.seller_account_id)]
     order_ref: Annotated[str, AfterValidator(lambda v: values.text(v, "order_ref"))]
-    amount: Annotated[int, BeforeValidator(values.amount)]
+    # A JSON number, never a string: strict int first, then the range.
+    amount: Annotated[int, AfterValidator(values.amount)]
     currency: Annotated[str, AfterValidator(values.currency)]
     status: Annotated[str, AfterValidator(values.status)]
     retry_count: Annotated[
@@ -53,12 +55,15 @@ class ImportLine(BaseModel):
     ] = 0
     last_error: Annotated[str | None, _optional_text("last_error")] = None
     updated_at: Annotated[datetime | None, _time_or_none("updated_at")] = None
+    # A reversal in flight keeps its request and amount (default: the rest).
+    reversal_request_ref: Annotated[str | None, _optional_text("reversal_request_ref")] = None
+    reversal_amount: Annotated[
+        int | None, AfterValidator(lambda v: None if v is None else values.amount(v))
+    ] = None
     # Present in `show --json` output; accepted so that output can be re-imported,
     # but the ledger derives them itself.
     created_at: Annotated[datetime | None, _time_or_none("created_at")] = None
     version: int | None = None
-    reversal_request_ref: str | None = None
-    reversal_amount: int | None = None
 
 
 def _one_line_error(error: ValidationError) -> str:
@@ -81,11 +86,15 @@ def parse_line(line_number: int, text: str) -> ImportRecord:
         line = ImportLine.model_validate_json(text)
     except ValidationError as error:
         raise InvalidInput(f"line {line_number}: {_one_line_error(error)}") from None
-    if line.amount_reversed > line.amount:
-        raise InvalidInput(
-            f"line {line_number}: amount_reversed {line.amount_reversed} exceeds"
-            f" amount {line.amount}"
+    try:
+        reversal_amount = imported_reversal_amount(
+            status=line.status,
+            amount=line.amount,
+            amount_reversed=line.amount_reversed,
+            reversal_amount=line.reversal_amount,
         )
+    except InvalidInput as error:
+        raise InvalidInput(f"line {line_number}: {error}") from None
     return ImportRecord(
         line=line_number,
         transfer_id=line.id,
@@ -99,6 +108,8 @@ def parse_line(line_number: int, text: str) -> ImportRecord:
         stripe_transfer_id=line.stripe_transfer_id,
         amount_reversed=line.amount_reversed,
         last_error=line.last_error,
+        reversal_request_ref=line.reversal_request_ref,
+        reversal_amount=reversal_amount,
         source_updated_at=line.updated_at,
     )
 
@@ -140,5 +151,7 @@ def _values(record: ImportRecord) -> tuple[Any, ...]:
         record.stripe_transfer_id,
         record.amount_reversed,
         record.last_error,
+        record.reversal_request_ref,
+        record.reversal_amount,
         record.source_updated_at,
     )

@@ -18,9 +18,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
+import psycopg
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+from ledger.errors import DatabaseUnavailable
 
 Row = dict[str, Any]
 Dialect = Literal["sqlite", "postgresql"]
@@ -82,6 +85,27 @@ class _PostgresCursor:
     @property
     def rowcount(self) -> int:
         return int(self._cursor.rowcount)
+
+
+def check_postgres_reachable(
+    *, host: str, port: int, user: str, password: str, dbname: str, timeout_seconds: int = 5
+) -> None:
+    """Connect once, directly, so that an unreachable server or a wrong password
+    is reported as the server said it, at once. (The pool would retry for its
+    whole timeout and then say only that it got no connection.)"""
+    try:
+        psycopg.connect(
+            host=host,
+            port=port,
+            user=user,
+            password=password,
+            dbname=dbname,
+            connect_timeout=timeout_seconds,
+        ).close()
+    except psycopg.OperationalError as error:
+        # libpq's message names host, port and user, never the password.
+        reason = " ".join(str(error).split())
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {reason}") from None
 
 
 class Database:
