@@ -144,10 +144,8 @@ class SellerTransfersProjection:
         self.table = table
         self.tracking_name = tracking_name
         assignments = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "id")
-        self._upsert_sql = (
-            f"INSERT INTO {table} ({', '.join(COLUMNS)})"
-            f" VALUES ({', '.join('?' * len(COLUMNS))})"
-            f" ON CONFLICT (id) DO UPDATE SET {assignments}"
+        self._on_conflict = (
+            f"ON CONFLICT (id) DO UPDATE SET {assignments}"
             # The version guard: never replace a row with an older picture of it.
             f" WHERE {table}.version < excluded.version"
         )
@@ -255,7 +253,13 @@ class SellerTransfersProjection:
             event.apply(row)
             row.version = event.originator_version
             row.updated_at = event.timestamp
-        cursor.executemany(self._upsert_sql, [row.as_params(self.db) for row in rows.values()])
+        self.db.upsert(
+            cursor,
+            self.table,
+            COLUMNS,
+            [row.as_params(self.db) for row in rows.values()],
+            self._on_conflict,
+        )
 
     def _load_rows(self, cursor: Cursor, ids: set[UUID]) -> dict[UUID, TransferRow]:
         loaded: dict[UUID, TransferRow] = {}
