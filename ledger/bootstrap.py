@@ -194,13 +194,21 @@ class Ledger:
     def catch_up(self) -> int:
         return self.projection.catch_up()
 
+    def ensure_current(self) -> None:
+        """Before a read: project what a crashed or interrupted writer appended
+        but did not get to project. Two cheap queries when there is nothing."""
+        if self.projection.position() < (self.transfers.recorder.max_notification_id() or 0):
+            self.catch_up()
+
     def show(self, transfer_id: UUID) -> TransferView:
+        self.ensure_current()
         view = seller_transfers.get_transfer(self.db, transfer_id)
         if view is None:
             raise TransferNotFound(transfer_id)
         return view
 
     def list(self, status: str | None = None) -> list[TransferView]:
+        self.ensure_current()
         return seller_transfers.list_transfers(self.db, status)
 
 

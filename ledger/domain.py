@@ -27,11 +27,11 @@ ORDER_NAMESPACE: Final = uuid5(NAMESPACE_URL, "urn:transfer-ledger:order")
 
 # The fields every status-bearing thing (the aggregate, a read-table row) has.
 STATE_FIELDS: Final = (
+    "status",
     "seller_account_id",
     "order_ref",
     "amount",
     "currency",
-    "status",
     "retry_count",
     "next_retry_at",
     "stripe_transfer_id",

@@ -44,37 +44,16 @@ class Cursor(Protocol):
 
 
 class _SQLiteCursor:
+    """A Cursor over sqlite3: `?` placeholders, rows as dicts."""
+
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._cursor.execute(sql, params)
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self._cursor.executemany(sql, rows)
-
-    def fetchone(self) -> Row | None:
-        row = self._cursor.fetchone()
-        return None if row is None else dict(row)
-
-    def fetchall(self) -> list[Row]:
-        return [dict(row) for row in self._cursor.fetchall()]
-
-    @property
-    def rowcount(self) -> int:
-        return int(self._cursor.rowcount)
-
-
-class _PostgresCursor:
-    def __init__(self, cursor: Any) -> None:
-        self._cursor = cursor
-
-    @staticmethod
-    def _sql(sql: str) -> str:
-        return sql.replace("?", "%s")
+    def _sql(self, sql: str) -> str:
+        return sql
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._cursor.execute(self._sql(sql), params or None)
+        self._cursor.execute(self._sql(sql), params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -90,6 +69,17 @@ class _PostgresCursor:
     @property
     def rowcount(self) -> int:
         return int(self._cursor.rowcount)
+
+
+class _PostgresCursor(_SQLiteCursor):
+    """The same over psycopg, whose placeholders are `%s`."""
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        # None, not (): psycopg then leaves a literal % in the SQL alone.
+        self._cursor.execute(self._sql(sql), params or None)
 
     def copy_rows(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._cursor.copy(sql) as copy:

@@ -32,28 +32,8 @@ TABLE: Final = "seller_transfers"
 TRACKING_NAME: Final = "seller_transfers"
 DEFAULT_BATCH_SIZE: Final = 5000
 
+# The read table's columns, and the fields of `transfer show --json`.
 COLUMNS: Final = ("id", *STATE_FIELDS, "version", "created_at", "updated_at")
-
-# The fields of `transfer show --json` (and of one line of `transfer import`).
-PUBLIC_FIELDS: Final = (
-    "id",
-    "status",
-    "seller_account_id",
-    "order_ref",
-    "amount",
-    "currency",
-    "retry_count",
-    "next_retry_at",
-    "stripe_transfer_id",
-    "amount_reversed",
-    "last_error",
-    "reversal_request_ref",
-    "reversal_amount",
-    "version",
-    "created_at",
-    "updated_at",
-)
-
 
 _COLUMN_VALUES: Final = attrgetter(*COLUMNS)
 
@@ -106,7 +86,7 @@ class TransferView:
 
     @classmethod
     def from_row(cls, db: Database, row: Row) -> TransferView:
-        fields = {name: row[name] for name in PUBLIC_FIELDS}
+        fields = {name: row[name] for name in COLUMNS}
         fields["id"] = row["id"] if isinstance(row["id"], UUID) else UUID(row["id"])
         for name in ("next_retry_at", "created_at", "updated_at"):
             fields[name] = db.from_db_time(row[name])
@@ -114,7 +94,7 @@ class TransferView:
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name in PUBLIC_FIELDS:
+        for name in COLUMNS:
             value = getattr(self, name)
             if isinstance(value, UUID):
                 value = str(value)
