@@ -19,7 +19,7 @@ from eventsourcing.persistence import IntegrityError
 from ledger import values
 from ledger.application import ImportRecord, Transfers, chunks
 from ledger.config import DatabaseConfig
-from ledger.domain import transfer_id_for_order
+from ledger.domain import Transfer, transfer_id_for_order
 from ledger.errors import IdempotencyConflict, InvalidInput, NotMigrated, TransferNotFound
 from ledger.migrate import Migration, apply_migrations, require_migrated
 from ledger.storage import Database, check_postgres_reachable
@@ -138,15 +138,14 @@ class Ledger:
         present = 0
         for batch in chunks(records, IMPORT_BATCH_SIZE):
             with self.db.transaction(write=False) as cursor:
-                existing = self.db.existing_aggregate_ids(
-                    cursor, [r.transfer_id for r in batch]
-                )
+                existing = self.db.first_stored_events(cursor, [r.transfer_id for r in batch])
             for record in batch:
-                if record.transfer_id in existing:
-                    self._check_reimport(record)
-                    present += 1
-                else:
+                stored = existing.get(record.transfer_id)
+                if stored is None:
                     new.append(record)
+                else:
+                    _check_reimport(record, self.transfers.mapper.to_domain_event(stored))
+                    present += 1
         # Each batch is projected as soon as it is saved, from memory when nobody
         # else wrote in between, on a second thread: while it waits on the
         # database the next batch is being built and appended. One worker keeps
@@ -177,17 +176,9 @@ class Ledger:
             try:
                 self.transfers.save_imported([record], actor)
             except IntegrityError:
-                self._check_reimport(record)
+                _check_reimport(record, self.transfers.imported_event(record.transfer_id))
                 present += 1
         return present
-
-    def _check_reimport(self, record: ImportRecord) -> None:
-        event = self.transfers.imported_event(record.transfer_id)
-        if not (hasattr(event, "status") and record.same_as(event)):
-            raise IdempotencyConflict(
-                f"line {record.line}: transfer {record.transfer_id} is already in the"
-                " ledger with other values"
-            )
 
     # ----- reads --------------------------------------------------------------
 
@@ -210,6 +201,14 @@ class Ledger:
     def list(self, status: str | None = None) -> list[TransferView]:
         self.ensure_current()
         return seller_transfers.list_transfers(self.db, status)
+
+
+def _check_reimport(record: ImportRecord, first_event: object) -> None:
+    if not (isinstance(first_event, Transfer.Imported) and record.same_as(first_event)):
+        raise IdempotencyConflict(
+            f"line {record.line}: transfer {record.transfer_id} is already in the"
+            " ledger with other values"
+        )
 
 
 def _check_same_order(existing: TransferView, seller: str, amount: Any, currency: str) -> None:

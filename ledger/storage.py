@@ -31,6 +31,8 @@ from ledger.errors import DatabaseUnavailable
 Row = dict[str, Any]
 # From this many rows on, PostgreSQL upserts go through COPY (see Database.upsert).
 COPY_THRESHOLD = 64
+# Stay under old SQLite builds' limit of 999 bound parameters per statement.
+SQLITE_MAX_PARAMS = 900
 Dialect = Literal["sqlite", "postgresql"]
 
 
@@ -289,27 +291,42 @@ class Database:
         row = cursor.fetchone()
         return 0 if row is None else int(row["n"])
 
-    def existing_aggregate_ids(self, cursor: Cursor, ids: Sequence[UUID]) -> set[UUID]:
-        """Which of these ids already have events (for idempotent imports)."""
-        if not ids:
-            return set()
+    def first_stored_events(
+        self, cursor: Cursor, ids: Sequence[UUID]
+    ) -> dict[UUID, StoredEvent]:
+        """The first event of each of these aggregates that has one (for
+        idempotent imports: present already, and with the same values?)."""
+        columns = "originator_id, originator_version, topic, state"
+        found: dict[UUID, StoredEvent] = {}
         if self.dialect == "postgresql":
             # One text parameter: psycopg adapts a list of UUIDs element by
             # element in Python, which dominated bulk imports.
             cursor.execute(
-                f"SELECT originator_id FROM {self.events_table}"
+                f"SELECT {columns} FROM {self.events_table}"
                 " WHERE originator_id = ANY(string_to_array(?, ',')::uuid[])"
                 " AND originator_version = 1",
                 (",".join(str(i) for i in ids),),
             )
-            return {row["originator_id"] for row in cursor.fetchall()}
-        placeholders = ",".join("?" * len(ids))
-        cursor.execute(
-            f"SELECT originator_id FROM {self.events_table}"
-            f" WHERE originator_id IN ({placeholders}) AND originator_version = 1",
-            [i.hex for i in ids],
-        )
-        return {UUID(row["originator_id"]) for row in cursor.fetchall()}
+            rows = cursor.fetchall()
+        else:
+            rows = []
+            for start in range(0, len(ids), SQLITE_MAX_PARAMS):
+                chunk = ids[start : start + SQLITE_MAX_PARAMS]
+                cursor.execute(
+                    f"SELECT {columns} FROM {self.events_table}"
+                    f" WHERE originator_id IN ({','.join('?' * len(chunk))})"
+                    " AND originator_version = 1",
+                    [i.hex for i in chunk],
+                )
+                rows += cursor.fetchall()
+        for row in rows:
+            originator_id = row["originator_id"]
+            if not isinstance(originator_id, UUID):
+                originator_id = UUID(originator_id)
+            found[originator_id] = StoredEvent(
+                originator_id, int(row["originator_version"]), row["topic"], bytes(row["state"])
+            )
+        return found
 
 
 class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
