@@ -17,7 +17,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Recording
 
-from ledger.domain import Transfer, transfer_id_for_order
+from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, LedgerError, TransferNotFound
 
 T = TypeVar("T")
@@ -203,5 +203,3 @@ def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
-
-__all__ = ["ConcurrentUpdate", "ImportRecord", "Transfers", "chunks", "transfer_id_for_order"]

@@ -20,7 +20,7 @@ from ledger import values
 from ledger.application import ImportRecord, Transfers, chunks
 from ledger.config import DatabaseConfig
 from ledger.domain import Transfer, transfer_id_for_order
-from ledger.errors import IdempotencyConflict, InvalidInput, NotMigrated, TransferNotFound
+from ledger.errors import IdempotencyConflict, NotMigrated, TransferNotFound
 from ledger.migrate import Migration, apply_migrations, require_migrated
 from ledger.storage import Database, check_postgres_reachable
 from projections import seller_transfers
@@ -232,5 +232,3 @@ def migrate_database(url: str) -> list[Migration]:
         ledger.catch_up()
         return applied
 
-
-__all__ = ["ImportResult", "InvalidInput", "Ledger", "migrate_database"]
