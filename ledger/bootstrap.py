@@ -22,7 +22,7 @@ from ledger.config import DatabaseConfig
 from ledger.domain import Transfer, transfer_id_for_order
 from ledger.errors import IdempotencyConflict, NotMigrated, TransferNotFound
 from ledger.migrate import Migration, apply_migrations, require_migrated
-from ledger.storage import Database, check_postgres_reachable
+from ledger.storage import Database, check_postgres_reachable, use_sqlite_wal
 from projections import seller_transfers
 from projections.seller_transfers import SellerTransfersProjection, TransferView
 
@@ -37,7 +37,7 @@ class ImportResult:
 
 
 class Ledger:
-    def __init__(self, config: DatabaseConfig, *, create_tables: bool = False) -> None:
+    def __init__(self, config: DatabaseConfig) -> None:
         if config.kind == "postgresql":
             check_postgres_reachable(
                 host=config.host,
@@ -46,8 +46,10 @@ class Ledger:
                 password=config.password,
                 dbname=config.dbname,
             )
+        else:
+            use_sqlite_wal(config.path)
         self.config = config
-        self.transfers = Transfers(env=config.eventsourcing_env(create_tables=create_tables))
+        self.transfers = Transfers(env=config.eventsourcing_env())
         self.db = Database(self.transfers.recorder)
         self.projection = SellerTransfersProjection(self.db, self.transfers.mapper.to_domain_event)
 
@@ -227,7 +229,7 @@ def _check_same_order(existing: TransferView, seller: str, amount: Any, currency
 
 def migrate_database(url: str) -> list[Migration]:
     """Create the event store's tables (the library's) and apply our migrations."""
-    with Ledger(DatabaseConfig.from_url(url), create_tables=True) as ledger:
+    with Ledger(DatabaseConfig.from_url(url)) as ledger:
         applied = ledger.migrate()
         ledger.catch_up()
         return applied

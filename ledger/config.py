@@ -60,14 +60,15 @@ class DatabaseConfig:
             "invalid database URL: expected sqlite:///PATH or postgresql://user:pass@host:port/db"
         )
 
-    def eventsourcing_env(self, *, create_tables: bool) -> dict[str, str]:
-        """The eventsourcing library's settings for this database."""
+    def eventsourcing_env(self) -> dict[str, str]:
+        """The eventsourcing library's settings for this database. The library
+        never creates tables on its own: `ledger migrate` does, under a lock."""
         if self.kind == "sqlite":
             return {
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
                 "SQLITE_DBNAME": self.path,
                 "SQLITE_LOCK_TIMEOUT": "30",
-                "CREATE_TABLE": "y" if create_tables else "n",
+                "CREATE_TABLE": "n",
             }
         return {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -82,7 +83,7 @@ class DatabaseConfig:
             "POSTGRES_CONNECT_TIMEOUT": "10",
             # Appends take an EXCLUSIVE table lock; wait for it rather than fail fast.
             "POSTGRES_LOCK_TIMEOUT": "30",
-            "CREATE_TABLE": "y" if create_tables else "n",
+            "CREATE_TABLE": "n",
         }
 
 

@@ -83,6 +83,7 @@ def apply_migrations(db: Database) -> list[Migration]:
     """Apply what is pending; returns the migrations applied by this call."""
     applied_now: list[Migration] = []
     with db.exclusive_session(MIGRATION_LOCK_KEY):
+        db.create_event_store_tables()
         with db.transaction(write=True) as cursor:
             _ensure_bookkeeping(cursor)
         for migration in available_migrations(db.dialect):

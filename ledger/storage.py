@@ -12,8 +12,10 @@ table's shape, how a writer takes its lock) are methods here.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 from uuid import UUID
@@ -31,6 +33,9 @@ from ledger.errors import DatabaseUnavailable
 Row = dict[str, Any]
 # From this many rows on, PostgreSQL upserts go through COPY (see Database.upsert).
 COPY_THRESHOLD = 64
+# How long exclusive_session waits for another holder, and how often it asks.
+EXCLUSIVE_WAIT_SECONDS = 600.0
+EXCLUSIVE_POLL_SECONDS = 0.1
 # Stay under old SQLite builds' limit of 999 bound parameters per statement.
 SQLITE_MAX_PARAMS = 900
 Dialect = Literal["sqlite", "postgresql"]
@@ -89,6 +94,28 @@ class _PostgresCursor(_SQLiteCursor):
                 copy.write_row(row)
 
 
+def use_sqlite_wal(path: str, timeout_seconds: float = 30.0) -> None:
+    """Put the SQLite file in WAL mode (readers never block the writer), once.
+
+    The eventsourcing pool switches each new file itself, but switching needs
+    the file to itself and SQLite answers "database is locked" at once instead
+    of waiting: several processes migrating a new file at once would fail. Here
+    the switch is retried until a deadline; once done, it lasts with the file.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    with closing(sqlite3.connect(path, timeout=timeout_seconds)) as conn:
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError:
+                mode = None
+            if mode == "wal":
+                return
+            if time.monotonic() > deadline:
+                raise DatabaseUnavailable(f"cannot put {path} in WAL mode: it stays locked")
+            time.sleep(EXCLUSIVE_POLL_SECONDS)
+
+
 def check_postgres_reachable(
     *, host: str, port: int, user: str, password: str, dbname: str, timeout_seconds: int = 5
 ) -> None:
@@ -114,6 +141,7 @@ class Database:
     """The ledger's view of its one database: transactions, time values, events table."""
 
     def __init__(self, recorder: object) -> None:
+        self._recorder = recorder
         if isinstance(recorder, SQLiteApplicationRecorder):
             self.dialect: Dialect = "sqlite"
             self._sqlite: SQLiteDatastore = recorder.datastore
@@ -181,11 +209,36 @@ class Database:
             yield
             return
         with self._postgres.get_connection() as conn, conn.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s)", (key,))
+            # Try, don't block: a session blocked in pg_advisory_lock() is inside a
+            # statement, and CREATE INDEX CONCURRENTLY in the holder's migration
+            # waits for every such statement to end: a deadlock nobody detects.
+            deadline = time.monotonic() + EXCLUSIVE_WAIT_SECONDS
+            while True:
+                cursor.execute("SELECT pg_try_advisory_lock(%s) AS locked", (key,))
+                row = cursor.fetchone()
+                if row is not None and row["locked"]:
+                    break
+                if time.monotonic() > deadline:
+                    raise DatabaseUnavailable(
+                        f"another process held lock {key} for {EXCLUSIVE_WAIT_SECONDS:.0f} s;"
+                        " is a `ledger migrate` stuck?"
+                    )
+                time.sleep(EXCLUSIVE_POLL_SECONDS)
             try:
                 yield
             finally:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def create_event_store_tables(self) -> None:
+        """The event store's own tables, as the library defines them (its recorder
+        owns their shape). Callers serialise this: on PostgreSQL two concurrent
+        CREATE TABLE IF NOT EXISTS of one table can both try, and one fails."""
+        if isinstance(self._recorder, SQLiteApplicationRecorder):
+            with self.transaction(write=True) as cursor:
+                for statement in self._recorder.create_table_statements:
+                    cursor.execute(statement)
+        elif isinstance(self._recorder, PostgresApplicationRecorder):
+            self._recorder.create_table()
 
     def table_exists(self, cursor: Cursor, name: str) -> bool:
         if self.dialect == "sqlite":

@@ -4,6 +4,7 @@ runner or a person with the plain SQL files applies them."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from typing import Any
 
 import psycopg
@@ -192,7 +193,32 @@ def test_commands_refuse_a_database_that_is_not_migrated(database_url: str) -> N
     config = DatabaseConfig.from_url(database_url)
     if config.kind == "sqlite":
         # Creating the event store's table alone is not enough.
-        ledger = Ledger(config, create_tables=True)
-        ledger.close()
+        with Ledger(config) as ledger:
+            ledger.db.create_event_store_tables()
     with pytest.raises(NotMigrated, match="ledger migrate"):
         Ledger.open(database_url)
+
+
+def test_daemons_migrating_at_once_apply_each_migration_exactly_once(database_url: str) -> None:
+    applied: list[list[int]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def migrate() -> None:
+        try:
+            barrier.wait(timeout=30)
+            applied.append([m.version for m in migrate_database(database_url)])
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=migrate) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert sorted(v for versions in applied for v in versions) == [1, 2, 3]
+    dialect = DatabaseConfig.from_url(database_url).kind
+    assert describe(database_url)["indexes"] == {
+        name: _normalise(sql) for name, sql in EXPECTED_INDEXES[dialect].items()
+    }
