@@ -10,11 +10,10 @@ from uuid import UUID
 
 import pytest
 
+from tests.design_matrix import ALLOWED, STATUSES
 from tests.e2e.support import (
-    ALLOWED,
     CONTRACT_FIELDS,
     PATH_TO,
-    STATUSES,
     Cli,
     LedgerCli,
     assert_ok,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.design_matrix import STATUSES
 from tests.e2e.support import (
-    STATUSES,
     LedgerCli,
     assert_ok,
     assert_one_line_error,

@@ -22,6 +22,7 @@ from ledger.matrix import (
     render_mermaid,
     render_table,
 )
+from tests.design_matrix import EDGES
 
 ALLOWED: Final = True
 REFUSED: Final = False
@@ -75,18 +76,6 @@ TRANSITIONS: Final[tuple[tuple[str, str, bool], ...]] = (
     ("permanently_failed", "permanently_failed", ALLOWED),
 )
 
-# The changes between different statuses that the design allows: the matrix's edges.
-EDGES: Final = frozenset(
-    {
-        ("pending", "completed"),
-        ("pending", "failed"),
-        ("completed", "reversal_pending"),
-        ("failed", "completed"),
-        ("failed", "permanently_failed"),
-        ("reversal_pending", "reversed"),
-        ("reversal_pending", "permanently_failed"),
-    }
-)
 
 # Typos a call site could plausibly make; none of them is a status.
 TYPOS: Final = ("Completed", "reversal-pending", "", " pending", "pending ", "PENDING", "bogus")

@@ -13,6 +13,7 @@ import pytest
 
 from ledger.domain import Transfer, event_ref, transfer_id_for_order
 from ledger.errors import IdempotencyConflict, InvalidInput, TransitionRefused
+from tests.design_matrix import LEGAL, STATUSES
 from tests.unit.builders import (
     AMOUNT,
     CHECKOUT,
@@ -27,29 +28,6 @@ from tests.unit.builders import (
     a_new_transfer,
     a_transfer_in,
     in_memory_app,
-)
-
-STATUSES: Final = (
-    "pending",
-    "completed",
-    "failed",
-    "reversal_pending",
-    "reversed",
-    "permanently_failed",
-)
-
-# The design's matrix, written out again: same-state bumps plus the seven edges.
-LEGAL: Final = frozenset(
-    {(status, status) for status in STATUSES}
-    | {
-        ("pending", "completed"),
-        ("pending", "failed"),
-        ("completed", "reversal_pending"),
-        ("failed", "completed"),
-        ("failed", "permanently_failed"),
-        ("reversal_pending", "reversed"),
-        ("reversal_pending", "permanently_failed"),
-    }
 )
 
 ORDER_REF: Final = "order-7"

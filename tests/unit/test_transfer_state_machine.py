@@ -24,30 +24,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, InvalidInput, LedgerError, TransitionRefused
+from tests.design_matrix import LEGAL, STATUSES
 from tests.unit.builders import in_memory_app
-
-STATUSES: Final = (
-    "pending",
-    "completed",
-    "failed",
-    "reversal_pending",
-    "reversed",
-    "permanently_failed",
-)
-
-# The design's matrix, written out again: same-state bumps plus the seven edges.
-LEGAL: Final = frozenset(
-    {(status, status) for status in STATUSES}
-    | {
-        ("pending", "completed"),
-        ("pending", "failed"),
-        ("completed", "reversal_pending"),
-        ("failed", "completed"),
-        ("failed", "permanently_failed"),
-        ("reversal_pending", "reversed"),
-        ("reversal_pending", "permanently_failed"),
-    }
-)
 
 TYPOS: Final = ("Completed", "reversal-pending", " pending", "bogus", "")
 LATER: Final = datetime(2030, 1, 1, tzinfo=UTC)
