@@ -177,7 +177,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     lines: list[str] = []
     for number, line in enumerate(raw.splitlines(), start=1):
         try:
-            lines.append(line.decode("utf-8"))
+            # utf-8-sig on the first line: a byte-order mark is not part of the JSON.
+            lines.append(line.decode("utf-8-sig" if number == 1 else "utf-8"))
         except UnicodeDecodeError:
             raise InvalidInput(f"line {number}: not valid UTF-8") from None
     records = parse_lines(lines)

@@ -422,3 +422,18 @@ def test_the_console_script_rejects_a_file_with_a_bad_line_with_exit_2(
     assert "line 3" in line
     assert "currency" in line
     assert stored_event_count(cli.url) == 0
+
+
+def test_a_file_saved_by_a_windows_editor_imports_like_any_other(
+    cli: LedgerCli, tmp_path: Path
+) -> None:
+    """A byte-order mark and CRLF line ends are how such files arrive."""
+    rows = six_rows()
+    text = "\r\n".join(json.dumps(row) for row in rows) + "\r\n"
+    path = tmp_path / "legacy-windows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+
+    assert assert_ok(cli.import_file(path, "--json")).json() == {
+        "imported": len(rows),
+        "already_present": 0,
+    }
