@@ -6,6 +6,7 @@ PostgreSQL tests are never skipped for want of a server: ``postgres_server()`` s
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,13 @@ from tests.postgres_server import create_database, drop_database, postgres_serve
 
 # Fixtures that need a PostgreSQL server; tests using them get the `postgres` marker.
 _POSTGRES_FIXTURES = frozenset({"postgres_admin_url", "postgres_url"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run stopped with SIGTERM (a CI timeout, `timeout 60 pytest`) would die
+    # without tearing down the session's fixtures and leave its throwaway
+    # PostgreSQL cluster running. As an interrupt, it unwinds like Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
