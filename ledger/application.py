@@ -17,7 +17,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Recording
 
-from ledger.domain import Transfer
+from ledger.domain import STATE_FIELDS, Transfer
 from ledger.errors import IdempotencyConflict, LedgerError, TransferNotFound
 
 T = TypeVar("T")
@@ -50,23 +50,12 @@ class ImportRecord:
     reversal_amount: int | None
     source_updated_at: datetime | None
 
+    def state(self) -> tuple[Any, ...]:
+        """What the Imported event records from this line (its STATE_FIELDS)."""
+        return tuple(getattr(self, name) for name in STATE_FIELDS)
+
     def same_as(self, event: Transfer.Imported) -> bool:
-        return all(
-            getattr(self, name) == getattr(event, name)
-            for name in (
-                "seller_account_id",
-                "order_ref",
-                "amount",
-                "currency",
-                "status",
-                "retry_count",
-                "next_retry_at",
-                "stripe_transfer_id",
-                "amount_reversed",
-                "last_error",
-                "reversal_request_ref",
-            )
-        ) and self.reversal_amount in (None, event.reversal_amount)
+        return self.state() == tuple(getattr(event, name) for name in STATE_FIELDS)
 
 
 class Transfers(Application[UUID]):
@@ -103,24 +92,10 @@ class Transfers(Application[UUID]):
             f"transfer {transfer_id} kept changing under this command; try again"
         )
 
-    def create_transfer(
-        self,
-        *,
-        seller_account_id: str,
-        order_ref: str,
-        amount: int,
-        currency: str,
-        actor: str,
-    ) -> tuple[UUID, bool]:
-        """Returns (id, created). The same order again with the same values
-        returns the first transfer's id; with other values it is refused."""
-        transfer = Transfer.create(
-            seller_account_id=seller_account_id,
-            order_ref=order_ref,
-            amount=amount,
-            currency=currency,
-            actor=actor,
-        )
+    def create_transfer(self, transfer: Transfer) -> tuple[UUID, bool]:
+        """Save a newly created transfer; returns (id, created). The same order
+        again with the same values returns the first transfer's id; with other
+        values it is refused."""
         try:
             self.save(transfer)
         except IntegrityError:
@@ -190,8 +165,9 @@ class Transfers(Application[UUID]):
         return self.events.put([e for t in transfers for e in t.collect_events()])
 
 
-def check_same_order(existing: Transfer, requested: Transfer) -> None:
-    for name in ("seller_account_id", "order_ref", "amount", "currency"):
+def check_same_order(existing: Any, requested: Transfer) -> None:
+    """`existing` is a transfer, or a read-table row of one, for the same order."""
+    for name in ("seller_account_id", "amount", "currency"):
         if getattr(existing, name) != getattr(requested, name):
             raise IdempotencyConflict(
                 f"order {requested.order_ref!r} already has transfer {existing.id} with"

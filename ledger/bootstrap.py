@@ -11,15 +11,14 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
-from ledger import values
-from ledger.application import ImportRecord, Transfers, chunks
+from ledger.application import ImportRecord, Transfers, check_same_order, chunks
 from ledger.config import DatabaseConfig
-from ledger.domain import Transfer, transfer_id_for_order
+from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, NotMigrated, TransferNotFound
 from ledger.migrate import Migration, apply_migrations, require_migrated
 from ledger.storage import Database, check_postgres_reachable, use_sqlite_wal
@@ -91,20 +90,20 @@ class Ledger:
         currency: str,
         actor: str = CLI_ACTOR,
     ) -> tuple[UUID, bool]:
-        order_ref = values.text(order_ref, "order")
-        # An order imported from the old table has an id of its own; it is found
-        # through the read table (kept current by every command).
-        for existing in seller_transfers.find_by_order_ref(self.db, order_ref):
-            if existing.id != transfer_id_for_order(order_ref):
-                _check_same_order(existing, seller_account_id, amount, currency)
-                return existing.id, False
-        transfer_id, created = self.transfers.create_transfer(
+        transfer = Transfer.create(
             seller_account_id=seller_account_id,
             order_ref=order_ref,
             amount=amount,
             currency=currency,
             actor=actor,
         )
+        # An order imported from the old table has an id of its own; it is found
+        # through the read table (kept current by every command).
+        for existing in seller_transfers.find_by_order_ref(self.db, transfer.order_ref):
+            if existing.id != transfer.id:
+                check_same_order(existing, transfer)
+                return existing.id, False
+        transfer_id, created = self.transfers.create_transfer(transfer)
         self.catch_up()
         return transfer_id, created
 
@@ -211,20 +210,6 @@ def _check_reimport(record: ImportRecord, first_event: object) -> None:
             f"line {record.line}: transfer {record.transfer_id} is already in the"
             " ledger with other values"
         )
-
-
-def _check_same_order(existing: TransferView, seller: str, amount: Any, currency: str) -> None:
-    requested = {
-        "seller_account_id": values.seller_account_id(seller),
-        "amount": values.amount(amount),
-        "currency": values.currency(currency),
-    }
-    for name, value in requested.items():
-        if getattr(existing, name) != value:
-            raise IdempotencyConflict(
-                f"order {existing.order_ref!r} already has transfer {existing.id} with"
-                f" {name} {getattr(existing, name)!r}, not {value!r}"
-            )
 
 
 def migrate_database(url: str) -> list[Migration]:

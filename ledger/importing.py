@@ -128,7 +128,10 @@ def parse_lines(lines: Iterable[str]) -> list[ImportRecord]:
         record = parse_line(number, text)
         earlier = seen.get(record.transfer_id)
         if earlier is not None:
-            if _values(earlier) != _values(record):
+            if (earlier.state(), earlier.source_updated_at) != (
+                record.state(),
+                record.source_updated_at,
+            ):
                 raise InvalidInput(
                     f"line {number}: transfer {record.transfer_id} already appears on"
                     f" line {earlier.line} with other values"
@@ -138,20 +141,3 @@ def parse_lines(lines: Iterable[str]) -> list[ImportRecord]:
         records.append(record)
     return records
 
-
-def _values(record: ImportRecord) -> tuple[Any, ...]:
-    return (
-        record.seller_account_id,
-        record.order_ref,
-        record.amount,
-        record.currency,
-        record.status,
-        record.retry_count,
-        record.next_retry_at,
-        record.stripe_transfer_id,
-        record.amount_reversed,
-        record.last_error,
-        record.reversal_request_ref,
-        record.reversal_amount,
-        record.source_updated_at,
-    )

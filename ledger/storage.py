@@ -46,8 +46,6 @@ class Cursor(Protocol):
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
     def fetchone(self) -> Row | None: ...
     def fetchall(self) -> list[Row]: ...
-    @property
-    def rowcount(self) -> int: ...
 
 
 class _SQLiteCursor:
@@ -72,10 +70,6 @@ class _SQLiteCursor:
 
     def fetchall(self) -> list[Row]:
         return [dict(row) for row in self._cursor.fetchall()]
-
-    @property
-    def rowcount(self) -> int:
-        return int(self._cursor.rowcount)
 
 
 class _PostgresCursor(_SQLiteCursor):
@@ -298,10 +292,6 @@ class Database:
 
     def to_db_id(self, value: UUID) -> Any:
         return value if self.dialect == "postgresql" else str(value)
-
-    def to_events_id(self, value: UUID) -> Any:
-        # The SQLite recorder stores originator ids as hex without hyphens.
-        return value if self.dialect == "postgresql" else value.hex
 
     # ----- the event log ----------------------------------------------------
 
