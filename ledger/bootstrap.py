@@ -7,6 +7,10 @@ command's effect is visible in `seller_transfers` as soon as it returns.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,11 +25,19 @@ from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, NotMigrated, TransferNotFound
 from ledger.migrate import Migration, apply_migrations, require_migrated
+from ledger.processing.daemon import Daemon, DaemonOptions
+from ledger.processing.effects import ProcessManager
+from ledger.processing.policy import RetryPolicy
+from ledger.processing.work import WorkStore
 from ledger.storage import Database, check_postgres_reachable, use_sqlite_wal
+from ledger.stripe.gateway import StripeGateway, StripeSettings
 from projections import seller_transfers
 from projections.seller_transfers import SellerTransfersProjection, TransferView
 
 IMPORT_BATCH_SIZE: Final = 2000
+# A claim outlives the longest Stripe call by this much, so a slow call is
+# never taken over while it may still be running.
+CLAIM_MARGIN_SECONDS: Final = 30.0
 CLI_ACTOR: Final = "system:cli"
 
 
@@ -36,7 +48,7 @@ class ImportResult:
 
 
 class Ledger:
-    def __init__(self, config: DatabaseConfig) -> None:
+    def __init__(self, config: DatabaseConfig, *, pool_size: int = 2) -> None:
         if config.kind == "postgresql":
             check_postgres_reachable(
                 host=config.host,
@@ -48,18 +60,18 @@ class Ledger:
         else:
             use_sqlite_wal(config.path)
         self.config = config
-        self.transfers = Transfers(env=config.eventsourcing_env())
+        self.transfers = Transfers(env=config.eventsourcing_env(pool_size))
         self.db = Database(self.transfers.recorder)
         self.projection = SellerTransfersProjection(self.db, self.transfers.mapper.to_domain_event)
 
     @classmethod
-    def open(cls, url: str) -> Ledger:
+    def open(cls, url: str, *, pool_size: int = 2) -> Ledger:
         """For every command but `migrate`: refuses a database that is not migrated."""
         config = DatabaseConfig.from_url(url)
         if config.kind == "sqlite" and not Path(config.path).exists():
             # Opening would create an empty file: say what is wrong instead.
             raise NotMigrated(f"no ledger database at {config.path}: run `ledger migrate`")
-        ledger = cls(config)
+        ledger = cls(config, pool_size=pool_size)
         try:
             require_migrated(ledger.db)
         except BaseException:
@@ -219,3 +231,26 @@ def migrate_database(url: str) -> list[Migration]:
         ledger.catch_up()
         return applied
 
+
+
+def daemon_identity() -> str:
+    """Names a daemon in its claims: which host and process holds a transfer."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def work_store(ledger: Ledger, *, claim_seconds: float = 60.0) -> WorkStore:
+    return WorkStore(ledger.db, daemon_identity(), claim_seconds)
+
+
+def build_daemon(
+    ledger: Ledger,
+    stripe: StripeSettings,
+    policy: RetryPolicy,
+    options: DaemonOptions,
+    stop: threading.Event | None = None,
+) -> Daemon:
+    work = work_store(
+        ledger, claim_seconds=stripe.longest_call_seconds() + CLAIM_MARGIN_SECONDS
+    )
+    manager = ProcessManager(ledger.transfers, work, StripeGateway(stripe), policy)
+    return Daemon(ledger, manager, work, options, stop)

@@ -8,12 +8,16 @@ Errors are one line on stderr and an exit code from the contract:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,10 +25,13 @@ import psycopg
 from eventsourcing.persistence import PersistenceError
 
 from ledger import matrix, values
-from ledger.bootstrap import CLI_ACTOR, Ledger, migrate_database
+from ledger.bootstrap import CLI_ACTOR, Ledger, build_daemon, migrate_database, work_store
 from ledger.config import database_url
 from ledger.errors import InvalidInput, LedgerError, TransferNotFound, TransitionRefused
 from ledger.importing import parse_lines
+from ledger.processing.daemon import DaemonOptions, stop_on_signals
+from ledger.processing.policy import RetryPolicy
+from ledger.stripe.gateway import StripeSettings
 from projections.seller_transfers import TransferView
 
 EXIT_OK = 0
@@ -191,6 +198,75 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+MAX_CONCURRENCY = 256
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    # Configuration first: a missing key or a bad policy is bad input (exit 2)
+    # before anything is opened.
+    stripe_settings = StripeSettings.from_env()
+    policy = RetryPolicy.from_env()
+    concurrency = _whole_number(args.concurrency, "--concurrency", 1, MAX_CONCURRENCY)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    stop = threading.Event()
+    # One connection per worker, plus the loop's own.
+    with Ledger.open(args.database_url, pool_size=concurrency + 2) as ledger:
+        daemon = build_daemon(
+            ledger,
+            stripe_settings,
+            policy,
+            DaemonOptions(concurrency=concurrency, once=args.once),
+            stop,
+        )
+        logging.getLogger("ledger.daemon").info(
+            "daemon started: %s, concurrency %d%s",
+            ledger.db.dialect,
+            concurrency,
+            ", draining what is due now" if args.once else "",
+        )
+        # A second signal interrupts the wait for in-flight calls: they are
+        # left for the next daemon to look up at Stripe.
+        with stop_on_signals(stop), contextlib.suppress(KeyboardInterrupt):
+            daemon.run()
+    return EXIT_OK
+
+
+def _whole_number(raw: str, name: str, minimum: int, maximum: int) -> int:
+    if not (raw.isascii() and raw.isdigit()) or not minimum <= int(raw) <= maximum:
+        raise InvalidInput(f"invalid {name} {raw!r}: expected a whole number {minimum}-{maximum}")
+    return int(raw)
+
+
+def cmd_parked_list(args: argparse.Namespace) -> int:
+    with Ledger.open(args.database_url) as ledger:
+        parked = work_store(ledger).parked()
+    if args.json:
+        _print_json([p.as_json() for p in parked])
+        return EXIT_OK
+    for item in parked:
+        data = item.as_json()
+        print(
+            f"{data['transfer_id']}  {data['kind']}  parked {data['parked_at']}"
+            f" after {data['failures']} failures: {data['last_failure']}"
+        )
+    print(f"({len(parked)} parked)")
+    return EXIT_OK
+
+
+def cmd_parked_retry(args: argparse.Namespace) -> int:
+    transfer_id = values.transfer_id(args.id)
+    with Ledger.open(args.database_url) as ledger:
+        ledger.show(transfer_id)  # exit 4 for an unknown transfer
+        if not work_store(ledger).unpark(transfer_id, datetime.now(UTC)):
+            raise InvalidInput(f"transfer {transfer_id} has no parked work")
+    print(f"{transfer_id}: parked work put back; the daemon takes it on its next turn")
+    return EXIT_OK
+
+
 def cmd_matrix(args: argparse.Namespace) -> int:
     print(matrix.render_mermaid() if args.format == "mermaid" else matrix.render_table())
     return EXIT_OK
@@ -260,6 +336,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     importing.add_argument("file")
     importing.add_argument("--actor", default=CLI_ACTOR)
+
+    daemon = add(
+        commands,
+        "daemon",
+        cmd_daemon,
+        "run the process managers (payouts, reversals), retries and the projection",
+    )
+    daemon.add_argument(
+        "--once", action="store_true", help="drain what is due now, then exit"
+    )
+    daemon.add_argument(
+        "--concurrency", default="4", help="Stripe calls in flight at once (default 4)"
+    )
+
+    parked = commands.add_parser("parked", help="work the daemon gave up on (not Stripe's answer)")
+    parked_commands = parked.add_subparsers(
+        dest="parked_command", required=True, parser_class=_Parser
+    )
+    add(parked_commands, "list", cmd_parked_list, "list parked work")
+    parked_retry = add(parked_commands, "retry", cmd_parked_retry, "put a transfer's work back")
+    parked_retry.add_argument("id")
 
     matrix_cmd = add(commands, "matrix", cmd_matrix, "print the transition matrix")
     matrix_cmd.add_argument("--format", choices=("table", "mermaid"), default="table")

@@ -60,9 +60,10 @@ class DatabaseConfig:
             "invalid database URL: expected sqlite:///PATH or postgresql://user:pass@host:port/db"
         )
 
-    def eventsourcing_env(self) -> dict[str, str]:
+    def eventsourcing_env(self, pool_size: int = 2) -> dict[str, str]:
         """The eventsourcing library's settings for this database. The library
-        never creates tables on its own: `ledger migrate` does, under a lock."""
+        never creates tables on its own: `ledger migrate` does, under a lock.
+        `pool_size`: connections kept open (the daemon wants one per worker)."""
         if self.kind == "sqlite":
             return {
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
@@ -78,7 +79,7 @@ class DatabaseConfig:
             "POSTGRES_PORT": str(self.port),
             "POSTGRES_USER": self.user,
             "POSTGRES_PASSWORD": self.password,
-            "POSTGRES_POOL_SIZE": "2",
+            "POSTGRES_POOL_SIZE": str(pool_size),
             "POSTGRES_MAX_OVERFLOW": "4",
             "POSTGRES_CONNECT_TIMEOUT": "10",
             # Appends take an EXCLUSIVE table lock; wait for it rather than fail fast.

@@ -47,6 +47,11 @@ _AWAITING_PAYOUT: Final = frozenset({Status.PENDING.value, Status.FAILED.value})
 _AWAITING_REVERSAL: Final = frozenset({Status.REVERSAL_PENDING.value})
 
 
+def payout_cause(transfer_id: UUID) -> str:
+    """The event that asks for a transfer's payout: its first one (Created or Imported)."""
+    return f"{transfer_id}:1"
+
+
 def transfer_id_for_order(order_ref: str) -> UUID:
     return uuid5(ORDER_NAMESPACE, order_ref)
 
@@ -102,6 +107,10 @@ class Transfer(Aggregate):
         last_error: str | None
         reversal_request_ref: str | None
         reversal_amount: int | None
+        # The event that asked for the pending reversal (a ReversalRequested, or
+        # the Imported event of a transfer imported mid-reversal). Not a column:
+        # the reversal process manager derives caused_by and Stripe keys from it.
+        reversal_cause: str | None
 
     class Event(Aggregate.Event):
         """Every event says who or what caused it: a person, or `system:<component>`;
@@ -130,6 +139,7 @@ class Transfer(Aggregate):
             transfer.last_error = None
             transfer.reversal_request_ref = None
             transfer.reversal_amount = None
+            transfer.reversal_cause = None
 
     class Imported(Event, Aggregate.Created):
         """The first event of a transfer brought over from the old mutable table:
@@ -152,6 +162,8 @@ class Transfer(Aggregate):
         def apply(self, transfer: Any) -> None:
             for field in STATE_FIELDS:
                 setattr(transfer, field, getattr(self, field))
+            in_reversal = self.status == Status.REVERSAL_PENDING
+            transfer.reversal_cause = event_ref(self) if in_reversal else None
 
     class StatusChanged(Event):
         """Base of the events that (may) move the status: they record both ends."""
@@ -199,6 +211,7 @@ class Transfer(Aggregate):
             transfer.status = self.to_status
             transfer.reversal_request_ref = self.request_ref
             transfer.reversal_amount = self.amount
+            transfer.reversal_cause = event_ref(self)
             # NULL = due now: the reversal worker picks it up on its first pass.
             transfer.next_retry_at = None
             transfer.retry_count = 0

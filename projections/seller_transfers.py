@@ -314,6 +314,16 @@ DUE_PAYOUT_RETRIES_SQL: Final = (
 )
 
 
+# The payout worker's first attempts: a pending transfer is due as soon as it
+# exists, oldest first. Served by idx_seller_transfers_pending.
+DUE_PAYOUTS_SQL: Final = (
+    "SELECT id FROM seller_transfers"
+    " WHERE status = 'pending' AND created_at <= ?"
+    " ORDER BY created_at"
+    " LIMIT ?"
+)
+
+
 def due_ids(db: Database, query: str, now: datetime, limit: int) -> list[UUID]:
     with db.transaction(write=False) as cursor:
         cursor.execute(query, (db.to_db_time(now), limit))

@@ -1,0 +1,266 @@
+"""`ledger daemon`: the projection, both process managers and the retry
+scheduling, in one small loop.
+
+The loop waits on "new work OR poll interval OR stop". New work wakes it at
+once: on PostgreSQL a LISTEN on the events table's channel (the recorder
+NOTIFYs on every append); on SQLite, which cannot notify, a short poll. Each
+turn projects new events into `seller_transfers`, then asks the seed's due
+queries for work and hands it to a pool of `concurrency` worker threads. A
+transfer is handed to one worker at a time, so its steps stay in order.
+
+Stopping (SIGTERM/SIGINT, or `--once` with nothing left): no new work is
+taken; in-flight calls get SHUTDOWN_GRACE_SECONDS to finish and be recorded.
+A call still running then is abandoned, which is safe: its attempt was
+recorded as started before the call, so whoever runs next looks the object
+up at Stripe before calling again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import TYPE_CHECKING, Final
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+
+from ledger.processing.effects import PAYOUT, REVERSAL, OperatorProblem, ProcessManager
+from ledger.processing.work import WorkStore
+from projections.seller_transfers import (
+    DUE_PAYOUT_RETRIES_SQL,
+    DUE_PAYOUTS_SQL,
+    DUE_REVERSALS_SQL,
+    due_ids,
+)
+
+if TYPE_CHECKING:
+    from ledger.bootstrap import Ledger  # the composition root builds the daemon
+
+log = logging.getLogger("ledger.daemon")
+
+SQLITE_POLL_SECONDS: Final = 0.1
+# On PostgreSQL notifications bring new work; the poll only finds retries
+# whose time has come.
+POSTGRES_POLL_SECONDS: Final = 1.0
+SHUTDOWN_GRACE_SECONDS: Final = 5.0
+# After a failing turn (database down), wait this long before the next.
+ERROR_PAUSE_SECONDS: Final = 1.0
+LISTEN_RECONNECT_SECONDS: Final = 1.0
+
+# The due queries, in the order their work is taken when there is more work
+# than free workers: reversals (money owed back) first.
+DUE_QUERIES: Final = (
+    (DUE_REVERSALS_SQL, REVERSAL),
+    (DUE_PAYOUT_RETRIES_SQL, PAYOUT),
+    (DUE_PAYOUTS_SQL, PAYOUT),
+)
+WorkItem = tuple[UUID, str]
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    concurrency: int = 4
+    once: bool = False
+    poll_seconds: float | None = None  # None: the database's default
+
+
+class Daemon:
+    def __init__(
+        self,
+        ledger: Ledger,
+        manager: ProcessManager,
+        work: WorkStore,
+        options: DaemonOptions,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.manager = manager
+        self.work = work
+        self.options = options
+        self.stop = stop or threading.Event()
+        self.wake = threading.Event()
+        self.poll_seconds = options.poll_seconds or (
+            POSTGRES_POLL_SECONDS if ledger.db.dialect == "postgresql" else SQLITE_POLL_SECONDS
+        )
+        self._queue: queue.Queue[WorkItem] = queue.Queue()
+        self._in_flight: set[UUID] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        # Work that turned out not due (the read table lagged the events) is
+        # not handed out again until the projection moves.
+        self._not_due: dict[WorkItem, int] = {}
+        self._fatal: OperatorProblem | None = None
+
+    # ----- the loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Until stopped (or, with `once`, until nothing is due). Raises
+        OperatorProblem when Stripe refused our credentials."""
+        for number in range(self.options.concurrency):
+            threading.Thread(
+                target=self._worker, name=f"ledger-worker-{number}", daemon=True
+            ).start()
+        with self._listening():
+            while not self.stop.is_set():
+                self.wake.clear()
+                try:
+                    self.ledger.catch_up()
+                    handed_out = self._dispatch()
+                except Exception:
+                    log.exception("daemon turn failed; trying again shortly")
+                    self.stop.wait(ERROR_PAUSE_SECONDS)
+                    continue
+                if self._fatal is not None:
+                    break
+                if self.options.once and not handed_out and not self._busy():
+                    break
+                self.wake.wait(self.poll_seconds)
+            self.stop.set()
+            self._drain()
+        with contextlib.suppress(Exception):
+            self.ledger.catch_up()  # what the last outcomes recorded, visible on exit
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _dispatch(self) -> int:
+        """Hand due work to free workers; returns how many items were handed out."""
+        with self._lock:
+            free = self.options.concurrency - len(self._in_flight)
+            busy = set(self._in_flight)
+        if free <= 0:
+            return 0
+        now = datetime.now(UTC)
+        position = self.ledger.projection.position()
+        skip = busy | self.work.unavailable(now)
+        handed_out = 0
+        for query, kind in DUE_QUERIES:
+            # Ask for enough rows that the ones to skip cannot crowd out the rest.
+            for transfer_id in due_ids(self.ledger.db, query, now, free + len(skip)):
+                item = (transfer_id, kind)
+                if transfer_id in skip or self._not_due.get(item) == position:
+                    continue
+                skip.add(transfer_id)
+                with self._lock:
+                    self._in_flight.add(transfer_id)
+                self._queue.put(item)
+                handed_out += 1
+                free -= 1
+                if free == 0:
+                    return handed_out
+        return handed_out
+
+    def _busy(self) -> bool:
+        with self._lock:
+            return bool(self._in_flight)
+
+    def _drain(self) -> None:
+        deadline = datetime.now(UTC) + timedelta(seconds=SHUTDOWN_GRACE_SECONDS)
+        with self._idle:
+            while self._in_flight:
+                remaining = (deadline - datetime.now(UTC)).total_seconds()
+                if remaining <= 0:
+                    log.warning(
+                        "stopping with %d call(s) in flight; they will be looked up"
+                        " at Stripe by the next daemon",
+                        len(self._in_flight),
+                    )
+                    return
+                self._idle.wait(remaining)
+
+    # ----- workers --------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            transfer_id, kind = self._queue.get()
+            try:
+                outcome = self._handle(transfer_id, kind)
+                if outcome in ("nothing due", "not ours"):
+                    self._not_due[(transfer_id, kind)] = self.ledger.projection.position()
+                else:
+                    self._not_due.pop((transfer_id, kind), None)
+            finally:
+                with self._idle:
+                    self._in_flight.discard(transfer_id)
+                    self._idle.notify_all()
+                self.wake.set()
+
+    def _handle(self, transfer_id: UUID, kind: str) -> str:
+        try:
+            outcome = self.manager.handle(transfer_id, kind)
+        except OperatorProblem as problem:
+            self._fatal = problem
+            self.stop.set()
+            return "stopped"
+        except Exception:
+            if not self.stop.is_set():
+                log.exception("%s of transfer %s: unexpected error", kind, transfer_id)
+            return "error"
+        if outcome not in ("nothing due", "not ours"):
+            log.info("%s of transfer %s: %s", kind, transfer_id, outcome)
+        return outcome
+
+    # ----- waking up on new events ----------------------------------------------
+
+    @contextlib.contextmanager
+    def _listening(self) -> Iterator[None]:
+        if self.ledger.db.dialect != "postgresql":
+            yield  # SQLite cannot notify: the short poll finds new work.
+            return
+        listener = threading.Thread(target=self._listen, name="ledger-listen", daemon=True)
+        listener.start()
+        try:
+            yield
+        finally:
+            self.stop.set()
+
+    def _listen(self) -> None:
+        config = self.ledger.config
+        channel = self.ledger.transfers.recorder.channel_name  # type: ignore[attr-defined]
+        while not self.stop.is_set():
+            try:
+                with psycopg.connect(
+                    host=config.host,
+                    port=config.port,
+                    user=config.user,
+                    password=config.password,
+                    dbname=config.dbname,
+                    autocommit=True,
+                ) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    self.wake.set()  # anything appended before LISTEN is found now
+                    while not self.stop.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self.wake.set()
+            except psycopg.Error as error:
+                log.warning("lost the notification connection (%s); reconnecting", error)
+                self.stop.wait(LISTEN_RECONNECT_SECONDS)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set `stop` (finish in-flight work, then exit 0); a second
+    one gives up waiting. The previous handlers are restored afterwards."""
+    received: list[int] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            raise KeyboardInterrupt  # second signal: stop waiting for in-flight calls
+        name = signal.Signals(signum).name
+        log.info("%s received: finishing in-flight work, then stopping", name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,61 @@
+"""Retry policy: how many attempts, and how long to wait between them."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from ledger.errors import InvalidInput
+
+DEFAULT_MAX_ATTEMPTS: Final = 8
+DEFAULT_RETRY_BASE_SECONDS: Final = 30.0
+DEFAULT_RETRY_MAX_SECONDS: Final = 6 * 3600.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    base_seconds: float = DEFAULT_RETRY_BASE_SECONDS
+    max_seconds: float = DEFAULT_RETRY_MAX_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> RetryPolicy:
+        def number(name: str, default: float, minimum: float) -> float:
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise InvalidInput(f"invalid {name} {raw!r}: expected a number") from None
+            if not value >= minimum:  # also refuses NaN
+                raise InvalidInput(f"invalid {name} {raw!r}: must be at least {minimum:g}")
+            return value
+
+        max_attempts = number("LEDGER_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1)
+        if max_attempts != int(max_attempts):
+            raise InvalidInput("invalid LEDGER_MAX_ATTEMPTS: expected a whole number")
+        return cls(
+            max_attempts=int(max_attempts),
+            base_seconds=number("LEDGER_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS, 0),
+            max_seconds=number("LEDGER_RETRY_MAX_SECONDS", DEFAULT_RETRY_MAX_SECONDS, 0),
+        )
+
+    def exhausted(self, failed_attempts: int) -> bool:
+        """True when this many failed attempts use up the budget."""
+        return failed_attempts >= self.max_attempts
+
+    def delay(self, failed_attempts: int, rng: random.Random | None = None) -> timedelta:
+        """Exponential backoff with "equal jitter": half the step fixed, half
+        random, so that transfers failing together do not retry in lockstep."""
+        exponent = min(max(failed_attempts - 1, 0), 32)
+        step = min(self.max_seconds, self.base_seconds * 2**exponent)
+        jitter = (rng or random).uniform(0, step / 2)
+        return timedelta(seconds=step / 2 + jitter)
+
+    def next_retry_at(self, now: datetime, failed_attempts: int) -> datetime:
+        return now + self.delay(failed_attempts)

@@ -1,0 +1,109 @@
+"""What the process managers need from Stripe, in the ledger's own words.
+
+The Stripe adapter (`ledger.stripe.gateway`) implements `PaymentsGateway`; the
+process managers import only this module, so they can be read (and reasoned
+about) without knowing stripe-python, and any Stripe-compatible service fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+class FailureKind(StrEnum):
+    """How a process manager must react to a failed call (DESIGN section 5)."""
+
+    # Stripe refused for now (429, balance_insufficient): count an attempt, back off.
+    RETRY_LATER = "retry_later"
+    # Stripe will never do this (unknown destination, invalid amount): give up.
+    PERMANENT = "permanent"
+    # The call may or may not have happened (timeout, dropped connection, 5xx, a
+    # state Stripe says differs from ours): look the object up, never call blindly.
+    UNKNOWN = "unknown"
+    # Our credentials are wrong (401) or lack a permission (403): stop all work,
+    # spend no attempt, fail no transfer.
+    OPERATOR = "operator"
+    # Our own bug (same idempotency key with other parameters): park and alert.
+    BUG = "bug"
+
+
+class StripeCallFailed(Exception):
+    """A Stripe call did not succeed. The message never contains the API key."""
+
+    def __init__(
+        self,
+        kind: FailureKind,
+        message: str,
+        *,
+        code: str | None = None,
+        http_status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.code = code
+        self.http_status = http_status
+        self.request_id = request_id
+        super().__init__(message)
+
+    def summary(self) -> str:
+        """One line for `last_error`: what Stripe said, and where to look it up."""
+        parts = [f"{self.http_status or 'no response'}"]
+        if self.code:
+            parts.append(self.code)
+        parts.append(str(self))
+        if self.request_id:
+            parts.append(f"({self.request_id})")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class StripeTransfer:
+    id: str
+    amount: int
+    currency: str
+    destination: str
+    transfer_group: str | None
+    amount_reversed: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StripeReversal:
+    id: str
+    transfer: str
+    amount: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class PaymentsGateway(Protocol):
+    """Stripe Connect transfers and reversals. Every method raises
+    StripeCallFailed on failure, already classified."""
+
+    def create_transfer(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        destination: str,
+        transfer_group: str,
+        metadata: Mapping[str, str],
+        idempotency_key: str,
+    ) -> StripeTransfer: ...
+
+    def transfers_in_group(self, transfer_group: str) -> Sequence[StripeTransfer]: ...
+
+    def retrieve_transfer(self, transfer_id: str) -> StripeTransfer: ...
+
+    def create_reversal(
+        self,
+        transfer_id: str,
+        *,
+        amount: int,
+        metadata: Mapping[str, str],
+        idempotency_key: str,
+    ) -> StripeReversal: ...
+
+    def reversals_of(self, transfer_id: str) -> Sequence[StripeReversal]: ...

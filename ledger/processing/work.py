@@ -1,0 +1,237 @@
+"""The `stripe_work` table: which daemon works on what, how many Stripe calls
+were started, whether the last one's outcome is unknown, and what is parked.
+
+Every method is one short transaction, and none is open while Stripe is
+called: a claim is taken, the attempt is recorded as started (committed), the
+call is made, the outcome is recorded as events, and the claim is released.
+See migrations/*/0005_stripe_work.sql for the columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+from uuid import UUID
+
+from ledger.storage import Database, Row
+
+# A handling failure (not Stripe's answer) this many times in a row parks the work.
+PARK_AFTER_FAILURES: Final = 5
+_MAX_FAILURE_TEXT: Final = 500
+
+
+class LostClaim(Exception):
+    """Another daemon took this work over (our claim expired): stop touching it."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    transfer_id: UUID
+    kind: str
+    owner: str
+    # What the row said when the claim was taken:
+    cause: str
+    attempts: int
+    outcome_unknown: bool
+    handling_failures: int
+
+
+@dataclass(frozen=True)
+class ParkedWork:
+    transfer_id: UUID
+    kind: str
+    cause: str
+    handling_failures: int
+    last_failure: str | None
+    parked_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "transfer_id": str(self.transfer_id),
+            "kind": self.kind,
+            "cause": self.cause,
+            "failures": self.handling_failures,
+            "last_failure": self.last_failure,
+            "parked_at": self.parked_at.isoformat().replace("+00:00", "Z"),
+        }
+
+
+class WorkStore:
+    def __init__(self, db: Database, owner: str, claim_seconds: float) -> None:
+        self.db = db
+        self.owner = owner
+        self.claim_seconds = claim_seconds
+
+    def _key(self, transfer_id: UUID, kind: str) -> tuple[Any, str]:
+        return (self.db.to_db_id(transfer_id), kind)
+
+    # ----- claims -------------------------------------------------------------
+
+    def claim(self, transfer_id: UUID, kind: str, now: datetime) -> Claim | None:
+        """Take this work if nobody holds it, it is not parked and not backing
+        off. None when it is not ours to do now."""
+        t = self.db.to_db_time
+        with self.db.transaction(write=True) as cursor:
+            cursor.execute(
+                "INSERT INTO stripe_work (transfer_id, kind, cause, claimed_by,"
+                " claim_expires_at, updated_at) VALUES (?, ?, '', ?, ?, ?)"
+                " ON CONFLICT (transfer_id, kind) DO UPDATE SET"
+                " claimed_by = excluded.claimed_by,"
+                " claim_expires_at = excluded.claim_expires_at,"
+                " updated_at = excluded.updated_at"
+                " WHERE (stripe_work.claimed_by IS NULL OR stripe_work.claim_expires_at <= ?)"
+                " AND stripe_work.parked_at IS NULL"
+                " AND (stripe_work.not_before IS NULL OR stripe_work.not_before <= ?)"
+                " RETURNING cause, attempts, outcome_unknown, handling_failures",
+                (
+                    *self._key(transfer_id, kind),
+                    self.owner,
+                    t(now + timedelta(seconds=self.claim_seconds)),
+                    t(now),
+                    t(now),
+                    t(now),
+                ),
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        return Claim(
+            transfer_id=transfer_id,
+            kind=kind,
+            owner=self.owner,
+            cause=str(row["cause"]),
+            attempts=int(row["attempts"]),
+            outcome_unknown=bool(row["outcome_unknown"]),
+            handling_failures=int(row["handling_failures"]),
+        )
+
+    def begin_attempt(self, claim: Claim, cause: str, now: datetime) -> int:
+        """Record, committed, that a Stripe call for `cause` is about to start;
+        returns its attempt number (the idempotency key's suffix). From here
+        until `release`, a crash leaves outcome_unknown set for the next daemon."""
+        with self.db.transaction(write=True) as cursor:
+            cursor.execute(
+                "UPDATE stripe_work SET"
+                " attempts = CASE WHEN cause = ? THEN attempts + 1 ELSE 1 END,"
+                " cause = ?, outcome_unknown = ?, updated_at = ?"
+                " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?"
+                " RETURNING attempts",
+                (
+                    cause,
+                    cause,
+                    True,
+                    self.db.to_db_time(now),
+                    *self._key(claim.transfer_id, claim.kind),
+                    claim.owner,
+                ),
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise LostClaim(f"{claim.kind} of transfer {claim.transfer_id} was taken over")
+        return int(row["attempts"])
+
+    def release(self, claim: Claim, *, outcome_unknown: bool, now: datetime) -> None:
+        """Done with this work for now; handling went through (no failure to count)."""
+        with self.db.transaction(write=True) as cursor:
+            cursor.execute(
+                "UPDATE stripe_work SET claimed_by = NULL, claim_expires_at = NULL,"
+                " outcome_unknown = ?, handling_failures = 0, not_before = NULL,"
+                " last_failure = NULL, updated_at = ?"
+                " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?",
+                (
+                    outcome_unknown,
+                    self.db.to_db_time(now),
+                    *self._key(claim.transfer_id, claim.kind),
+                    claim.owner,
+                ),
+            )
+
+    def handling_failed(
+        self,
+        claim: Claim,
+        *,
+        failure: str,
+        outcome_unknown: bool,
+        retry_at: datetime,
+        now: datetime,
+    ) -> bool:
+        """Handling failed for a reason that is not Stripe's answer: back off,
+        and park after PARK_AFTER_FAILURES in a row. Returns True when parked."""
+        failures = claim.handling_failures + 1
+        parked = failures >= PARK_AFTER_FAILURES
+        t = self.db.to_db_time
+        with self.db.transaction(write=True) as cursor:
+            cursor.execute(
+                "UPDATE stripe_work SET claimed_by = NULL, claim_expires_at = NULL,"
+                " outcome_unknown = ?, handling_failures = ?, not_before = ?,"
+                " last_failure = ?, parked_at = ?, updated_at = ?"
+                " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?",
+                (
+                    outcome_unknown,
+                    failures,
+                    t(retry_at),
+                    failure[:_MAX_FAILURE_TEXT],
+                    t(now) if parked else None,
+                    t(now),
+                    *self._key(claim.transfer_id, claim.kind),
+                    claim.owner,
+                ),
+            )
+        return parked
+
+    def unavailable(self, now: datetime) -> set[UUID]:
+        """Transfers the dispatcher must skip: claimed by a live claim, backing
+        off, or parked. Served by idx_stripe_work_unavailable (a handful of rows)."""
+        with self.db.transaction(write=False) as cursor:
+            cursor.execute(
+                "SELECT transfer_id, claim_expires_at, not_before, parked_at FROM stripe_work"
+                " WHERE claimed_by IS NOT NULL OR not_before IS NOT NULL OR parked_at IS NOT NULL"
+            )
+            rows = cursor.fetchall()
+        return {_uuid(r["transfer_id"]) for r in rows if self._unavailable(r, now)}
+
+    def _unavailable(self, row: Row, now: datetime) -> bool:
+        claim_expires_at = self.db.from_db_time(row["claim_expires_at"])
+        not_before = self.db.from_db_time(row["not_before"])
+        return (
+            row["parked_at"] is not None
+            or (claim_expires_at is not None and claim_expires_at > now)
+            or (not_before is not None and not_before > now)
+        )
+
+    # ----- parked work (`ledger parked ...`) ------------------------------------
+
+    def parked(self) -> list[ParkedWork]:
+        with self.db.transaction(write=False) as cursor:
+            cursor.execute(
+                "SELECT transfer_id, kind, cause, handling_failures, last_failure, parked_at"
+                " FROM stripe_work WHERE parked_at IS NOT NULL ORDER BY parked_at, transfer_id"
+            )
+            rows = cursor.fetchall()
+        return [
+            ParkedWork(
+                transfer_id=_uuid(r["transfer_id"]),
+                kind=str(r["kind"]),
+                cause=str(r["cause"]),
+                handling_failures=int(r["handling_failures"]),
+                last_failure=r["last_failure"],
+                parked_at=self.db.from_db_time(r["parked_at"]) or datetime.min,
+            )
+            for r in rows
+        ]
+
+    def unpark(self, transfer_id: UUID, now: datetime) -> int:
+        """Put a transfer's parked work back in line; returns how many items."""
+        with self.db.transaction(write=True) as cursor:
+            cursor.execute(
+                "UPDATE stripe_work SET parked_at = NULL, handling_failures = 0,"
+                " not_before = NULL, updated_at = ?"
+                " WHERE transfer_id = ? AND parked_at IS NOT NULL RETURNING kind",
+                (self.db.to_db_time(now), self.db.to_db_id(transfer_id)),
+            )
+            return len(cursor.fetchall())
+
+
+def _uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))

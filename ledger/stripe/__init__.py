@@ -1,0 +1,2 @@
+"""Stripe at the edge: the adapter the process managers call,
+and a local Stripe-compatible simulator."""
