@@ -212,6 +212,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # stripe-python logs each request at INFO; our own lines say what matters
+    # (transfer, outcome, Stripe request id), so keep its chatter out.
+    logging.getLogger("stripe").setLevel(logging.WARNING)
     stop = threading.Event()
     # One connection per worker, plus the loop's own.
     with Ledger.open(args.database_url, pool_size=concurrency + 2) as ledger:

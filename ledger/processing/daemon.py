@@ -54,6 +54,8 @@ SHUTDOWN_GRACE_SECONDS: Final = 5.0
 # After a failing turn (database down), wait this long before the next.
 ERROR_PAUSE_SECONDS: Final = 1.0
 LISTEN_RECONNECT_SECONDS: Final = 1.0
+# How often the listener looks up from waiting to see whether to stop.
+LISTEN_TIMEOUT_SECONDS: Final = 0.2
 
 # The due queries, in the order their work is taken when there is more work
 # than free workers: reversals (money owed back) first.
@@ -111,6 +113,9 @@ class Daemon:
         with self._listening():
             while not self.stop.is_set():
                 self.wake.clear()
+                # Sampled before the turn: work finishing during it may have
+                # left more due work that this turn's queries did not see.
+                was_busy = self._busy()
                 try:
                     self.ledger.catch_up()
                     handed_out = self._dispatch()
@@ -120,7 +125,7 @@ class Daemon:
                     continue
                 if self._fatal is not None:
                     break
-                if self.options.once and not handed_out and not self._busy():
+                if self.options.once and not (handed_out or was_busy or self._busy()):
                     break
                 self.wake.wait(self.poll_seconds)
             self.stop.set()
@@ -220,6 +225,7 @@ class Daemon:
             yield
         finally:
             self.stop.set()
+            listener.join(timeout=LISTEN_TIMEOUT_SECONDS * 2)
 
     def _listen(self) -> None:
         config = self.ledger.config
@@ -237,7 +243,7 @@ class Daemon:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self.wake.set()  # anything appended before LISTEN is found now
                     while not self.stop.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        for _ in conn.notifies(timeout=LISTEN_TIMEOUT_SECONDS, stop_after=1):
                             self.wake.set()
             except psycopg.Error as error:
                 log.warning("lost the notification connection (%s); reconnecting", error)

@@ -164,6 +164,13 @@ class Payout(StripeEffect):
         )
 
     def record_permanent_failure(self, transfer: Transfer, error: str, cause: str) -> None:
+        if transfer.status == Status.PENDING:
+            # The matrix has no pending -> permanently_failed: the refused
+            # attempt is a failure (no retry scheduled), then the ledger gives
+            # up. Both events are saved in one append.
+            transfer.record_payout_failed(
+                error=error, next_retry_at=None, actor=self.actor, caused_by=cause
+            )
         transfer.record_payout_permanently_failed(error=error, actor=self.actor, caused_by=cause)
 
 
@@ -321,12 +328,16 @@ class ProcessManager:
             # Not Stripe's answer (a bug, an unreadable event, the database):
             # never skipped, never blocking others: back off, then park.
             failure = f"{type(error).__name__}: {error}"
+            # Stripe saying "this key was used with other parameters" is a bug
+            # somewhere: a person looks before any new key can move money.
+            our_bug = isinstance(error, StripeCallFailed) and error.kind == FailureKind.BUG
             parked = self.work.handling_failed(
                 claim,
                 failure=failure,
                 outcome_unknown=progress.outcome_unknown or progress.call_started,
                 retry_at=self.clock() + self.policy.delay(claim.handling_failures + 1),
                 now=self.clock(),
+                park_now=our_bug,
             )
             log.error(  # noqa: TRY400 - the failure is in the line; no traceback in logs
                 "%s of transfer %s failed to process%s: %s",

@@ -155,11 +155,13 @@ class WorkStore:
         outcome_unknown: bool,
         retry_at: datetime,
         now: datetime,
+        park_now: bool = False,
     ) -> bool:
         """Handling failed for a reason that is not Stripe's answer: back off,
-        and park after PARK_AFTER_FAILURES in a row. Returns True when parked."""
+        and park after PARK_AFTER_FAILURES in a row (or at once). Returns True
+        when parked."""
         failures = claim.handling_failures + 1
-        parked = failures >= PARK_AFTER_FAILURES
+        parked = park_now or failures >= PARK_AFTER_FAILURES
         t = self.db.to_db_time
         with self.db.transaction(write=True) as cursor:
             cursor.execute(

@@ -225,12 +225,14 @@ def _page(params: dict[str, Any], after: str | None) -> dict[str, Any]:
     return params
 
 
-def _metadata(obj: Any) -> dict[str, str]:
+def _metadata(obj: Mapping[str, Any]) -> dict[str, str]:
     raw = obj.get("metadata") or {}
     return {str(k): str(v) for k, v in raw.items()}
 
 
-def _transfer(obj: Any) -> StripeTransfer:
+def _transfer(stripe_object: Any) -> StripeTransfer:
+    # stripe-python 16 objects refuse dict methods; to_dict() is the plain data.
+    obj: dict[str, Any] = stripe_object.to_dict()
     destination = obj.get("destination")
     if not isinstance(destination, str):  # expanded into an account object
         destination = destination["id"]
@@ -245,7 +247,8 @@ def _transfer(obj: Any) -> StripeTransfer:
     )
 
 
-def _reversal(obj: Any) -> StripeReversal:
+def _reversal(stripe_object: Any) -> StripeReversal:
+    obj: dict[str, Any] = stripe_object.to_dict()
     transfer = obj.get("transfer")
     if not isinstance(transfer, str):
         transfer = transfer["id"]

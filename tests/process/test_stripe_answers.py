@@ -1,0 +1,217 @@
+"""How the process managers answer each thing Stripe can say, on both databases.
+
+Each test runs the real daemon (`--once`, in this process) against the
+simulator over HTTP, and then checks the ledger AND Stripe's side: the number
+of Stripe objects is the guarantee that matters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import stripe
+
+from ledger.bootstrap import work_store
+from ledger.domain import payout_cause
+from ledger.processing.effects import OperatorProblem, idempotency_key
+from tests.process.world import (
+    API_KEY,
+    World,
+    ledger_matches_stripe,
+    new_world,
+    outcome_events,
+    running_simulator,
+)
+
+
+def test_a_pending_transfer_is_paid_out_once_with_the_ledger_ids_at_stripe(world: World) -> None:
+    transfer_id = world.create("order-1", amount=1250)
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "completed"
+    [made] = world.stripe_transfers(transfer_id)
+    assert view.stripe_transfer_id == made["id"]
+    assert made["amount"] == 1250 and made["currency"] == "usd"
+    assert made["destination"] == "acct_1Seller"
+    assert made["metadata"]["ledger_transfer_id"] == str(transfer_id)
+    assert made["metadata"]["ledger_cause"] == payout_cause(transfer_id)
+    [event] = [e for e in world.events(transfer_id) if type(e).__name__ == "PayoutSucceeded"]
+    assert event.caused_by == payout_cause(transfer_id)
+    assert event.actor == "system:payout-manager"
+    # Running again finds nothing to do and calls Stripe no more.
+    posts = len(world.money_posts())
+    world.run_daemon_once()
+    assert len(world.money_posts()) == posts
+
+
+def test_the_seeds_smoke_probe_refund_to_reversal_pending_to_reversed(world: World) -> None:
+    transfer_id = world.create("order-2", amount=9000)
+    world.run_daemon_once()
+    world.request_reversal(transfer_id, amount=4000)
+    assert world.show(transfer_id).status == "reversal_pending"
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "reversed"
+    assert view.amount_reversed == 4000
+    [reversal] = world.stripe_reversals(view.stripe_transfer_id or "")
+    assert reversal["amount"] == 4000
+    assert reversal["metadata"]["ledger_transfer_id"] == str(transfer_id)
+    reversed_event = [e for e in world.events(transfer_id) if type(e).__name__ == "Reversed"][0]
+    requested = [e for e in world.events(transfer_id) if type(e).__name__ == "ReversalRequested"][0]
+    assert reversed_event.caused_by == f"{transfer_id}:{requested.originator_version}"
+    assert reversed_event.stripe_reversal_id == reversal["id"]
+
+
+def test_a_stored_500_after_stripe_committed_is_looked_up_not_paid_again(world: World) -> None:
+    world.simulator.add_fault("500_after", path="/v1/transfers")
+    transfer_id = world.create("order-3")
+    world.run_daemon_once()
+    assert world.show(transfer_id).status == "completed"
+    assert len(world.stripe_transfers(transfer_id)) == 1
+    assert outcome_events(world, transfer_id) == ["PayoutSucceeded"]
+
+
+def test_a_stored_500_for_a_reversal_is_looked_up_not_reversed_again(world: World) -> None:
+    transfer_id = world.create("order-4", amount=3000)
+    world.run_daemon_once()
+    world.simulator.add_fault("500_after", path="/reversals")
+    world.request_reversal(transfer_id)
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "reversed" and view.amount_reversed == 3000
+    assert len(world.stripe_reversals(view.stripe_transfer_id or "")) == 1
+
+
+def test_a_connection_dropped_after_commit_records_the_transfer_once(world: World) -> None:
+    world.simulator.add_fault("drop_after", path="/v1/transfers")
+    transfer_id = world.create("order-5")
+    world.run_daemon_once()
+    assert world.show(transfer_id).status == "completed"
+    assert len(world.stripe_transfers(transfer_id)) == 1
+
+
+def test_a_500_before_executing_is_retried_under_a_new_key_and_pays_once(world: World) -> None:
+    world.simulator.add_fault("500_before", path="/v1/transfers")
+    transfer_id = world.create("order-6")
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "completed" and view.retry_count == 1
+    assert len(world.stripe_transfers(transfer_id)) == 1
+    keys = [r["idempotency_key"] for r in world.money_posts()]
+    cause = payout_cause(transfer_id)
+    assert keys == [idempotency_key("payout", cause, 1), idempotency_key("payout", cause, 2)]
+
+
+def test_429_is_a_failed_attempt_retried_later(world: World) -> None:
+    world.simulator.add_fault("429", path="/v1/transfers")
+    transfer_id = world.create("order-7")
+    world.run_daemon_once()
+    history = outcome_events(world, transfer_id)
+    assert history == ["PayoutFailed", "PayoutSucceeded"]
+    assert len(world.stripe_transfers(transfer_id)) == 1
+
+
+def test_a_response_slower_than_the_timeout_is_looked_up_and_recorded_once(
+    database_url: str,
+) -> None:
+    with running_simulator(slow_ms=1500) as slow_sim:
+        world = new_world(database_url, slow_sim, timeout_seconds=0.5)
+        world.simulator.add_fault("slow", path="/v1/transfers")
+        transfer_id = world.create("order-8")
+        world.run_daemon_once()
+        assert world.show(transfer_id).status == "completed"
+        assert len(world.stripe_transfers(transfer_id)) == 1
+
+
+def test_a_transfer_already_fully_reversed_at_stripe_is_recorded_as_reversed(
+    world: World,
+) -> None:
+    transfer_id = world.create("order-9", amount=2500)
+    world.run_daemon_once()
+    stripe_id = world.show(transfer_id).stripe_transfer_id or ""
+    world.simulator.reverse_outside(stripe_id)  # from the Dashboard, behind the ledger's back
+    world.request_reversal(transfer_id)
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "reversed" and view.amount_reversed == 2500
+    assert len(world.stripe_reversals(stripe_id)) == 1  # no over-reversal attempt succeeded
+
+
+def test_balance_insufficient_is_retried_until_max_attempts_then_permanently_failed(
+    world: World,
+) -> None:
+    transfer_id = world.create("order-10", seller="acct_1nobalance", amount=700)
+    world.run_daemon_once()
+    world.request_reversal(transfer_id)
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "permanently_failed"
+    assert "balance_insufficient" in (view.last_error or "")
+    assert outcome_events(world, transfer_id) == [
+        "PayoutSucceeded",
+        "ReversalAttemptFailed",
+        "ReversalAttemptFailed",
+        "ReversalPermanentlyFailed",
+    ]
+    reversal_posts = [r for r in world.money_posts() if r["path"].endswith("/reversals")]
+    assert len(reversal_posts) == world.max_attempts
+    assert world.stripe_reversals(view.stripe_transfer_id or "") == []
+
+
+def test_an_unknown_destination_is_permanently_failed_at_once(world: World) -> None:
+    transfer_id = world.create("order-11", seller="acct_unknownSeller")
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "permanently_failed"
+    assert "resource_missing" in (view.last_error or "")
+    # The matrix has no pending -> permanently_failed: the refusal is a failed
+    # attempt with no retry scheduled, then the give-up, in one append.
+    assert outcome_events(world, transfer_id) == ["PayoutFailed", "PayoutPermanentlyFailed"]
+    assert len(world.money_posts()) == 1
+
+
+def test_a_rejected_api_key_stops_the_daemon_and_touches_no_transfer(
+    database_url: str,
+) -> None:
+    with running_simulator(api_key="sk_test_theRightKey") as strict_sim:
+        world = new_world(database_url, strict_sim)
+        check_rejected_key_touches_nothing(world)
+
+
+def check_rejected_key_touches_nothing(world: World) -> None:
+    transfer_id = world.create("order-12")
+    before = world.events(transfer_id)
+    with pytest.raises(OperatorProblem, match="401"):
+        world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "pending" and view.retry_count == 0
+    assert len(world.events(transfer_id)) == len(before)
+    assert world.stripe_transfers() == []
+
+
+def test_the_same_key_with_other_parameters_parks_the_work_and_others_go_on(
+    world: World,
+) -> None:
+    poisoned = world.create("order-13", amount=1000)
+    healthy = world.create("order-14", amount=2000)
+    # Another system already used the key the ledger will use, for another amount.
+    client = stripe.StripeClient(API_KEY, base_addresses={"api": world.sim.base_url})
+    client.v1.transfers.create(
+        params={"amount": 1, "currency": "usd", "destination": "acct_1Other"},
+        options={"idempotency_key": idempotency_key("payout", payout_cause(poisoned), 1)},
+    )
+    world.run_daemon_once()
+    assert world.show(healthy).status == "completed"
+    assert world.show(poisoned).status == "pending"
+    with world.ledger() as ledger:
+        parked = work_store(ledger).parked()
+    assert [p.transfer_id for p in parked] == [poisoned]
+    assert "same parameters" in (parked[0].last_failure or "")
+    assert ledger_matches_stripe(world, [healthy]) == []
+
+    # An operator looked into it and puts the work back: it is paid, once.
+    with world.ledger() as ledger:
+        assert work_store(ledger).unpark(poisoned, datetime.now(UTC)) == 1
+    world.run_daemon_once()
+    assert world.show(poisoned).status == "completed"
+    assert ledger_matches_stripe(world, [healthy, poisoned]) == []
