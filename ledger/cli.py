@@ -31,6 +31,7 @@ from ledger.errors import InvalidInput, LedgerError, TransferNotFound, Transitio
 from ledger.importing import parse_lines
 from ledger.processing.daemon import DaemonOptions, stop_on_signals
 from ledger.processing.policy import RetryPolicy
+from ledger.stripe import simulator
 from ledger.stripe.gateway import StripeSettings
 from projections.seller_transfers import TransferView
 
@@ -360,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     add(parked_commands, "list", cmd_parked_list, "list parked work")
     parked_retry = add(parked_commands, "retry", cmd_parked_retry, "put a transfer's work back")
     parked_retry.add_argument("id")
+
+    # No database options: the simulator stands in for Stripe, not the ledger.
+    stripe_sim = commands.add_parser(
+        "stripe-sim",
+        help="local Stripe-compatible simulator (transfers, reversals, faults) on 127.0.0.1",
+        description=simulator.DESCRIPTION,
+    )
+    stripe_sim.set_defaults(handler=simulator.run_from_args, database_url="")
+    simulator.configure_parser(stripe_sim)
 
     matrix_cmd = add(commands, "matrix", cmd_matrix, "print the transition matrix")
     matrix_cmd.add_argument("--format", choices=("table", "mermaid"), default="table")

@@ -233,14 +233,14 @@ def _metadata(obj: Mapping[str, Any]) -> dict[str, str]:
 def _transfer(stripe_object: Any) -> StripeTransfer:
     # stripe-python 16 objects refuse dict methods; to_dict() is the plain data.
     obj: dict[str, Any] = stripe_object.to_dict()
-    destination = obj.get("destination")
-    if not isinstance(destination, str):  # expanded into an account object
+    destination: Any = obj["destination"]
+    if isinstance(destination, dict):  # expanded into an account object
         destination = destination["id"]
     return StripeTransfer(
         id=obj["id"],
         amount=int(obj["amount"]),
         currency=str(obj["currency"]),
-        destination=destination,
+        destination=str(destination),
         transfer_group=obj.get("transfer_group"),
         amount_reversed=int(obj.get("amount_reversed") or 0),
         metadata=_metadata(obj),
@@ -249,9 +249,9 @@ def _transfer(stripe_object: Any) -> StripeTransfer:
 
 def _reversal(stripe_object: Any) -> StripeReversal:
     obj: dict[str, Any] = stripe_object.to_dict()
-    transfer = obj.get("transfer")
-    if not isinstance(transfer, str):
+    transfer: Any = obj["transfer"]
+    if isinstance(transfer, dict):  # expanded into a transfer object
         transfer = transfer["id"]
     return StripeReversal(
-        id=obj["id"], transfer=transfer, amount=int(obj["amount"]), metadata=_metadata(obj)
+        id=obj["id"], transfer=str(transfer), amount=int(obj["amount"]), metadata=_metadata(obj)
     )

@@ -56,8 +56,8 @@ def test_the_seeds_smoke_probe_refund_to_reversal_pending_to_reversed(world: Wor
     [reversal] = world.stripe_reversals(view.stripe_transfer_id or "")
     assert reversal["amount"] == 4000
     assert reversal["metadata"]["ledger_transfer_id"] == str(transfer_id)
-    reversed_event = [e for e in world.events(transfer_id) if type(e).__name__ == "Reversed"][0]
-    requested = [e for e in world.events(transfer_id) if type(e).__name__ == "ReversalRequested"][0]
+    events = {type(e).__name__: e for e in world.events(transfer_id)}
+    reversed_event, requested = events["Reversed"], events["ReversalRequested"]
     assert reversed_event.caused_by == f"{transfer_id}:{requested.originator_version}"
     assert reversed_event.stripe_reversal_id == reversal["id"]
 

@@ -128,7 +128,8 @@ class World:
         return [t for t in found if t["transfer_group"] == str(transfer_id)]
 
     def stripe_reversals(self, stripe_transfer_id: str) -> list[dict[str, Any]]:
-        return [r for r in self.simulator.state()["reversals"] if r["transfer"] == stripe_transfer_id]
+        reversals = self.simulator.state()["reversals"]
+        return [r for r in reversals if r["transfer"] == stripe_transfer_id]
 
     def money_posts(self) -> list[dict[str, Any]]:
         return [r for r in self.simulator.state()["requests"] if r["method"] == "POST"]

@@ -1,0 +1,60 @@
+"""Helpers for tests that talk to the local Stripe simulator over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import stripe
+
+from ledger.stripe.simulator import SimulatorConfig, SimulatorServer, StripeSimulator
+
+
+@contextmanager
+def running_simulator(**config_overrides: Any) -> Iterator[tuple[StripeSimulator, str]]:
+    """An in-process stripe-sim on a free port: yields the simulator and its base URL."""
+    config = SimulatorConfig(**{"port": 0, **config_overrides})
+    simulator = StripeSimulator(config)
+    with SimulatorServer(simulator, port=config.port) as server:
+        yield simulator, server.base_url
+
+
+def stripe_client(
+    base_url: str,
+    api_key: str = "sk_test_ledger",
+    timeout: float = 5.0,
+    max_network_retries: int = 0,
+) -> stripe.StripeClient:
+    """The real stripe-python client, pointed at the simulator."""
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": base_url},
+        http_client=stripe.RequestsClient(timeout=timeout),
+        max_network_retries=max_network_retries,
+    )
+
+
+def sim_control(base_url: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+    """GET (no payload) or POST a JSON payload to the simulator's /_sim control API."""
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(
+        f"{base_url}{path}",
+        data=data,
+        method="GET" if payload is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(0.01)
