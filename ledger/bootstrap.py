@@ -249,8 +249,9 @@ def build_daemon(
     options: DaemonOptions,
     stop: threading.Event | None = None,
 ) -> Daemon:
-    work = work_store(
-        ledger, claim_seconds=stripe.longest_call_seconds() + CLAIM_MARGIN_SECONDS
+    claim_seconds = options.claim_seconds or (
+        stripe.longest_call_seconds() + CLAIM_MARGIN_SECONDS
     )
+    work = work_store(ledger, claim_seconds=claim_seconds)
     manager = ProcessManager(ledger.transfers, work, StripeGateway(stripe), policy)
     return Daemon(ledger, manager, work, options, stop)

@@ -208,6 +208,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     stripe_settings = StripeSettings.from_env()
     policy = RetryPolicy.from_env()
     concurrency = _whole_number(args.concurrency, "--concurrency", 1, MAX_CONCURRENCY)
+    claim_seconds = _seconds_from_env("LEDGER_CLAIM_SECONDS")
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -217,13 +218,20 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # (transfer, outcome, Stripe request id), so keep its chatter out.
     logging.getLogger("stripe").setLevel(logging.WARNING)
     stop = threading.Event()
-    # One connection per worker, plus the loop's own.
-    with Ledger.open(args.database_url, pool_size=concurrency + 2) as ledger:
+    # Signals are caught from here on, so a stop during start-up is clean too.
+    # A second signal interrupts the wait for in-flight calls: they are left
+    # for the next daemon to look up at Stripe.
+    # One database connection per worker, plus the loop's own.
+    with (
+        stop_on_signals(stop),
+        contextlib.suppress(KeyboardInterrupt),
+        Ledger.open(args.database_url, pool_size=concurrency + 2) as ledger,
+    ):
         daemon = build_daemon(
             ledger,
             stripe_settings,
             policy,
-            DaemonOptions(concurrency=concurrency, once=args.once),
+            DaemonOptions(concurrency=concurrency, once=args.once, claim_seconds=claim_seconds),
             stop,
         )
         logging.getLogger("ledger.daemon").info(
@@ -232,10 +240,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             concurrency,
             ", draining what is due now" if args.once else "",
         )
-        # A second signal interrupts the wait for in-flight calls: they are
-        # left for the next daemon to look up at Stripe.
-        with stop_on_signals(stop), contextlib.suppress(KeyboardInterrupt):
-            daemon.run()
+        daemon.run()
     return EXIT_OK
 
 
@@ -243,6 +248,19 @@ def _whole_number(raw: str, name: str, minimum: int, maximum: int) -> int:
     if not (raw.isascii() and raw.isdigit()) or not minimum <= int(raw) <= maximum:
         raise InvalidInput(f"invalid {name} {raw!r}: expected a whole number {minimum}-{maximum}")
     return int(raw)
+
+
+def _seconds_from_env(name: str) -> float | None:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise InvalidInput(f"invalid {name} {raw!r}: expected seconds") from None
+    if not seconds > 0:
+        raise InvalidInput(f"invalid {name} {raw!r}: must be more than 0")
+    return seconds
 
 
 def cmd_parked_list(args: argparse.Namespace) -> int:

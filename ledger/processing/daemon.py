@@ -72,6 +72,9 @@ class DaemonOptions:
     concurrency: int = 4
     once: bool = False
     poll_seconds: float | None = None  # None: the database's default
+    # How long a claim lasts before another daemon may take the work over.
+    # None: longer than the longest Stripe call can take (see build_daemon).
+    claim_seconds: float | None = None
 
 
 class Daemon:

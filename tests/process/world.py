@@ -171,6 +171,14 @@ def start_daemon(
         )
 
 
+def wait_started(process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Until the daemon says it started (its signal handlers are in place)."""
+    wait_for(
+        lambda: process.poll() is not None or "daemon started" in log_path.read_text(),
+        what="the daemon to start",
+    )
+
+
 def finish(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
     try:
         return process.wait(timeout=timeout)

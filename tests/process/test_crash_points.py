@@ -1,0 +1,98 @@
+"""A daemon killed (SIGKILL, a real process) at each step of a Stripe effect:
+on restart the work is neither lost nor done twice, on both databases.
+
+The crash points are named failpoints in the product code
+(ledger/processing/failpoints.py): `before_stripe_call` (the attempt is
+recorded as started, nothing sent), `after_stripe_call` (Stripe committed,
+the ledger knows nothing), `after_record` (the outcome is saved, the claim not
+released and the read table not yet projected).
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from ledger.processing.failpoints import NAMES
+from tests.process.world import (
+    World,
+    finish,
+    ledger_matches_stripe,
+    outcome_events,
+    start_daemon,
+    wait_for,
+    wait_started,
+)
+
+# Short claims, so that the restarted daemon takes over the dead one's work quickly.
+CLAIM_SECONDS = "1"
+
+
+def crash_then_recover(world: World, failpoint: str, tmp_path: Path) -> int:
+    """Run a daemon that SIGKILLs itself at `failpoint`, then a healthy one
+    until nothing is left to do; returns the crashed daemon's exit status."""
+    crashed = start_daemon(
+        world,
+        "--once",
+        log_path=tmp_path / "crashed.log",
+        LEDGER_FAILPOINTS=failpoint,
+        LEDGER_CLAIM_SECONDS=CLAIM_SECONDS,
+    )
+    status = finish(crashed)
+    healthy_log = tmp_path / "healthy.log"
+    healthy = start_daemon(world, log_path=healthy_log, LEDGER_CLAIM_SECONDS=CLAIM_SECONDS)
+    try:
+        wait_started(healthy, healthy_log)
+        wait_for(lambda: _settled(world), timeout=60, what="the work to settle")
+    finally:
+        healthy.send_signal(signal.SIGTERM)
+        assert finish(healthy) == 0, (tmp_path / "healthy.log").read_text()
+    return status
+
+
+_SETTLED = {"completed", "reversed", "permanently_failed"}
+
+
+def _settled(world: World) -> bool:
+    with world.ledger() as ledger:
+        views = ledger.list()
+    return all(
+        v.status in _SETTLED and not (v.status == "completed" and v.reversal_request_ref)
+        for v in views
+    )
+
+
+@pytest.mark.parametrize("failpoint", NAMES)
+def test_a_payout_interrupted_by_a_crash_is_made_exactly_once(
+    world: World, failpoint: str, tmp_path: Path
+) -> None:
+    transfer_id = world.create("order-crash", amount=4321)
+    status = crash_then_recover(world, failpoint, tmp_path)
+    assert status == -signal.SIGKILL, "the failpoint did not kill the daemon"
+    assert world.show(transfer_id).status == "completed"
+    assert ledger_matches_stripe(world, [transfer_id]) == []
+    assert len(world.stripe_transfers(transfer_id)) == 1
+    assert outcome_events(world, transfer_id) == ["PayoutSucceeded"]
+    # Before the call nothing was sent: the next daemon looks up, finds nothing
+    # and calls once. After it, Stripe has the transfer: the next daemon finds
+    # it by looking up, and never calls again.
+    creates = [r for r in world.money_posts() if r["path"] == "/v1/transfers"]
+    assert len(creates) == 1
+
+
+@pytest.mark.parametrize("failpoint", NAMES)
+def test_a_reversal_interrupted_by_a_crash_is_made_exactly_once(
+    world: World, failpoint: str, tmp_path: Path
+) -> None:
+    transfer_id = world.create("order-crash-reversal", amount=8000)
+    world.run_daemon_once()
+    world.request_reversal(transfer_id, amount=3000)
+    status = crash_then_recover(world, failpoint, tmp_path)
+    assert status == -signal.SIGKILL, "the failpoint did not kill the daemon"
+    view = world.show(transfer_id)
+    assert view.status == "reversed" and view.amount_reversed == 3000
+    assert ledger_matches_stripe(world, [transfer_id]) == []
+    assert len(world.stripe_reversals(view.stripe_transfer_id or "")) == 1
+    assert outcome_events(world, transfer_id) == ["PayoutSucceeded", "Reversed"]
