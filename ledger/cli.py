@@ -205,9 +205,9 @@ MAX_CONCURRENCY = 256
 def cmd_daemon(args: argparse.Namespace) -> int:
     # Configuration first: a missing key or a bad policy is bad input (exit 2)
     # before anything is opened.
+    concurrency = _whole_number(args.concurrency, "--concurrency", 1, MAX_CONCURRENCY)
     stripe_settings = StripeSettings.from_env()
     policy = RetryPolicy.from_env()
-    concurrency = _whole_number(args.concurrency, "--concurrency", 1, MAX_CONCURRENCY)
     claim_seconds = _seconds_from_env("LEDGER_CLAIM_SECONDS")
     logging.basicConfig(
         level=logging.INFO,
