@@ -366,7 +366,7 @@ class ProcessManager:
                 return self._failed(effect, transfer, cause, failure, progress)
             if found is not None:
                 self._record_success(effect, transfer, found, cause, progress)
-                return "found at Stripe"
+                return f"found {found.stripe_id} at Stripe (an earlier call's outcome was unknown)"
         attempt = self.work.begin_attempt(claim, cause, self.clock())
         failpoint("before_stripe_call")
         progress.call_started = True
@@ -390,11 +390,12 @@ class ProcessManager:
                 looked_up = None
             if looked_up is None:
                 return self._failed(effect, transfer, cause, failure, progress)
-            found = looked_up
+            self._record_success(effect, transfer, looked_up, cause, progress)
+            return f"found {looked_up.stripe_id} at Stripe after {failure.summary()}"
         failpoint("after_stripe_call")
         self._record_success(effect, transfer, found, cause, progress)
         failpoint("after_record")
-        return "succeeded"
+        return f"succeeded: {found.stripe_id}"
 
     def _record_success(
         self,
@@ -428,17 +429,17 @@ class ProcessManager:
             error = f"outcome unknown, not found at Stripe: {error}"
         if failure.kind == FailureKind.PERMANENT:
             self._record(transfer.id, lambda t: effect.record_permanent_failure(t, error, cause))
-            return "permanently failed"
+            return f"permanently failed: {error}"
         failed_attempts = transfer.retry_count + 1
         if self.policy.exhausted(failed_attempts):
             final = f"gave up after {failed_attempts} attempts: {error}"
             self._record(transfer.id, lambda t: effect.record_permanent_failure(t, final, cause))
-            return "permanently failed"
+            return f"permanently failed: {final}"
         retry_at = self.clock() + self.policy.delay(failed_attempts)
         self._record(
             transfer.id, lambda t: effect.record_attempt_failed(t, error, retry_at, cause)
         )
-        return "will retry"
+        return f"attempt {failed_attempts} failed, retry at {retry_at:%Y-%m-%d %H:%M:%S}Z: {error}"
 
     def _record(self, transfer_id: UUID, command: Callable[[Transfer], None]) -> None:
         self.transfers.change(transfer_id, command)
