@@ -147,6 +147,8 @@ class Daemon:
             return 0
         now = datetime.now(UTC)
         position = self.ledger.projection.position()
+        # Entries from older positions are stale: those rows may be due now.
+        self._not_due = {item: at for item, at in self._not_due.items() if at == position}
         skip = busy | self.work.unavailable(now)
         handed_out = 0
         for query, kind in DUE_QUERIES:
