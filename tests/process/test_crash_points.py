@@ -11,10 +11,13 @@ released and the read table not yet projected).
 from __future__ import annotations
 
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
+from ledger.bootstrap import Ledger, work_store
 from ledger.processing.failpoints import NAMES
 from tests.process.world import (
     World,
@@ -96,3 +99,35 @@ def test_a_reversal_interrupted_by_a_crash_is_made_exactly_once(
     assert ledger_matches_stripe(world, [transfer_id]) == []
     assert len(world.stripe_reversals(view.stripe_transfer_id or "")) == 1
     assert outcome_events(world, transfer_id) == ["PayoutSucceeded", "Reversed"]
+
+
+def test_after_a_crash_and_a_day_when_stripe_forgot_the_key_the_transfer_is_found_not_remade(
+    world: World, tmp_path: Path
+) -> None:
+    """Stripe may prune idempotency keys after 24 h: a reused key would then run
+    a NEW request. The restarted daemon must look the transfer up instead."""
+    transfer_id = world.create("order-old-key", amount=1111)
+    crashed = start_daemon(
+        world,
+        "--once",
+        log_path=tmp_path / "crashed.log",
+        LEDGER_FAILPOINTS="after_stripe_call",
+        LEDGER_CLAIM_SECONDS=CLAIM_SECONDS,
+    )
+    assert finish(crashed) == -signal.SIGKILL
+    assert len(world.stripe_transfers(transfer_id)) == 1
+    assert world.simulator.expire_idempotency_keys() >= 1
+    wait_for(lambda: _claim_expired(world), what="the dead daemon's claim to expire")
+    world.run_daemon_once()
+    assert world.show(transfer_id).status == "completed"
+    assert len(world.stripe_transfers(transfer_id)) == 1
+    assert ledger_matches_stripe(world, [transfer_id]) == []
+
+
+def _claim_expired(world: World) -> bool:
+    with world.ledger() as ledger:
+        return not ledger_work_unavailable(ledger)
+
+
+def ledger_work_unavailable(ledger: Ledger) -> set[UUID]:
+    return work_store(ledger).unavailable(datetime.now(UTC))
