@@ -153,12 +153,16 @@ class Database:
     # ----- transactions -----------------------------------------------------
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Cursor]:
+    def transaction(self, *, write: bool = True, durable: bool = True) -> Iterator[Cursor]:
         """A transaction that commits on success and rolls back on any error.
 
         On SQLite a writing transaction starts with BEGIN IMMEDIATE: it takes the
         write lock up front, so two processes never both read and then fail to
         upgrade to writing (SQLITE_BUSY in the middle of a projection batch).
+
+        `durable=False` (PostgreSQL): the commit returns before its WAL is
+        flushed. Only for writes whose loss in a server crash is harmless; the
+        next durable commit flushes them anyway.
         """
         if self.dialect == "sqlite":
             with self._sqlite.get_connection(commit=write) as conn:
@@ -179,6 +183,8 @@ class Database:
                 pg_conn.transaction(force_rollback=not write),
                 pg_conn.cursor() as cursor,
             ):
+                if write and not durable:
+                    cursor.execute("SET LOCAL synchronous_commit = off")
                 yield _PostgresCursor(cursor)
 
     @contextmanager

@@ -51,6 +51,8 @@ SQLITE_POLL_SECONDS: Final = 0.1
 # whose time has come.
 POSTGRES_POLL_SECONDS: Final = 1.0
 SHUTDOWN_GRACE_SECONDS: Final = 5.0
+# Items in hand per worker: one being worked on, one queued behind it.
+BACKLOG_PER_WORKER: Final = 2
 # After a failing turn (database down), wait this long before the next.
 ERROR_PAUSE_SECONDS: Final = 1.0
 LISTEN_RECONNECT_SECONDS: Final = 1.0
@@ -103,6 +105,9 @@ class Daemon:
         # not handed out again until the projection moves.
         self._not_due: dict[WorkItem, int] = {}
         self._fatal: OperatorProblem | None = None
+        # Work in hand: every worker busy plus as many queued, so a worker that
+        # finishes starts the next item at once instead of waiting for a turn.
+        self._backlog_limit = options.concurrency * BACKLOG_PER_WORKER
 
     # ----- the loop -------------------------------------------------------------
 
@@ -120,7 +125,7 @@ class Daemon:
                 # left more due work that this turn's queries did not see.
                 was_busy = self._busy()
                 try:
-                    self.ledger.catch_up()
+                    self.ledger.ensure_current()
                     handed_out = self._dispatch()
                 except Exception:
                     log.exception("daemon turn failed; trying again shortly")
@@ -141,7 +146,7 @@ class Daemon:
     def _dispatch(self) -> int:
         """Hand due work to free workers; returns how many items were handed out."""
         with self._lock:
-            free = self.options.concurrency - len(self._in_flight)
+            free = self._backlog_limit - len(self._in_flight)
             busy = set(self._in_flight)
         if free <= 0:
             return 0
@@ -191,6 +196,8 @@ class Daemon:
         while True:
             transfer_id, kind = self._queue.get()
             try:
+                if self.stop.is_set():
+                    continue  # stopping: queued work is left for the next daemon
                 outcome = self._handle(transfer_id, kind)
                 if outcome in ("nothing due", "not ours"):
                     self._not_due[(transfer_id, kind)] = self.ledger.projection.position()

@@ -5,6 +5,12 @@ Every method is one short transaction, and none is open while Stripe is
 called: a claim is taken, the attempt is recorded as started (committed), the
 call is made, the outcome is recorded as events, and the claim is released.
 See migrations/*/0005_stripe_work.sql for the columns.
+
+Only `begin_attempt` must be durable before the Stripe call, and its commit
+flushes the claim before it. Claims and releases commit without waiting for
+the disk (PostgreSQL's synchronous_commit = off): a server crash can only lose
+one whose loss is harmless (a claim not yet used for a call; a release, after
+which the next daemon waits for the claim to expire and looks the outcome up).
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ class WorkStore:
         """Take this work if nobody holds it, it is not parked and not backing
         off. None when it is not ours to do now."""
         t = self.db.to_db_time
-        with self.db.transaction(write=True) as cursor:
+        with self.db.transaction(write=True, durable=False) as cursor:
             cursor.execute(
                 "INSERT INTO stripe_work (transfer_id, kind, cause, claimed_by,"
                 " claim_expires_at, updated_at) VALUES (?, ?, '', ?, ?, ?)"
@@ -133,7 +139,7 @@ class WorkStore:
 
     def release(self, claim: Claim, *, outcome_unknown: bool, now: datetime) -> None:
         """Done with this work for now; handling went through (no failure to count)."""
-        with self.db.transaction(write=True) as cursor:
+        with self.db.transaction(write=True, durable=False) as cursor:
             cursor.execute(
                 "UPDATE stripe_work SET claimed_by = NULL, claim_expires_at = NULL,"
                 " outcome_unknown = ?, handling_failures = 0, not_before = NULL,"
