@@ -1,38 +1,70 @@
-"""Benchmark: `ledger transfer import` against a raw executemany ceiling, same run.
+"""Benchmarks of the import, reversal throughput and wake-up latency, with targets.
 
-Both sides load the same N transfers into the same PostgreSQL server (fsync on):
-- ceiling: psycopg `executemany` of the rows into a plain table with the read
-  table's columns (no keys, no indexes), one transaction;
-- ledger: `ledger transfer import FILE` as a user runs it (a new process, JSON
-  Lines parsed and validated, events appended, read table projected).
+Each rate is set against a ceiling measured in the same run or a fixed bound.
 
-Machines differ, so the figure that matters is the ratio of the two rates.
-Usage: scripts/bench [--count N] [--check]   (--check: exit 1 below the target)
+import     `ledger transfer import` of N transfers against a raw executemany ceiling, both
+           into the same PostgreSQL server (fsync on):
+           - ceiling: psycopg `executemany` of the rows into a plain table with the read
+             table's columns (no keys, no indexes), one transaction;
+           - ledger: `ledger transfer import FILE` as a user runs it (a new process, JSON
+             Lines parsed and validated, events appended, read table projected).
+           Target: ratio >= 0.10.
+reversals  300 transfers, paid out, then all put into reversal_pending at once; a fresh
+           `ledger daemon --concurrency N` reverses them against `ledger stripe-sim
+           --latency-ms 100` (separate processes), PostgreSQL fsync on. Elapsed time runs
+           from the first reversal request arriving at the simulator (so process start-up
+           and the first query are not counted) to the moment all of them read `reversed`
+           in the read table. The bound is N / latency: N = 16, 160 reversals/s, target
+           ratio >= 0.85; N = 64, 640 reversals/s, reported only.
+latency    With a daemon idle and the simulator answering at once, reversals are requested
+           one at a time through the Python API; each one's wake-up latency runs from the
+           return of the command's save (the commit; the read-table catch-up that
+           `Ledger.request_reversal` does next is still run, as a caller's would be) to its
+           POST reaching the simulator. PostgreSQL (LISTEN/NOTIFY): target p50 < 20 ms.
+           SQLite (polls every 100 ms): reported only.
+
+Machines differ, so the figures that matter are ratios to a ceiling or bound.
+Usage: scripts/bench [--only import,reversals,latency] [--count N] [--reversals N]
+                     [--latency-samples N] [--check]   (--check: exit 1 below any target)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import random
+import re
+import select
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ledger.bootstrap import Ledger  # noqa: E402
 from tests.postgres_server import create_database, postgres_server  # noqa: E402
 
-TARGET_RATIO = 0.10
-STATUS_WEIGHTS = {
+LEDGER: Final = str(Path(sys.executable).with_name("ledger"))
+BENCHMARKS: Final = ("import", "reversals", "latency")
+
+IMPORT_TARGET_RATIO: Final = 0.10
+STATUS_WEIGHTS: Final = {
     "pending": 55,
     "completed": 35,
     "failed": 5,
@@ -40,6 +72,41 @@ STATUS_WEIGHTS = {
     "reversed": 2,
     "permanently_failed": 1,
 }
+
+REVERSAL_SIM_LATENCY_MS: Final = 100
+# (daemon --concurrency, target ratio or None for "report only")
+REVERSAL_RUNS: Final[tuple[tuple[int, float | None], ...]] = ((16, 0.85), (64, None))
+# The payouts before the measured part are setup; this only makes them quicker.
+SETUP_CONCURRENCY: Final = 16
+
+WAKEUP_TARGET_P50_MS: Final = 20.0
+# Requests are spaced so that each finds the daemon idle: a queue would measure
+# waiting for a free worker, not waking up.
+WAKEUP_SPACING_SECONDS: Final = (0.05, 0.1)
+# Long enough for the payouts' last outcomes to be projected and the daemon to
+# settle into waiting before the first measured request.
+WAKEUP_SETTLE_SECONDS: Final = 1.0
+
+PROCESS_START_TIMEOUT: Final = 30.0
+STOP_TIMEOUT: Final = 15.0
+SIM_LISTENING: Final = re.compile(r"stripe-sim listening on (http://\S+)")
+API_KEY: Final = "sk_test_ledgerBenchKey0000"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One line of the final verdict: what was asked, and whether it was met."""
+
+    name: str
+    met: bool
+    text: str
+
+
+def section(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+# ----- import ------------------------------------------------------------------------------
 
 
 def make_rows(count: int, seed: int = 7) -> list[dict[str, Any]]:
@@ -75,6 +142,11 @@ def make_rows(count: int, seed: int = 7) -> list[dict[str, Any]]:
             row["amount_reversed"] = amount
         rows.append(row)
     return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
 def measure_ceiling(url: str, rows: list[dict[str, Any]]) -> float:
@@ -115,16 +187,23 @@ def measure_ceiling(url: str, rows: list[dict[str, Any]]) -> float:
     return len(rows) / elapsed
 
 
-def measure_import(url: str, path: Path, count: int) -> float:
-    """Transfers/s of `ledger transfer import`, end to end, read table included."""
-    ledger = str(Path(sys.executable).with_name("ledger"))
-    subprocess.run([ledger, "migrate", "--database-url", url], check=True, capture_output=True)
-    started = time.perf_counter()
+def ledger_migrate(url: str) -> None:
+    subprocess.run([LEDGER, "migrate", "--database-url", url], check=True, capture_output=True)
+
+
+def ledger_import(url: str, path: Path) -> None:
     subprocess.run(
-        [ledger, "transfer", "import", str(path), "--database-url", url],
+        [LEDGER, "transfer", "import", str(path), "--database-url", url],
         check=True,
         stdout=subprocess.DEVNULL,
     )
+
+
+def measure_import(url: str, path: Path, count: int) -> float:
+    """Transfers/s of `ledger transfer import`, end to end, read table included."""
+    ledger_migrate(url)
+    started = time.perf_counter()
+    ledger_import(url, path)
     elapsed = time.perf_counter() - started
     with psycopg.connect(url) as conn:
         found = conn.execute("SELECT COUNT(*) FROM seller_transfers").fetchone()
@@ -133,29 +212,427 @@ def measure_import(url: str, path: Path, count: int) -> float:
     return count / elapsed
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--check", action="store_true", help="exit 1 below the target ratio")
-    args = parser.parse_args()
-
-    rows = make_rows(args.count)
-    with tempfile.TemporaryDirectory() as tmp, postgres_server(fsync=True) as admin_url:
-        path = Path(tmp) / "transfers.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        suffix = uuid.uuid4().hex[:8]
-        ceiling_url = create_database(admin_url, f"bench_ceiling_{suffix}")
-        ledger_url = create_database(admin_url, f"bench_ledger_{suffix}")
-        ceiling = measure_ceiling(ceiling_url, rows)
-        ledger = measure_import(ledger_url, path, len(rows))
-
+def bench_import(admin_url: str, tmp: Path, count: int) -> list[Target]:
+    section("import")
+    rows = make_rows(count)
+    path = write_jsonl(tmp / "transfers.jsonl", rows)
+    suffix = uuid.uuid4().hex[:8]
+    ceiling_url = create_database(admin_url, f"bench_ceiling_{suffix}")
+    ledger_url = create_database(admin_url, f"bench_ledger_{suffix}")
+    ceiling = measure_ceiling(ceiling_url, rows)
+    ledger = measure_import(ledger_url, path, len(rows))
     ratio = ledger / ceiling
-    verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
+    verdict = "meets" if ratio >= IMPORT_TARGET_RATIO else "BELOW"
     print(f"transfers:  {len(rows):,} into PostgreSQL (fsync on)")
     print(f"ceiling:    {ceiling:,.0f} rows/s  raw psycopg executemany, plain table, 1 transaction")
     print(f"ledger:     {ledger:,.0f} transfers/s  `ledger transfer import` (events + read table)")
-    print(f"ratio:      {ratio:.3f}  ({verdict} the target of {TARGET_RATIO:.2f})")
-    return 1 if args.check and ratio < TARGET_RATIO else 0
+    print(f"ratio:      {ratio:.3f}  ({verdict} the target of {IMPORT_TARGET_RATIO:.2f})")
+    return [
+        Target(
+            "import",
+            ratio >= IMPORT_TARGET_RATIO,
+            f"ratio {ratio:.3f}, target >= {IMPORT_TARGET_RATIO:.2f}",
+        )
+    ]
+
+
+# ----- processes: the simulator and the daemon ----------------------------------------------
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the daemon finishes in-flight calls), then SIGKILL if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+@contextlib.contextmanager
+def stripe_sim(latency_ms: int, log_path: Path) -> Iterator[str]:
+    """`ledger stripe-sim --port 0` as its own process; yields its base URL."""
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [LEDGER, "stripe-sim", "--port", "0", "--latency-ms", str(latency_ms)],
+            stdout=subprocess.PIPE,
+            stderr=log,  # one access-log line per request: kept out of our report
+        )
+    try:
+        yield read_startup_line(process, log_path)
+    finally:
+        stop_process(process)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def read_startup_line(process: subprocess.Popen[bytes], log_path: Path) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + PROCESS_START_TIMEOUT
+    # The startup line is all the simulator writes to stdout; select keeps a
+    # simulator that never starts from hanging the benchmark.
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if ready:
+            line = process.stdout.readline().decode(errors="replace")
+            match = SIM_LISTENING.search(line)
+            if match:
+                return match.group(1)
+            if not line:
+                break
+        elif process.poll() is not None:
+            break
+    raise SystemExit(f"bench: stripe-sim did not start:\n{tail(log_path)}")
+
+
+def daemon_env(url: str, base_url: str) -> dict[str, str]:
+    # Only what the bench sets: a LEDGER_/STRIPE_ variable of the caller's
+    # (a real key, a shortened policy) must not change what is measured.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "STRIPE_"))}
+    env.update(LEDGER_DATABASE_URL=url, STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=base_url)
+    return env
+
+
+def start_daemon(
+    url: str, base_url: str, concurrency: int, log_path: Path, *, once: bool = False
+) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [LEDGER, "daemon", "--concurrency", str(concurrency), *(["--once"] if once else [])],
+            env=daemon_env(url, base_url),
+            stdout=log,
+            stderr=log,
+        )
+
+
+@contextlib.contextmanager
+def running_daemon(
+    url: str, base_url: str, concurrency: int, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    process = start_daemon(url, base_url, concurrency, log_path)
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+def pay_out(url: str, base_url: str, count: int, log_path: Path) -> list[Any]:
+    """Setup, not measured: `ledger daemon --once` pays every pending transfer;
+    returns the read-table rows, all `completed` with a Stripe transfer id."""
+    process = start_daemon(url, base_url, SETUP_CONCURRENCY, log_path, once=True)
+    try:
+        process.wait(timeout=max(120.0, count * 0.5))
+    except subprocess.TimeoutExpired:
+        stop_process(process)
+        raise SystemExit(f"bench: the payout daemon did not finish:\n{tail(log_path)}") from None
+    with Ledger.open(url) as ledger:
+        completed = ledger.list("completed")
+    if process.returncode != 0 or len(completed) != count:
+        raise SystemExit(
+            f"bench: payouts left {len(completed)} of {count} completed"
+            f" (daemon exit {process.returncode}):\n{tail(log_path)}"
+        )
+    return completed
+
+
+def pending_rows(count: int) -> list[dict[str, Any]]:
+    now = datetime.now(UTC).isoformat()
+    return [
+        {
+            "id": str(uuid.uuid4()),
+            "seller_account_id": f"acct_bench{i % 50:03d}",
+            "order_ref": f"bench-{uuid.uuid4().hex[:12]}",
+            "amount": 5000,
+            "currency": "usd",
+            "status": "pending",
+            "retry_count": 0,
+            "next_retry_at": None,
+            "stripe_transfer_id": None,
+            "amount_reversed": 0,
+            "last_error": None,
+            "updated_at": now,
+        }
+        for i in range(count)
+    ]
+
+
+def prepare_paid_transfers(url: str, tmp: Path, count: int, base_url: str, name: str) -> list[Any]:
+    ledger_migrate(url)
+    ledger_import(url, write_jsonl(tmp / f"{name}.jsonl", pending_rows(count)))
+    return pay_out(url, base_url, count, tmp / f"{name}-payouts.log")
+
+
+def sim_requests(base_url: str) -> list[dict[str, Any]]:
+    # The URL is our own simulator on 127.0.0.1, never input.
+    with urllib.request.urlopen(f"{base_url}/_sim/state", timeout=30) as answer:  # noqa: S310
+        state: dict[str, Any] = json.load(answer)
+    requests: list[dict[str, Any]] = state["requests"]
+    return requests
+
+
+def reversal_posts(base_url: str) -> dict[str, float]:
+    """Stripe transfer id -> arrival time (time.time()) of its first reversal POST."""
+    first: dict[str, float] = {}
+    for request in sim_requests(base_url):
+        path = request["path"]
+        if request["method"] == "POST" and path.endswith("/reversals"):
+            stripe_id = path.split("/")[3]  # /v1/transfers/<tr>/reversals
+            first[stripe_id] = min(first.get(stripe_id, request["at"]), request["at"])
+    return first
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+# ----- reversal throughput -----------------------------------------------------------------
+
+
+def measure_reversals(admin_url: str, tmp: Path, count: int, concurrency: int) -> float:
+    """Reversals/s of one fresh daemon with `concurrency` workers; prints the details."""
+    name = f"bench_rev{concurrency}_{uuid.uuid4().hex[:8]}"
+    url = create_database(admin_url, name)
+    with stripe_sim(REVERSAL_SIM_LATENCY_MS, tmp / f"{name}-sim.log") as base_url:
+        paid = prepare_paid_transfers(url, tmp, count, base_url, name)
+        # All at once, before any daemon runs: the daemon finds every one due on
+        # its first turn, as after an outage or a bulk refund.
+        with Ledger.open(url) as ledger:
+            for number, row in enumerate(paid):
+                ledger.transfers.request_reversal(
+                    row.id,
+                    request_ref=f"bench-refund-{number}",
+                    amount=None,
+                    actor="bench",
+                    reason="benchmark",
+                )
+            ledger.catch_up()
+            due = len(ledger.list("reversal_pending"))
+        if due != count:
+            raise SystemExit(f"bench: {due} of {count} transfers are reversal_pending")
+
+        log_path = tmp / f"{name}-daemon.log"
+        with (
+            psycopg.connect(url, autocommit=True) as conn,
+            running_daemon(url, base_url, concurrency, log_path) as daemon,
+        ):
+            started = time.time()
+            # Plain reads, no locks: polling must not slow the daemon's projection.
+            # Finely near the end only, where the polling interval is the error.
+            # Ten times the ideal time, plus a minute for a loaded machine.
+            ideal = count / concurrency * REVERSAL_SIM_LATENCY_MS / 1000
+            deadline = time.monotonic() + 60.0 + 10 * ideal
+            while True:
+                row = conn.execute(
+                    "SELECT COUNT(*) FROM seller_transfers WHERE status = 'reversed'"
+                ).fetchone()
+                done = row[0] if row else 0
+                if done >= count:
+                    finished = time.time()
+                    break
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"bench: {done} of {count} reversed when the daemon stopped or the"
+                        f" wait ran out:\n{tail(log_path)}"
+                    )
+                time.sleep(0.005 if count - done <= concurrency else 0.05)
+        posts = reversal_posts(base_url)
+
+    if len(posts) != count:
+        raise SystemExit(f"bench: {len(posts)} transfers got a reversal POST, expected {count}")
+    first, last = min(posts.values()), max(posts.values())
+    elapsed = finished - first
+    rate = count / elapsed
+    bound = concurrency / (REVERSAL_SIM_LATENCY_MS / 1000)
+    print(
+        f"--concurrency {concurrency}: {rate:,.1f} reversals/s  bound {bound:,.0f}/s"
+        f"  ratio {rate / bound:.3f}"
+    )
+    print(
+        f"    first request {first - started:.2f} s after daemon start (not counted);"
+        f" first request -> all reversed {elapsed:.2f} s; requests span {last - first:.2f} s"
+    )
+    return rate
+
+
+def bench_reversals(admin_url: str, tmp: Path, count: int) -> list[Target]:
+    section("reversals")
+    print(
+        f"{count} transfers due for reversal at once; stripe-sim --latency-ms"
+        f" {REVERSAL_SIM_LATENCY_MS}; PostgreSQL (fsync on); one fresh `ledger daemon`."
+    )
+    print(
+        "rate = N / (first reversal request arriving at the simulator -> all N"
+        " `reversed` in the read table); bound = concurrency / latency"
+    )
+    targets = []
+    for concurrency, target in REVERSAL_RUNS:
+        rate = measure_reversals(admin_url, tmp, count, concurrency)
+        ratio = rate / (concurrency / (REVERSAL_SIM_LATENCY_MS / 1000))
+        if target is not None:
+            verdict = "meets" if ratio >= target else "BELOW"
+            print(f"    ({verdict} the target of {target:.2f})")
+            targets.append(
+                Target(
+                    f"reversals, concurrency {concurrency}",
+                    ratio >= target,
+                    f"ratio {ratio:.3f}, target >= {target:.2f}",
+                )
+            )
+    return targets
+
+
+# ----- wake-up latency ---------------------------------------------------------------------
+
+
+def measure_wakeup(url: str, tmp: Path, samples: int, name: str) -> list[float]:
+    """Milliseconds from each ReversalRequested commit to its POST at the simulator."""
+    committed: dict[str, float] = {}  # Stripe transfer id -> commit time
+    rng = random.Random(11)  # noqa: S311 - spacing, not secrets
+    with stripe_sim(0, tmp / f"{name}-sim.log") as base_url:
+        paid = prepare_paid_transfers(url, tmp, samples, base_url, name)
+        log_path = tmp / f"{name}-daemon.log"
+        with running_daemon(url, base_url, 4, log_path) as daemon, Ledger.open(url) as ledger:
+            time.sleep(WAKEUP_SETTLE_SECONDS)
+            for number, row in enumerate(paid):
+                time.sleep(rng.uniform(*WAKEUP_SPACING_SECONDS))
+                # What Ledger.request_reversal does, with the clock read between
+                # its two steps: the save's return is the commit.
+                ledger.transfers.request_reversal(
+                    row.id,
+                    request_ref=f"bench-refund-{number}",
+                    amount=None,
+                    actor="bench",
+                    reason="benchmark",
+                )
+                committed[row.stripe_transfer_id] = time.time()
+                ledger.catch_up()
+            wait_until(
+                lambda: daemon.poll() is not None or len(reversal_posts(base_url)) >= samples,
+                timeout=30.0,
+                what="every reversal to reach the simulator",
+            )
+        arrived = reversal_posts(base_url)
+    missing = set(committed) - set(arrived)
+    if missing:
+        raise SystemExit(f"bench: {len(missing)} reversals never reached the simulator")
+    return [(arrived[tr] - at) * 1000 for tr, at in committed.items()]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile: a value that was actually measured."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+
+
+def bench_latency(admin_url: str, tmp: Path, samples: int) -> list[Target]:
+    section("latency")
+    print(
+        f"{samples} reversals requested one at a time (every"
+        f" {WAKEUP_SPACING_SECONDS[0] * 1000:.0f}-{WAKEUP_SPACING_SECONDS[1] * 1000:.0f} ms)"
+        " to an idle `ledger daemon`; stripe-sim --latency-ms 0."
+    )
+    print("latency = the command's save returning (commit) -> its POST arriving at stripe-sim")
+    targets = []
+    name = f"bench_wake_{uuid.uuid4().hex[:8]}"
+    runs: list[tuple[str, str, float | None]] = [
+        ("PostgreSQL", create_database(admin_url, name), WAKEUP_TARGET_P50_MS),
+        ("SQLite", f"sqlite:///{tmp / (name + '.db')}", None),
+    ]
+    for label, url, target in runs:
+        latencies = measure_wakeup(url, tmp, samples, f"{name}_{label.lower()}")
+        p50, p95 = percentile(latencies, 0.50), percentile(latencies, 0.95)
+        line = (
+            f"{label + ':':<12}p50 {p50:6.1f} ms  p95 {p95:6.1f} ms"
+            f"  (min {min(latencies):.1f}, max {max(latencies):.1f}, mean"
+            f" {statistics.fmean(latencies):.1f})"
+        )
+        if target is None:
+            print(f"{line}  no target")
+        else:
+            verdict = "meets" if p50 < target else "ABOVE"
+            print(f"{line}  p50 {verdict} the target of < {target:.0f} ms")
+            targets.append(
+                Target(
+                    f"wake-up latency, {label}",
+                    p50 < target,
+                    f"p50 {p50:.1f} ms, target < {target:.0f} ms",
+                )
+            )
+    return targets
+
+
+# ----- main --------------------------------------------------------------------------------
+
+
+def parse_only(text: str) -> list[str]:
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in BENCHMARKS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(BENCHMARKS)}"
+        )
+    return chosen
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("expected a whole number of at least 1")
+    return int(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        type=parse_only,
+        default=list(BENCHMARKS),
+        metavar="LIST",
+        help=f"comma-separated benchmarks to run (default all: {','.join(BENCHMARKS)})",
+    )
+    parser.add_argument(
+        "--count", type=positive, default=100_000, help="import: transfers (default 100000)"
+    )
+    parser.add_argument(
+        "--reversals", type=positive, default=300, help="reversals: transfers (default 300)"
+    )
+    parser.add_argument(
+        "--latency-samples",
+        type=positive,
+        default=50,
+        help="latency: reversals per database (default 50)",
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 below any target")
+    args = parser.parse_args()
+
+    runs: dict[str, Callable[[str, Path], list[Target]]] = {
+        "import": lambda admin_url, tmp: bench_import(admin_url, tmp, args.count),
+        "reversals": lambda admin_url, tmp: bench_reversals(admin_url, tmp, args.reversals),
+        "latency": lambda admin_url, tmp: bench_latency(admin_url, tmp, args.latency_samples),
+    }
+    targets: list[Target] = []
+    with tempfile.TemporaryDirectory() as tmp, postgres_server(fsync=True) as admin_url:
+        for name in BENCHMARKS:
+            if name in args.only:
+                started = time.monotonic()
+                targets += runs[name](admin_url, Path(tmp))
+                # Setup included: how long a run of this part takes, not a result.
+                print(f"({name} took {time.monotonic() - started:.0f} s, setup included)")
+
+    section("targets")
+    for target in targets:
+        print(f"{'meets' if target.met else 'MISSES':<7}{target.name}: {target.text}")
+    return 1 if args.check and not all(t.met for t in targets) else 0
 
 
 if __name__ == "__main__":
