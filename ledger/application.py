@@ -19,6 +19,7 @@ from eventsourcing.persistence import IntegrityError, Recording
 
 from ledger.domain import STATE_FIELDS, Transfer
 from ledger.errors import IdempotencyConflict, LedgerError, TransferNotFound
+from ledger.storage import Statement
 
 T = TypeVar("T")
 
@@ -72,19 +73,26 @@ class Transfers(Application[UUID]):
         assert isinstance(transfer, Transfer)
         return transfer
 
-    def change(self, transfer_id: UUID, command: Callable[[Transfer], T]) -> T:
+    def change(
+        self,
+        transfer_id: UUID,
+        command: Callable[[Transfer], T],
+        *,
+        also_execute: Sequence[Statement] = (),
+    ) -> T:
         """Run `command` on the current transfer and save the events it triggers.
 
         A command that raises (refused transition, bad value) saves nothing. When
         another process appended to the same transfer in the meantime, the save
         conflicts and the command is re-run against the newer state, where the
-        matrix decides again.
+        matrix decides again. `also_execute`: the ledger's own statements,
+        committed in the same transaction as the events.
         """
         for _ in range(SAVE_CONFLICT_RETRIES):
             transfer = self.get(transfer_id)
             result = command(transfer)
             try:
-                self.save(transfer)
+                self.save(transfer, also_execute=also_execute)
             except IntegrityError:
                 continue
             return result

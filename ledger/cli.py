@@ -200,6 +200,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 MAX_CONCURRENCY = 256
+DAEMON_SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -217,6 +218,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # stripe-python logs each request at INFO; our own lines say what matters
     # (transfer, outcome, Stripe request id), so keep its chatter out.
     logging.getLogger("stripe").setLevel(logging.WARNING)
+    # Workers spend their time waiting on sockets (Stripe, the database) and
+    # each wake-up must re-take the GIL: a shorter switch interval than the
+    # default 5 ms gets a woken worker going sooner.
+    sys.setswitchinterval(DAEMON_SWITCH_INTERVAL_SECONDS)
     stop = threading.Event()
     # Signals are caught from here on, so a stop during start-up is clean too.
     # A second signal interrupts the wait for in-flight calls: they are left

@@ -23,7 +23,7 @@ from uuid import UUID
 import psycopg
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from psycopg import Cursor as PgCursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
@@ -31,6 +31,8 @@ from psycopg.sql import SQL, Identifier
 from ledger.errors import DatabaseUnavailable
 
 Row = dict[str, Any]
+# A statement (with `?` placeholders) and its parameters.
+Statement = tuple[str, Sequence[Any]]
 # From this many rows on, PostgreSQL upserts go through COPY (see Database.upsert).
 COPY_THRESHOLD = 64
 # How long exclusive_session waits for another holder, and how often it asks.
@@ -153,16 +155,12 @@ class Database:
     # ----- transactions -----------------------------------------------------
 
     @contextmanager
-    def transaction(self, *, write: bool = True, durable: bool = True) -> Iterator[Cursor]:
+    def transaction(self, *, write: bool = True) -> Iterator[Cursor]:
         """A transaction that commits on success and rolls back on any error.
 
         On SQLite a writing transaction starts with BEGIN IMMEDIATE: it takes the
         write lock up front, so two processes never both read and then fail to
         upgrade to writing (SQLITE_BUSY in the middle of a projection batch).
-
-        `durable=False` (PostgreSQL): the commit returns before its WAL is
-        flushed. Only for writes whose loss in a server crash is harmless; the
-        next durable commit flushes them anyway.
         """
         if self.dialect == "sqlite":
             with self._sqlite.get_connection(commit=write) as conn:
@@ -183,9 +181,24 @@ class Database:
                 pg_conn.transaction(force_rollback=not write),
                 pg_conn.cursor() as cursor,
             ):
-                if write and not durable:
-                    cursor.execute("SET LOCAL synchronous_commit = off")
                 yield _PostgresCursor(cursor)
+
+    def execute_alone(
+        self, sql: str, params: Sequence[Any] = (), *, returning: bool = False
+    ) -> list[Row]:
+        """One writing statement as its own transaction; returns its RETURNING rows.
+
+        On PostgreSQL this is one round trip (the statement's implicit
+        transaction) instead of BEGIN, statement, COMMIT: it matters for the
+        daemon's per-transfer bookkeeping, several times per Stripe call.
+        """
+        if self.dialect == "sqlite":
+            with self.transaction(write=True) as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall() if returning else []
+        with self.autocommit() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if returning else []
 
     @contextmanager
     def autocommit(self) -> Iterator[Cursor]:
@@ -340,9 +353,7 @@ class Database:
         row = cursor.fetchone()
         return 0 if row is None else int(row["n"])
 
-    def first_stored_events(
-        self, cursor: Cursor, ids: Sequence[UUID]
-    ) -> dict[UUID, StoredEvent]:
+    def first_stored_events(self, cursor: Cursor, ids: Sequence[UUID]) -> dict[UUID, StoredEvent]:
         """The first event of each of these aggregates that has one (for
         idempotent imports: present already, and with the same values?)."""
         columns = "originator_id, originator_version, topic, state"
@@ -378,6 +389,26 @@ class Database:
         return found
 
 
+class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
+    """The library's SQLite application recorder, which can also run the
+    ledger's own statements in the append's transaction: `save(...,
+    also_execute=[(sql, params), ...])`. The process managers release their
+    claim this way, in the same commit as the outcome they record."""
+
+    def _insert_events(
+        self,
+        c: SQLiteCursor,
+        stored_events: Sequence[StoredEvent],
+        *,
+        also_execute: Sequence[Statement] = (),
+        **kwargs: Any,
+    ) -> Sequence[int] | None:
+        notification_ids = super()._insert_events(c, stored_events, **kwargs)
+        for sql, params in also_execute:
+            c.execute(sql, params)
+        return notification_ids
+
+
 class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
     """The library's PostgreSQL application recorder, appending with four
     parallel arrays instead of one array of a composite type.
@@ -392,13 +423,24 @@ class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
-        self._insert_arrays_statement = (
-            SQL(
-                "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
-                " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
-                " RETURNING notification_id"
-            ).format(schema=Identifier(datastore.schema), table=Identifier(events_table_name))
-        )
+        self._insert_arrays_statement = SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
+            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+            " RETURNING notification_id"
+        ).format(schema=Identifier(datastore.schema), table=Identifier(events_table_name))
+
+    def _insert_events(
+        self,
+        curs: PgCursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        *,
+        also_execute: Sequence[Statement] = (),
+        **_: Any,
+    ) -> None:
+        # The library's hook for "other things" in the append's transaction,
+        # pipelined with it: the ledger's statements, as for SQLite above.
+        for sql, params in also_execute:
+            curs.execute(sql.replace("?", "%s"), params)
 
     def _insert_stored_events(
         self, curs: PgCursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
@@ -415,4 +457,3 @@ class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
             ),
             binary=True,
         )
-

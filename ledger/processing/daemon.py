@@ -51,6 +51,9 @@ SQLITE_POLL_SECONDS: Final = 0.1
 # whose time has come.
 POSTGRES_POLL_SECONDS: Final = 1.0
 SHUTDOWN_GRACE_SECONDS: Final = 5.0
+# While workers are busy, the loop takes at most one turn per this long. An idle
+# daemon still answers a NOTIFY at once.
+BUSY_TURN_SECONDS: Final = 0.02
 # Items in hand per worker: one being worked on, one queued behind it.
 BACKLOG_PER_WORKER: Final = 2
 # After a failing turn (database down), wait this long before the next.
@@ -135,6 +138,10 @@ class Daemon:
                     break
                 if self.options.once and not (handed_out or was_busy or self._busy()):
                     break
+                if self._busy():
+                    # Workers have a backlog queued: a turn per NOTIFY (one per
+                    # recorded outcome) would only compete with them for the GIL.
+                    self.stop.wait(BUSY_TURN_SECONDS)
                 self.wake.wait(self.poll_seconds)
             self.stop.set()
             self._drain()
@@ -148,8 +155,6 @@ class Daemon:
         with self._lock:
             free = self._backlog_limit - len(self._in_flight)
             busy = set(self._in_flight)
-        if free <= 0:
-            return 0
         now = datetime.now(UTC)
         position = self.ledger.projection.position()
         # Entries from older positions are stale: those rows may be due now.

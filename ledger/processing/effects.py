@@ -43,6 +43,7 @@ from ledger.processing.ports import (
     StripeReversal,
     StripeTransfer,
 )
+from ledger.processing.recording import OutcomeRecorder
 from ledger.processing.work import Claim, LostClaim, WorkStore
 
 log = logging.getLogger("ledger.processing")
@@ -278,8 +279,11 @@ EFFECTS: Final[Mapping[str, StripeEffect]] = {PAYOUT: Payout(), REVERSAL: Revers
 class _Progress:
     """How far one handling got: decides what `outcome_unknown` must say if it stops."""
 
+    claim: Claim
     outcome_unknown: bool
     call_started: bool = False
+    # The claim was released with the recorded outcome, in its transaction.
+    released: bool = False
 
 
 class ProcessManager:
@@ -298,6 +302,7 @@ class ProcessManager:
         self.gateway = gateway
         self.policy = policy
         self.clock = clock
+        self.recorder = OutcomeRecorder(transfers)
 
     def handle(self, transfer_id: UUID, kind: str) -> str:
         """Do this transfer's `kind` of work if it is due and ours; returns what
@@ -306,7 +311,7 @@ class ProcessManager:
         if claim is None:
             return "not ours"
         effect = EFFECTS[kind]
-        progress = _Progress(outcome_unknown=claim.outcome_unknown)
+        progress = _Progress(claim=claim, outcome_unknown=claim.outcome_unknown)
         try:
             transfer = self.transfers.get(transfer_id)
             cause = effect.cause(transfer, self.clock())
@@ -315,7 +320,7 @@ class ProcessManager:
                 return "nothing due"
             # A new cause (a new request) starts with a clean slate.
             progress.outcome_unknown = claim.outcome_unknown and claim.cause == cause
-            outcome = self._run(claim, effect, transfer, cause, progress)
+            outcome = self._run(effect, transfer, cause, progress)
         except LostClaim:
             return "taken over"
         except OperatorProblem:
@@ -347,12 +352,12 @@ class ProcessManager:
                 failure,
             )
             return "parked" if parked else "handling failed"
-        self.work.release(claim, outcome_unknown=progress.outcome_unknown, now=self.clock())
+        if not progress.released:
+            self.work.release(claim, outcome_unknown=progress.outcome_unknown, now=self.clock())
         return outcome
 
     def _run(
         self,
-        claim: Claim,
         effect: StripeEffect,
         transfer: Transfer,
         cause: str,
@@ -367,7 +372,7 @@ class ProcessManager:
             if found is not None:
                 self._record_success(effect, transfer, found, cause, progress)
                 return f"found {found.stripe_id} at Stripe (an earlier call's outcome was unknown)"
-        attempt = self.work.begin_attempt(claim, cause, self.clock())
+        attempt = self.work.begin_attempt(progress.claim, cause, self.clock())
         failpoint("before_stripe_call")
         progress.call_started = True
         try:
@@ -405,8 +410,8 @@ class ProcessManager:
         cause: str,
         progress: _Progress,
     ) -> None:
-        self._record(transfer.id, lambda t: effect.record_success(t, found, cause))
         progress.outcome_unknown = False
+        self._record(transfer, lambda t: effect.record_success(t, found, cause), progress)
 
     def _failed(
         self,
@@ -428,18 +433,36 @@ class ProcessManager:
         if progress.outcome_unknown:
             error = f"outcome unknown, not found at Stripe: {error}"
         if failure.kind == FailureKind.PERMANENT:
-            self._record(transfer.id, lambda t: effect.record_permanent_failure(t, error, cause))
+            self._record(
+                transfer, lambda t: effect.record_permanent_failure(t, error, cause), progress
+            )
             return f"permanently failed: {error}"
         failed_attempts = transfer.retry_count + 1
         if self.policy.exhausted(failed_attempts):
             final = f"gave up after {failed_attempts} attempts: {error}"
-            self._record(transfer.id, lambda t: effect.record_permanent_failure(t, final, cause))
+            self._record(
+                transfer, lambda t: effect.record_permanent_failure(t, final, cause), progress
+            )
             return f"permanently failed: {final}"
         retry_at = self.clock() + self.policy.delay(failed_attempts)
         self._record(
-            transfer.id, lambda t: effect.record_attempt_failed(t, error, retry_at, cause)
+            transfer, lambda t: effect.record_attempt_failed(t, error, retry_at, cause), progress
         )
         return f"attempt {failed_attempts} failed, retry at {retry_at:%Y-%m-%d %H:%M:%S}Z: {error}"
 
-    def _record(self, transfer_id: UUID, command: Callable[[Transfer], None]) -> None:
-        self.transfers.change(transfer_id, command)
+    def _record(
+        self, transfer: Transfer, command: Callable[[Transfer], None], progress: _Progress
+    ) -> None:
+        """Record an outcome through the aggregate's commands (the matrix
+        decides), and release the claim in the same commit, so that the outcome
+        and what `outcome_unknown` says cannot disagree after a crash.
+
+        `transfer` was loaded for this handling and not changed: the command
+        runs on it and it is saved with other workers' outcomes in one append;
+        a stale copy (another writer appended since) is reloaded and the
+        command re-run."""
+        release = self.work.release_statement(
+            progress.claim, progress.outcome_unknown, self.clock()
+        )
+        self.recorder.record(transfer, command, [release])
+        progress.released = True

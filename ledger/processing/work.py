@@ -5,12 +5,7 @@ Every method is one short transaction, and none is open while Stripe is
 called: a claim is taken, the attempt is recorded as started (committed), the
 call is made, the outcome is recorded as events, and the claim is released.
 See migrations/*/0005_stripe_work.sql for the columns.
-
-Only `begin_attempt` must be durable before the Stripe call, and its commit
-flushes the claim before it. Claims and releases commit without waiting for
-the disk (PostgreSQL's synchronous_commit = off): a server crash can only lose
-one whose loss is harmless (a claim not yet used for a call; a release, after
-which the next daemon waits for the claim to expire and looks the outcome up).
+Each write is one statement, run as its own transaction (`execute_alone`).
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
-from ledger.storage import Database, Row
+from ledger.storage import Database, Row, Statement
 
 # A handling failure (not Stripe's answer) this many times in a row parks the work.
 PARK_AFTER_FAILURES: Final = 5
@@ -78,28 +73,28 @@ class WorkStore:
         """Take this work if nobody holds it, it is not parked and not backing
         off. None when it is not ours to do now."""
         t = self.db.to_db_time
-        with self.db.transaction(write=True, durable=False) as cursor:
-            cursor.execute(
-                "INSERT INTO stripe_work (transfer_id, kind, cause, claimed_by,"
-                " claim_expires_at, updated_at) VALUES (?, ?, '', ?, ?, ?)"
-                " ON CONFLICT (transfer_id, kind) DO UPDATE SET"
-                " claimed_by = excluded.claimed_by,"
-                " claim_expires_at = excluded.claim_expires_at,"
-                " updated_at = excluded.updated_at"
-                " WHERE (stripe_work.claimed_by IS NULL OR stripe_work.claim_expires_at <= ?)"
-                " AND stripe_work.parked_at IS NULL"
-                " AND (stripe_work.not_before IS NULL OR stripe_work.not_before <= ?)"
-                " RETURNING cause, attempts, outcome_unknown, handling_failures",
-                (
-                    *self._key(transfer_id, kind),
-                    self.owner,
-                    t(now + timedelta(seconds=self.claim_seconds)),
-                    t(now),
-                    t(now),
-                    t(now),
-                ),
-            )
-            row = cursor.fetchone()
+        rows = self.db.execute_alone(
+            "INSERT INTO stripe_work (transfer_id, kind, cause, claimed_by,"
+            " claim_expires_at, updated_at) VALUES (?, ?, '', ?, ?, ?)"
+            " ON CONFLICT (transfer_id, kind) DO UPDATE SET"
+            " claimed_by = excluded.claimed_by,"
+            " claim_expires_at = excluded.claim_expires_at,"
+            " updated_at = excluded.updated_at"
+            " WHERE (stripe_work.claimed_by IS NULL OR stripe_work.claim_expires_at <= ?)"
+            " AND stripe_work.parked_at IS NULL"
+            " AND (stripe_work.not_before IS NULL OR stripe_work.not_before <= ?)"
+            " RETURNING cause, attempts, outcome_unknown, handling_failures",
+            (
+                *self._key(transfer_id, kind),
+                self.owner,
+                t(now + timedelta(seconds=self.claim_seconds)),
+                t(now),
+                t(now),
+                t(now),
+            ),
+            returning=True,
+        )
+        row = rows[0] if rows else None
         if row is None:
             return None
         return Claim(
@@ -116,42 +111,46 @@ class WorkStore:
         """Record, committed, that a Stripe call for `cause` is about to start;
         returns its attempt number (the idempotency key's suffix). From here
         until `release`, a crash leaves outcome_unknown set for the next daemon."""
-        with self.db.transaction(write=True) as cursor:
-            cursor.execute(
-                "UPDATE stripe_work SET"
-                " attempts = CASE WHEN cause = ? THEN attempts + 1 ELSE 1 END,"
-                " cause = ?, outcome_unknown = ?, updated_at = ?"
-                " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?"
-                " RETURNING attempts",
-                (
-                    cause,
-                    cause,
-                    True,
-                    self.db.to_db_time(now),
-                    *self._key(claim.transfer_id, claim.kind),
-                    claim.owner,
-                ),
-            )
-            row = cursor.fetchone()
+        rows = self.db.execute_alone(
+            "UPDATE stripe_work SET"
+            " attempts = CASE WHEN cause = ? THEN attempts + 1 ELSE 1 END,"
+            " cause = ?, outcome_unknown = ?, updated_at = ?"
+            " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?"
+            " RETURNING attempts",
+            (
+                cause,
+                cause,
+                True,
+                self.db.to_db_time(now),
+                *self._key(claim.transfer_id, claim.kind),
+                claim.owner,
+            ),
+            returning=True,
+        )
+        row = rows[0] if rows else None
         if row is None:
             raise LostClaim(f"{claim.kind} of transfer {claim.transfer_id} was taken over")
         return int(row["attempts"])
 
     def release(self, claim: Claim, *, outcome_unknown: bool, now: datetime) -> None:
         """Done with this work for now; handling went through (no failure to count)."""
-        with self.db.transaction(write=True, durable=False) as cursor:
-            cursor.execute(
-                "UPDATE stripe_work SET claimed_by = NULL, claim_expires_at = NULL,"
-                " outcome_unknown = ?, handling_failures = 0, not_before = NULL,"
-                " last_failure = NULL, updated_at = ?"
-                " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?",
-                (
-                    outcome_unknown,
-                    self.db.to_db_time(now),
-                    *self._key(claim.transfer_id, claim.kind),
-                    claim.owner,
-                ),
-            )
+        self.db.execute_alone(*self.release_statement(claim, outcome_unknown, now))
+
+    def release_statement(self, claim: Claim, outcome_unknown: bool, now: datetime) -> Statement:
+        """`release` as a statement, to commit in the same transaction as the
+        outcome's events: the outcome and "nothing unknown any more" together."""
+        return (
+            "UPDATE stripe_work SET claimed_by = NULL, claim_expires_at = NULL,"
+            " outcome_unknown = ?, handling_failures = 0, not_before = NULL,"
+            " last_failure = NULL, updated_at = ?"
+            " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?",
+            (
+                outcome_unknown,
+                self.db.to_db_time(now),
+                *self._key(claim.transfer_id, claim.kind),
+                claim.owner,
+            ),
+        )
 
     def handling_failed(
         self,
