@@ -50,13 +50,7 @@ class ImportResult:
 class Ledger:
     def __init__(self, config: DatabaseConfig, *, pool_size: int = 2) -> None:
         if config.kind == "postgresql":
-            check_postgres_reachable(
-                host=config.host,
-                port=config.port,
-                user=config.user,
-                password=config.password,
-                dbname=config.dbname,
-            )
+            check_postgres_reachable(config.libpq_params())
         else:
             use_sqlite_wal(config.path)
         self.config = config

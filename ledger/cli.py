@@ -26,7 +26,7 @@ from eventsourcing.persistence import PersistenceError
 
 from ledger import matrix, values
 from ledger.bootstrap import CLI_ACTOR, Ledger, build_daemon, migrate_database, work_store
-from ledger.config import database_url
+from ledger.config import database_url, env_number
 from ledger.errors import InvalidInput, LedgerError, TransferNotFound, TransitionRefused
 from ledger.importing import parse_lines
 from ledger.processing.daemon import DaemonOptions, stop_on_signals
@@ -209,7 +209,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     concurrency = _whole_number(args.concurrency, "--concurrency", 1, MAX_CONCURRENCY)
     stripe_settings = StripeSettings.from_env()
     policy = RetryPolicy.from_env()
-    claim_seconds = _seconds_from_env("LEDGER_CLAIM_SECONDS")
+    claim_seconds = env_number(os.environ, "LEDGER_CLAIM_SECONDS", None, minimum=0, exclusive=True)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -253,19 +253,6 @@ def _whole_number(raw: str, name: str, minimum: int, maximum: int) -> int:
     if not (raw.isascii() and raw.isdigit()) or not minimum <= int(raw) <= maximum:
         raise InvalidInput(f"invalid {name} {raw!r}: expected a whole number {minimum}-{maximum}")
     return int(raw)
-
-
-def _seconds_from_env(name: str) -> float | None:
-    raw = os.environ.get(name, "")
-    if not raw:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise InvalidInput(f"invalid {name} {raw!r}: expected seconds") from None
-    if not seconds > 0:
-        raise InvalidInput(f"invalid {name} {raw!r}: must be more than 0")
-    return seconds
 
 
 def cmd_parked_list(args: argparse.Namespace) -> int:
@@ -370,9 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_daemon,
         "run the process managers (payouts, reversals), retries and the projection",
     )
-    daemon.add_argument(
-        "--once", action="store_true", help="drain what is due now, then exit"
-    )
+    daemon.add_argument("--once", action="store_true", help="drain what is due now, then exit")
     daemon.add_argument(
         "--concurrency", default="4", help="Stripe calls in flight at once (default 4)"
     )

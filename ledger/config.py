@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import unquote, urlsplit
 
 from ledger.errors import InvalidInput
@@ -60,6 +60,16 @@ class DatabaseConfig:
             "invalid database URL: expected sqlite:///PATH or postgresql://user:pass@host:port/db"
         )
 
+    def libpq_params(self) -> dict[str, Any]:
+        """Keyword arguments for psycopg.connect (PostgreSQL only)."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            "dbname": self.dbname,
+        }
+
     def eventsourcing_env(self, pool_size: int = 2) -> dict[str, str]:
         """The eventsourcing library's settings for this database. The library
         never creates tables on its own: `ledger migrate` does, under a lock.
@@ -91,3 +101,27 @@ class DatabaseConfig:
 
 def database_url(environ: Mapping[str, str] = os.environ) -> str:
     return environ.get("LEDGER_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def env_number(
+    environ: Mapping[str, str],
+    name: str,
+    default: float | None,
+    *,
+    minimum: float,
+    exclusive: bool = False,
+) -> float | None:
+    """A number from the environment (`default` when unset), at least `minimum`
+    (more than it, with `exclusive`); bad values are bad input naming the variable."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"invalid {name} {raw!r}: expected a number") from None
+    # Written so that NaN fails too.
+    if not (value > minimum if exclusive else value >= minimum):
+        bound = "more than" if exclusive else "at least"
+        raise InvalidInput(f"invalid {name} {raw!r}: must be {bound} {minimum:g}")
+    return value

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -112,21 +112,12 @@ def use_sqlite_wal(path: str, timeout_seconds: float = 30.0) -> None:
             time.sleep(EXCLUSIVE_POLL_SECONDS)
 
 
-def check_postgres_reachable(
-    *, host: str, port: int, user: str, password: str, dbname: str, timeout_seconds: int = 5
-) -> None:
+def check_postgres_reachable(params: Mapping[str, Any], timeout_seconds: int = 5) -> None:
     """Connect once, directly, so that an unreachable server or a wrong password
     is reported as the server said it, at once. (The pool would retry for its
     whole timeout and then say only that it got no connection.)"""
     try:
-        psycopg.connect(
-            host=host,
-            port=port,
-            user=user,
-            password=password,
-            dbname=dbname,
-            connect_timeout=timeout_seconds,
-        ).close()
+        psycopg.connect(**params, connect_timeout=timeout_seconds).close()
     except psycopg.OperationalError as error:
         # libpq's message names host, port and user, never the password.
         reason = " ".join(str(error).split())

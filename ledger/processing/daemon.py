@@ -249,14 +249,7 @@ class Daemon:
         channel = self.ledger.transfers.recorder.channel_name  # type: ignore[attr-defined]
         while not self.stop.is_set():
             try:
-                with psycopg.connect(
-                    host=config.host,
-                    port=config.port,
-                    user=config.user,
-                    password=config.password,
-                    dbname=config.dbname,
-                    autocommit=True,
-                ) as conn:
+                with psycopg.connect(**config.libpq_params(), autocommit=True) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self.wake.set()  # anything appended before LISTEN is found now
                     while not self.stop.is_set():

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
+from ledger.config import env_number
 from ledger.errors import InvalidInput
 
 DEFAULT_MAX_ATTEMPTS: Final = 8
@@ -24,26 +25,18 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> RetryPolicy:
-        def number(name: str, default: float, minimum: float) -> float:
-            raw = environ.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise InvalidInput(f"invalid {name} {raw!r}: expected a number") from None
-            if not value >= minimum:  # also refuses NaN
-                raise InvalidInput(f"invalid {name} {raw!r}: must be at least {minimum:g}")
-            return value
-
-        max_attempts = number("LEDGER_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1)
+        max_attempts = env_number(environ, "LEDGER_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1)
+        assert max_attempts is not None
         if max_attempts != int(max_attempts):
             raise InvalidInput("invalid LEDGER_MAX_ATTEMPTS: expected a whole number")
-        return cls(
-            max_attempts=int(max_attempts),
-            base_seconds=number("LEDGER_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS, 0),
-            max_seconds=number("LEDGER_RETRY_MAX_SECONDS", DEFAULT_RETRY_MAX_SECONDS, 0),
+        base = env_number(
+            environ, "LEDGER_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS, minimum=0
         )
+        ceiling = env_number(
+            environ, "LEDGER_RETRY_MAX_SECONDS", DEFAULT_RETRY_MAX_SECONDS, minimum=0
+        )
+        assert base is not None and ceiling is not None
+        return cls(max_attempts=int(max_attempts), base_seconds=base, max_seconds=ceiling)
 
     def exhausted(self, failed_attempts: int) -> bool:
         """True when this many failed attempts use up the budget."""

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import stripe
 
+from ledger.config import env_number
 from ledger.errors import InvalidInput
 from ledger.processing.ports import (
     FailureKind,
@@ -47,15 +48,14 @@ class StripeSettings:
         api_key = environ.get("STRIPE_API_KEY", "").strip()
         if not api_key:
             raise InvalidInput("STRIPE_API_KEY is not set: the daemon needs a Stripe secret key")
-        timeout = environ.get("STRIPE_TIMEOUT_SECONDS", "")
-        try:
-            timeout_seconds = float(timeout) if timeout else DEFAULT_TIMEOUT_SECONDS
-        except ValueError:
-            raise InvalidInput(
-                f"invalid STRIPE_TIMEOUT_SECONDS {timeout!r}: expected seconds"
-            ) from None
-        if not timeout_seconds > 0:
-            raise InvalidInput("invalid STRIPE_TIMEOUT_SECONDS: must be more than 0")
+        timeout_seconds = env_number(
+            environ,
+            "STRIPE_TIMEOUT_SECONDS",
+            DEFAULT_TIMEOUT_SECONDS,
+            minimum=0,
+            exclusive=True,
+        )
+        assert timeout_seconds is not None
         return cls(
             api_key=api_key,
             api_base=environ.get("STRIPE_API_BASE") or None,

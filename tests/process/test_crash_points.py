@@ -25,9 +25,9 @@ from tests.process.world import (
     ledger_matches_stripe,
     outcome_events,
     start_daemon,
-    wait_for,
     wait_started,
 )
+from tests.waiting import wait_for
 
 # Short claims, so that the restarted daemon takes over the dead one's work quickly.
 CLAIM_SECONDS = "1"

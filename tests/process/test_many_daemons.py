@@ -45,9 +45,9 @@ from tests.process.world import (
     outcome_events,
     running_simulator,
     start_daemon,
-    wait_for,
     wait_started,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.postgres
 

@@ -26,9 +26,9 @@ from tests.process.world import (
     new_world,
     running_simulator,
     start_daemon,
-    wait_for,
     wait_started,
 )
+from tests.waiting import wait_for
 
 SECRET_KEY = "sk_test_51QzLedgerSecret0xKv93JdWq7Rt2Pm"
 # The simulator, like Stripe, masks a key in its errors to its last 4 characters.

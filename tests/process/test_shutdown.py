@@ -13,9 +13,9 @@ from tests.process.world import (
     new_world,
     running_simulator,
     start_daemon,
-    wait_for,
     wait_started,
 )
+from tests.waiting import wait_for
 
 
 def test_sigterm_during_in_flight_calls_exits_0_and_loses_nothing(

@@ -12,8 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,24 +25,11 @@ from ledger.processing.policy import RetryPolicy
 from ledger.stripe.gateway import StripeSettings
 from ledger.stripe.simulator import SimulatorConfig, SimulatorServer, StripeSimulator
 from projections.seller_transfers import TransferView
+from tests.waiting import wait_for
 
 API_KEY = "sk_test_ledgerSecretKey4242"
 LEDGER_SCRIPT = Path(sys.executable).with_name("ledger")
 T = TypeVar("T")
-
-
-def wait_for(
-    condition: Callable[[], T], *, timeout: float = 30.0, what: str = "condition"
-) -> T:
-    """Poll `condition` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @contextmanager

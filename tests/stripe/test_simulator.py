@@ -23,7 +23,8 @@ import stripe
 
 from ledger.errors import InvalidInput
 from ledger.stripe.simulator import SimulatorConfig, main, mask_api_key, parse_faults
-from tests.stripe_sim import running_simulator, sim_control, stripe_client, wait_until
+from tests.stripe_sim import running_simulator, sim_control, stripe_client
+from tests.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -448,7 +449,7 @@ def test_expired_keys_run_a_new_request() -> None:
     with running_simulator(idempotency_ttl_seconds=0.05) as (simulator, url):
         client = stripe_client(url)
         first = _create(client, key="payout-10")
-        wait_until(
+        wait_for(
             lambda: _create(client, key="payout-10").id != first.id,
             what="the key to expire on its own",
         )
@@ -464,7 +465,7 @@ def test_a_key_still_executing_answers_409() -> None:
         first = threading.Thread(target=create_in_background)
         first.start()
         # The key is claimed as soon as the request arrives, before its latency.
-        wait_until(lambda: len(simulator.state()["requests"]) == 1, what="the first request")
+        wait_for(lambda: len(simulator.state()["requests"]) == 1, what="the first request")
         with pytest.raises(stripe.APIError) as busy:
             _create(stripe_client(url), key="payout-11")
         first.join(timeout=5)
