@@ -7,6 +7,7 @@ command's effect is visible in `seller_transfers` as soon as it returns.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -243,9 +244,18 @@ def build_daemon(
     options: DaemonOptions,
     stop: threading.Event | None = None,
 ) -> Daemon:
-    claim_seconds = options.claim_seconds or (
-        stripe.longest_call_seconds() + CLAIM_MARGIN_SECONDS
-    )
+    longest_call = stripe.longest_call_seconds()
+    claim_seconds = options.claim_seconds or longest_call + CLAIM_MARGIN_SECONDS
+    if claim_seconds <= longest_call:
+        # Another daemon could take the work over while this one's call is
+        # still running, and its look-up would not see that call's result yet.
+        logging.getLogger("ledger.daemon").warning(
+            "LEDGER_CLAIM_SECONDS=%g is shorter than the longest Stripe call can take"
+            " (%g s with STRIPE_TIMEOUT_SECONDS and retries): a slow call may be taken"
+            " over by another daemon",
+            claim_seconds,
+            longest_call,
+        )
     work = work_store(ledger, claim_seconds=claim_seconds)
     manager = ProcessManager(ledger.transfers, work, StripeGateway(stripe), policy)
     return Daemon(ledger, manager, work, options, stop)

@@ -15,6 +15,7 @@ from ledger.bootstrap import Ledger, migrate_database
 from projections.seller_transfers import (
     COLUMNS,
     DUE_PAYOUT_RETRIES_SQL,
+    DUE_PAYOUTS_SQL,
     DUE_REVERSALS_SQL,
     due_ids,
 )
@@ -147,8 +148,9 @@ def _index_names(plan: Any) -> set[str]:
     [
         (DUE_REVERSALS_SQL, "idx_seller_transfers_reversal_pending"),
         (DUE_PAYOUT_RETRIES_SQL, "idx_seller_transfers_retry"),
+        (DUE_PAYOUTS_SQL, "idx_seller_transfers_pending"),
     ],
-    ids=["reversal worker", "payout retry worker"],
+    ids=["reversal worker", "payout retry worker", "payout worker"],
 )
 def test_postgresql_serves_the_due_queries_from_their_partial_indexes(
     postgres_url: str, query: str, index: str
