@@ -1,0 +1,70 @@
+"""The daemon's loop: new work wakes it at once on PostgreSQL, and it keeps
+exactly `--concurrency` Stripe calls in flight."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ledger.bootstrap import build_daemon
+from ledger.processing.daemon import DaemonOptions
+from tests.process.world import World, new_world, running_simulator
+from tests.waiting import wait_for
+
+# Far longer than any wait below: only a notification can explain a quick pick-up.
+NEVER_POLL_SECONDS = 600.0
+
+
+@pytest.mark.postgres
+def test_on_postgresql_new_work_wakes_the_daemon_without_polling(postgres_url: str) -> None:
+    with running_simulator() as server:
+        world = new_world(postgres_url, server)
+        stop = threading.Event()
+        with world.ledger(pool_size=4) as ledger:
+            daemon = build_daemon(
+                ledger,
+                world.stripe_settings(),
+                world.policy(),
+                DaemonOptions(concurrency=2, poll_seconds=NEVER_POLL_SECONDS),
+                stop,
+            )
+            runner = threading.Thread(target=daemon.run)
+            runner.start()
+            try:
+                # A first payout shows the daemon is up; then it goes idle,
+                # waiting up to NEVER_POLL_SECONDS for a wake-up.
+                first = world.create("order-first")
+                wait_for(lambda: world.show(first).status == "completed", what="a first payout")
+                wait_for(
+                    lambda: not daemon.wake.is_set() and not daemon._busy(),
+                    what="the daemon to go idle",
+                )
+                second = world.create("order-wake")
+                wait_for(
+                    lambda: world.show(second).status == "completed",
+                    timeout=20,
+                    what="the NOTIFY to wake the daemon and the payout to be recorded",
+                )
+            finally:
+                stop.set()
+                daemon.wake.set()
+                runner.join(timeout=30)
+        assert not runner.is_alive()
+
+
+def test_concurrency_n_keeps_exactly_n_stripe_calls_in_flight(database_url: str) -> None:
+    # Each call takes a second at the simulator: calls that overlap arrive
+    # within that second of each other; a fifth cannot arrive before one of
+    # the first four has been answered.
+    latency = 1.0
+    with running_simulator(latency_ms=int(latency * 1000)) as server:
+        world: World = new_world(database_url, server)
+        for n in range(8):
+            world.create(f"order-c{n}")
+        world.run_daemon_once(concurrency=4)
+        arrivals = sorted(r["at"] for r in world.money_posts())
+    assert len(arrivals) == 8
+    first = arrivals[0]
+    assert arrivals[3] - first < latency, "four calls should be in flight together"
+    assert arrivals[4] - first >= latency, "a fifth call started before any finished"
