@@ -22,8 +22,11 @@ from ledger.processing.failpoints import NAMES
 from tests.process.world import (
     World,
     finish,
+    kill,
     ledger_matches_stripe,
+    new_world,
     outcome_events,
+    running_simulator,
     start_daemon,
     wait_started,
 )
@@ -131,3 +134,27 @@ def _claim_expired(world: World) -> bool:
 
 def ledger_work_unavailable(ledger: Ledger) -> set[UUID]:
     return work_store(ledger).unavailable(datetime.now(UTC))
+
+
+def test_a_daemon_killed_during_the_call_leaves_work_that_is_found_not_redone(
+    database_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL while the HTTP call is open: Stripe has committed the transfer
+    but holds its answer (a slow fault), so the daemon never learns of it."""
+    with running_simulator(slow_ms=60_000) as slow_sim:
+        world = new_world(database_url, slow_sim)
+        world.simulator.add_fault("slow", path="/v1/transfers")
+        transfer_id = world.create("order-killed-mid-call")
+        log = tmp_path / "killed.log"
+        daemon = start_daemon(world, log_path=log, LEDGER_CLAIM_SECONDS=CLAIM_SECONDS)
+        try:
+            wait_for(lambda: world.stripe_transfers(transfer_id), what="Stripe to commit")
+        finally:
+            kill(daemon)
+        assert world.show(transfer_id).status == "pending"
+        wait_for(lambda: _claim_expired(world), what="the dead daemon's claim to expire")
+        world.run_daemon_once()
+        assert world.show(transfer_id).status == "completed"
+        assert ledger_matches_stripe(world, [transfer_id]) == []
+        creates = [r for r in world.money_posts() if r["path"] == "/v1/transfers"]
+        assert len(creates) == 1, "the restarted daemon called Stripe again"
