@@ -26,6 +26,7 @@ from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, NotMigrated, TransferNotFound
 from ledger.migrate import Migration, apply_migrations, require_migrated
+from ledger.processing.clock import DatabaseClock
 from ledger.processing.daemon import Daemon, DaemonOptions
 from ledger.processing.effects import ProcessManager
 from ledger.processing.policy import RetryPolicy
@@ -233,7 +234,9 @@ def daemon_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def work_store(ledger: Ledger, *, claim_seconds: float = 60.0) -> WorkStore:
+def work_store(ledger: Ledger, *, claim_seconds: float = 0.0) -> WorkStore:
+    """The Stripe work table; `claim_seconds` only matters to a daemon (the
+    operator's `parked` commands and the tests' look-ups take no claims)."""
     return WorkStore(ledger.db, daemon_identity(), claim_seconds)
 
 
@@ -245,7 +248,9 @@ def build_daemon(
     stop: threading.Event | None = None,
 ) -> Daemon:
     longest_call = stripe.longest_call_seconds()
-    claim_seconds = options.claim_seconds or longest_call + CLAIM_MARGIN_SECONDS
+    # begin_attempt renews the claim, but a reversal may still look its Stripe
+    # transfer up after that, before the call: room for two calls.
+    claim_seconds = options.claim_seconds or 2 * longest_call + CLAIM_MARGIN_SECONDS
     if claim_seconds <= longest_call:
         # Another daemon could take the work over while this one's call is
         # still running, and its look-up would not see that call's result yet.
@@ -257,5 +262,6 @@ def build_daemon(
             longest_call,
         )
     work = work_store(ledger, claim_seconds=claim_seconds)
-    manager = ProcessManager(ledger.transfers, work, StripeGateway(stripe), policy)
+    clock = DatabaseClock(ledger.db)
+    manager = ProcessManager(ledger.transfers, work, StripeGateway(stripe), policy, clock)
     return Daemon(ledger, manager, work, options, stop)

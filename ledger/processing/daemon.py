@@ -32,7 +32,14 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
-from ledger.processing.effects import PAYOUT, REVERSAL, OperatorProblem, ProcessManager
+from ledger.processing.effects import (
+    NOT_OURS,
+    NOTHING_DUE,
+    PAYOUT,
+    REVERSAL,
+    OperatorProblem,
+    ProcessManager,
+)
 from ledger.processing.work import WorkStore
 from projections.seller_transfers import (
     DUE_PAYOUT_RETRIES_SQL,
@@ -129,6 +136,12 @@ class Daemon:
                 was_busy = self._busy()
                 try:
                     self.ledger.ensure_current()
+                except Exception:
+                    # The process managers decide on the aggregate, not the
+                    # read table: a stale table only delays new work, so an
+                    # event the projection cannot apply must not stop the rest.
+                    log.exception("projecting seller_transfers failed; dispatching anyway")
+                try:
                     handed_out = self._dispatch()
                 except Exception:
                     log.exception("daemon turn failed; trying again shortly")
@@ -152,20 +165,22 @@ class Daemon:
 
     def _dispatch(self) -> int:
         """Hand due work to free workers; returns how many items were handed out."""
+        now = self.manager.clock()
+        position = self.ledger.projection.position()
         with self._lock:
             free = self._backlog_limit - len(self._in_flight)
             busy = set(self._in_flight)
-        now = datetime.now(UTC)
-        position = self.ledger.projection.position()
-        # Entries from older positions are stale: those rows may be due now.
-        self._not_due = {item: at for item, at in self._not_due.items() if at == position}
+            # Marks from older positions are stale: those rows may be due now.
+            self._not_due = {item: at for item, at in self._not_due.items() if at == position}
+            not_due = set(self._not_due)
         skip = busy | self.work.unavailable(now)
         handed_out = 0
         for query, kind in DUE_QUERIES:
             # Ask for enough rows that the ones to skip cannot crowd out the rest.
-            for transfer_id in due_ids(self.ledger.db, query, now, free + len(skip)):
+            limit = free + len(skip) + len(not_due)
+            for transfer_id in due_ids(self.ledger.db, query, now, limit):
                 item = (transfer_id, kind)
-                if transfer_id in skip or self._not_due.get(item) == position:
+                if transfer_id in skip or item in not_due:
                     continue
                 skip.add(transfer_id)
                 with self._lock:
@@ -204,10 +219,17 @@ class Daemon:
                 if self.stop.is_set():
                     continue  # stopping: queued work is left for the next daemon
                 outcome = self._handle(transfer_id, kind)
-                if outcome in ("nothing due", "not ours"):
-                    self._not_due[(transfer_id, kind)] = self.ledger.projection.position()
-                else:
-                    self._not_due.pop((transfer_id, kind), None)
+                # The read table said due, the transfer said no: it lags the
+                # events. Not again until the projection moves. (Work another
+                # daemon holds is skipped through its claim instead.)
+                position = (
+                    self.ledger.projection.position() if outcome == NOTHING_DUE else None
+                )
+                with self._lock:
+                    if position is not None:
+                        self._not_due[(transfer_id, kind)] = position
+                    else:
+                        self._not_due.pop((transfer_id, kind), None)
             finally:
                 with self._idle:
                     self._in_flight.discard(transfer_id)
@@ -225,7 +247,7 @@ class Daemon:
             if not self.stop.is_set():
                 log.exception("%s of transfer %s: unexpected error", kind, transfer_id)
             return "error"
-        if outcome not in ("nothing due", "not ours"):
+        if outcome not in (NOTHING_DUE, NOT_OURS):
             log.info("%s of transfer %s: %s", kind, transfer_id, outcome)
         return outcome
 

@@ -50,6 +50,14 @@ log = logging.getLogger("ledger.processing")
 
 PAYOUT: Final = "payout"
 REVERSAL: Final = "reversal"
+# What `handle` returns when it did nothing (the daemon tells these apart).
+NOTHING_DUE: Final = "nothing due"
+NOT_OURS: Final = "not ours"
+
+
+class UnresolvedOutcome(LedgerError):
+    """Attempts ran out while a call's outcome is still unknown: parked for a
+    person, since money may have moved."""
 
 
 class OperatorProblem(LedgerError):
@@ -88,9 +96,7 @@ class StripeEffect(ABC):
         """What Stripe already did for this cause, if anything."""
 
     @abstractmethod
-    def call(
-        self, gateway: PaymentsGateway, transfer: Transfer, cause: str, key: str
-    ) -> Found: ...
+    def call(self, gateway: PaymentsGateway, transfer: Transfer, cause: str, key: str) -> Found: ...
 
     @abstractmethod
     def record_success(self, transfer: Transfer, found: Found, cause: str) -> None: ...
@@ -135,9 +141,7 @@ class Payout(StripeEffect):
             )
         return Found(_oldest(made).id)
 
-    def call(
-        self, gateway: PaymentsGateway, transfer: Transfer, cause: str, key: str
-    ) -> Found:
+    def call(self, gateway: PaymentsGateway, transfer: Transfer, cause: str, key: str) -> Found:
         made = gateway.create_transfer(
             amount=transfer.amount,
             currency=transfer.currency,
@@ -211,9 +215,7 @@ class Reversal(StripeEffect):
             return Found(reversals[0].id, amount_reversed=total)
         return None
 
-    def call(
-        self, gateway: PaymentsGateway, transfer: Transfer, cause: str, key: str
-    ) -> Found:
+    def call(self, gateway: PaymentsGateway, transfer: Transfer, cause: str, key: str) -> Found:
         stripe_transfer = self._stripe_transfer_id(gateway, transfer)
         if stripe_transfer is None:
             raise StripeCallFailed(
@@ -248,9 +250,7 @@ class Reversal(StripeEffect):
         )
 
     def record_permanent_failure(self, transfer: Transfer, error: str, cause: str) -> None:
-        transfer.record_reversal_permanently_failed(
-            error=error, actor=self.actor, caused_by=cause
-        )
+        transfer.record_reversal_permanently_failed(error=error, actor=self.actor, caused_by=cause)
 
     @staticmethod
     def _found(transfer: Transfer, reversal: StripeReversal) -> Found:
@@ -309,7 +309,7 @@ class ProcessManager:
         happened, in a few words (for logs and tests)."""
         claim = self.work.claim(transfer_id, kind, self.clock())
         if claim is None:
-            return "not ours"
+            return NOT_OURS
         effect = EFFECTS[kind]
         progress = _Progress(claim=claim, outcome_unknown=claim.outcome_unknown)
         try:
@@ -317,7 +317,7 @@ class ProcessManager:
             cause = effect.cause(transfer, self.clock())
             if cause is None:
                 self.work.release(claim, outcome_unknown=progress.outcome_unknown, now=self.clock())
-                return "nothing due"
+                return NOTHING_DUE
             # A new cause (a new request) starts with a clean slate.
             progress.outcome_unknown = claim.outcome_unknown and claim.cause == cause
             outcome = self._run(effect, transfer, cause, progress)
@@ -325,24 +325,25 @@ class ProcessManager:
             return "taken over"
         except OperatorProblem:
             # Stripe did nothing on a 401/403; keep only what we knew before.
-            self.work.release(
-                claim, outcome_unknown=progress.outcome_unknown, now=self.clock()
-            )
+            self.work.release(claim, outcome_unknown=progress.outcome_unknown, now=self.clock())
             raise
         except Exception as error:
             # Not Stripe's answer (a bug, an unreadable event, the database):
             # never skipped, never blocking others: back off, then park.
             failure = f"{type(error).__name__}: {error}"
-            # Stripe saying "this key was used with other parameters" is a bug
-            # somewhere: a person looks before any new key can move money.
-            our_bug = isinstance(error, StripeCallFailed) and error.kind == FailureKind.BUG
+            # Parked at once: Stripe saying "this key was used with other
+            # parameters" (a bug somewhere), and attempts run out while money
+            # may have moved. A person looks before any new key is used.
+            park_now = isinstance(error, UnresolvedOutcome) or (
+                isinstance(error, StripeCallFailed) and error.kind == FailureKind.BUG
+            )
             parked = self.work.handling_failed(
                 claim,
                 failure=failure,
                 outcome_unknown=progress.outcome_unknown or progress.call_started,
                 retry_at=self.clock() + self.policy.delay(claim.handling_failures + 1),
                 now=self.clock(),
-                park_now=our_bug,
+                park_now=park_now,
             )
             log.error(  # noqa: TRY400 - the failure is in the line; no traceback in logs
                 "%s of transfer %s failed to process%s: %s",
@@ -368,7 +369,9 @@ class ProcessManager:
             try:
                 found = effect.look_up(self.gateway, transfer, cause)
             except StripeCallFailed as failure:
-                return self._failed(effect, transfer, cause, failure, progress)
+                return self._failed(
+                    effect, transfer, cause, failure, progress, note="look-up failed"
+                )
             if found is not None:
                 self._record_success(effect, transfer, found, cause, progress)
                 return f"found {found.stripe_id} at Stripe (an earlier call's outcome was unknown)"
@@ -392,9 +395,10 @@ class ProcessManager:
             except StripeCallFailed as lookup_failure:
                 if lookup_failure.kind in (FailureKind.OPERATOR, FailureKind.BUG):
                     return self._failed(effect, transfer, cause, lookup_failure, progress)
-                looked_up = None
+                note = f"the look-up failed too: {lookup_failure.summary()}"
+                return self._failed(effect, transfer, cause, failure, progress, note=note)
             if looked_up is None:
-                return self._failed(effect, transfer, cause, failure, progress)
+                return self._failed(effect, transfer, cause, failure, progress, note="not found")
             self._record_success(effect, transfer, looked_up, cause, progress)
             return f"found {looked_up.stripe_id} at Stripe after {failure.summary()}"
         failpoint("after_stripe_call")
@@ -411,7 +415,7 @@ class ProcessManager:
         progress: _Progress,
     ) -> None:
         progress.outcome_unknown = False
-        self._record(transfer, lambda t: effect.record_success(t, found, cause), progress)
+        self._record(transfer, lambda t: effect.record_success(t, found, cause), progress, cause)
 
     def _failed(
         self,
@@ -420,6 +424,8 @@ class ProcessManager:
         cause: str,
         failure: StripeCallFailed,
         progress: _Progress,
+        *,
+        note: str = "",
     ) -> str:
         """Record a failed attempt (or give up) as the failure's kind says."""
         if failure.kind == FailureKind.OPERATOR:
@@ -430,28 +436,49 @@ class ProcessManager:
         if failure.kind == FailureKind.BUG:
             raise failure  # handle() parks it: the same request cannot succeed
         error = failure.summary()
+        failed_attempts = transfer.retry_count + 1
         if progress.outcome_unknown:
-            error = f"outcome unknown, not found at Stripe: {error}"
-        if failure.kind == FailureKind.PERMANENT:
+            # Money may have moved: the ledger never gives up on its own here
+            # (that would say "not paid" of what may be paid). It tries again
+            # later, looking up first, and when attempts run out a person looks.
+            error = f"outcome unknown ({note}): {error}" if note else f"outcome unknown: {error}"
+            if self.policy.exhausted(failed_attempts):
+                raise UnresolvedOutcome(
+                    f"{effect.kind} of transfer {transfer.id}: after {failed_attempts}"
+                    f" attempts, {error}"
+                )
+        elif failure.kind == FailureKind.PERMANENT:
             self._record(
-                transfer, lambda t: effect.record_permanent_failure(t, error, cause), progress
+                transfer,
+                lambda t: effect.record_permanent_failure(t, error, cause),
+                progress,
+                cause,
             )
             return f"permanently failed: {error}"
-        failed_attempts = transfer.retry_count + 1
-        if self.policy.exhausted(failed_attempts):
+        elif self.policy.exhausted(failed_attempts):
             final = f"gave up after {failed_attempts} attempts: {error}"
             self._record(
-                transfer, lambda t: effect.record_permanent_failure(t, final, cause), progress
+                transfer,
+                lambda t: effect.record_permanent_failure(t, final, cause),
+                progress,
+                cause,
             )
             return f"permanently failed: {final}"
         retry_at = self.clock() + self.policy.delay(failed_attempts)
         self._record(
-            transfer, lambda t: effect.record_attempt_failed(t, error, retry_at, cause), progress
+            transfer,
+            lambda t: effect.record_attempt_failed(t, error, retry_at, cause),
+            progress,
+            cause,
         )
         return f"attempt {failed_attempts} failed, retry at {retry_at:%Y-%m-%d %H:%M:%S}Z: {error}"
 
     def _record(
-        self, transfer: Transfer, command: Callable[[Transfer], None], progress: _Progress
+        self,
+        transfer: Transfer,
+        command: Callable[[Transfer], None],
+        progress: _Progress,
+        cause: str,
     ) -> None:
         """Record an outcome through the aggregate's commands (the matrix
         decides), and release the claim in the same commit, so that the outcome
@@ -464,5 +491,5 @@ class ProcessManager:
         release = self.work.release_statement(
             progress.claim, progress.outcome_unknown, self.clock()
         )
-        self.recorder.record(transfer, command, [release])
+        self.recorder.record(transfer, command, [release], cause)
         progress.released = True

@@ -32,16 +32,20 @@ class _Outcome:
     transfer: Transfer
     command: Callable[[Transfer], None]
     also_execute: Sequence[Statement]
+    # The event that asked for the work: the outcome's caused_by.
+    cause: str
     done: Future[None] = field(default_factory=Future)
+    loaded_version: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loaded_version = self.transfer.version
 
 
 class OutcomeRecorder:
     def __init__(self, transfers: Transfers) -> None:
         self.transfers = transfers
         self._queue: queue.Queue[_Outcome] = queue.Queue()
-        self._thread = threading.Thread(
-            target=self._run, name="ledger-recorder", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="ledger-recorder", daemon=True)
         self._thread.start()
 
     def record(
@@ -49,11 +53,12 @@ class OutcomeRecorder:
         transfer: Transfer,
         command: Callable[[Transfer], None],
         also_execute: Sequence[Statement],
+        cause: str,
     ) -> None:
         """Run `command` on `transfer` (loaded for this handling, unchanged) and
         save its events with `also_execute`, in one append with whatever else is
         waiting; returns once saved, or raises what the command or save raised."""
-        outcome = _Outcome(transfer, command, also_execute)
+        outcome = _Outcome(transfer, command, also_execute, cause)
         self._queue.put(outcome)
         outcome.done.result()
 
@@ -65,7 +70,12 @@ class OutcomeRecorder:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._save(batch)
+            try:
+                self._save(batch)
+            except BaseException as error:  # this thread must outlive any batch
+                for outcome in batch:
+                    if not outcome.done.done():
+                        outcome.done.set_exception(error)
 
     def _save(self, batch: list[_Outcome]) -> None:
         ready: list[_Outcome] = []
@@ -97,10 +107,21 @@ class OutcomeRecorder:
 
     def _save_alone(self, outcome: _Outcome) -> None:
         try:
-            self.transfers.change(
-                outcome.transfer.id, outcome.command, also_execute=outcome.also_execute
-            )
+            if not self._already_recorded(outcome):
+                self.transfers.change(
+                    outcome.transfer.id, outcome.command, also_execute=outcome.also_execute
+                )
         except Exception as error:
             outcome.done.set_exception(error)
         else:
             outcome.done.set_result(None)
+
+    def _already_recorded(self, outcome: _Outcome) -> bool:
+        """A conflict can also mean the batch DID commit and only its answer was
+        lost (the library retries an append after a dropped connection): then
+        the transfer already holds an outcome of this cause, recorded after it
+        was loaded, and re-running the command would record it twice."""
+        return any(
+            getattr(event, "caused_by", None) == outcome.cause
+            for event in self.transfers.events.get(outcome.transfer.id, gt=outcome.loaded_version)
+        )

@@ -5,7 +5,11 @@ Every method is one short transaction, and none is open while Stripe is
 called: a claim is taken, the attempt is recorded as started (committed), the
 call is made, the outcome is recorded as events, and the claim is released.
 See migrations/*/0005_stripe_work.sql for the columns.
-Each write is one statement, run as its own transaction (`execute_alone`).
+The hot path's writes (claim, begin_attempt, release) are single statements,
+each its own transaction (`execute_alone`); a release usually rides in the
+outcome's own append instead (`release_statement`). Every `now` comes from the
+daemons' shared clock (`ledger.processing.clock`), so that daemons on several
+hosts agree on when a claim expires.
 """
 
 from __future__ import annotations
@@ -111,16 +115,19 @@ class WorkStore:
         """Record, committed, that a Stripe call for `cause` is about to start;
         returns its attempt number (the idempotency key's suffix). From here
         until `release`, a crash leaves outcome_unknown set for the next daemon."""
+        # The claim is renewed too: the call gets the whole claim time, however
+        # long the look-ups before it took.
         rows = self.db.execute_alone(
             "UPDATE stripe_work SET"
             " attempts = CASE WHEN cause = ? THEN attempts + 1 ELSE 1 END,"
-            " cause = ?, outcome_unknown = ?, updated_at = ?"
+            " cause = ?, outcome_unknown = ?, claim_expires_at = ?, updated_at = ?"
             " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?"
             " RETURNING attempts",
             (
                 cause,
                 cause,
                 True,
+                self.db.to_db_time(now + timedelta(seconds=self.claim_seconds)),
                 self.db.to_db_time(now),
                 *self._key(claim.transfer_id, claim.kind),
                 claim.owner,

@@ -2,8 +2,8 @@
 
 Every failure leaves here as a `StripeCallFailed` of one `FailureKind`, so the
 process managers decide on kinds, never on stripe-python's exception classes.
-The API key lives only inside the client: it is not an attribute of the
-gateway, not in its repr, and scrubbed from every message that leaves.
+The API key is given to the client and kept, privately, only to scrub it from
+every message that leaves; it is in no repr, log line or error.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ DEFAULT_TIMEOUT_SECONDS: Final = 15.0
 DEFAULT_NETWORK_RETRIES: Final = 2
 PAGE_SIZE: Final = 100
 _REDACTED: Final = "[redacted]"
+# A 400 about one of these is Stripe refusing the transfer or reversal itself.
+_REFUSABLE_PARAMS: Final = frozenset({"amount", "currency", "destination"})
+_REFUSAL_CODES: Final = frozenset(
+    {"amount_too_small", "amount_too_large", "resource_missing", "transfers_not_allowed"}
+)
 
 
 @dataclass(frozen=True)
@@ -188,14 +193,21 @@ def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:
     elif isinstance(error, stripe.RateLimitError):
         kind = FailureKind.RETRY_LATER
     elif isinstance(error, stripe.InvalidRequestError):
+        param = getattr(error, "param", None)
         if code == "balance_insufficient":
             kind = FailureKind.RETRY_LATER
         elif "fully reversed" in message:
             # Stripe gives this no code: the transfer's state differs from what
             # the ledger thinks. Look it up; don't guess.
             kind = FailureKind.UNKNOWN
-        else:
+        elif param in _REFUSABLE_PARAMS or code in _REFUSAL_CODES or status == 404:
+            # Stripe refuses this money movement as asked: this destination,
+            # this amount, this currency, or a transfer it does not have.
             kind = FailureKind.PERMANENT
+        else:
+            # Any other 400 says our request is malformed (an unknown or
+            # missing parameter): a bug of ours, not the transfer's fault.
+            kind = FailureKind.BUG
     elif isinstance(error, stripe.CardError):
         kind = FailureKind.PERMANENT
     else:

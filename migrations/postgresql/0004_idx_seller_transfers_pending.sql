@@ -2,11 +2,13 @@
 -- 0004: partial index for the payout process manager's first attempts.
 --
 -- The payout worker's select per tick is:
---   SELECT id FROM seller_transfers WHERE status = 'pending'
+--   SELECT id FROM seller_transfers
+--   WHERE status = 'pending' AND created_at <= now()
 --   ORDER BY created_at LIMIT n;
 --
--- A pending transfer is due at once (nothing schedules a first payout), so the
--- worker takes the oldest first. pending rows are a thin, short-lived slice of
+-- A pending transfer is due as soon as it exists (nothing schedules a first
+-- payout), so the worker takes the oldest first; `created_at <= now()` only
+-- gives it the same shape (a time, a limit) as the other two due queries. pending rows are a thin, short-lived slice of
 -- the table (a transfer leaves pending on its first Stripe answer), so a
 -- partial index on created_at keeps the tick cheap however many settled rows
 -- pile up, and costs nothing for writes to rows in any other status.

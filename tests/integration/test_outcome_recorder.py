@@ -33,7 +33,10 @@ def test_outcomes_arriving_together_are_saved_in_one_append(database_url: str) -
         ]
         recorder = OutcomeRecorder(ledger.transfers)
         before = ledger.transfers.recorder.max_notification_id() or 0
-        batch = [_Outcome(ledger.transfers.get(i), paid(f"tr_{n}"), []) for n, i in enumerate(ids)]
+        batch = [
+            _Outcome(ledger.transfers.get(i), paid(f"tr_{n}"), [], f"{i}:1")
+            for n, i in enumerate(ids)
+        ]
         recorder._save(batch)
         for outcome in batch:
             assert outcome.done.result(timeout=5) is None
@@ -57,8 +60,8 @@ def test_a_stale_copy_in_a_batch_is_re_run_on_the_current_state(database_url: st
         ledger.set_status(stale_id, "failed", actor="alice", reason="ticket 9")
         recorder = OutcomeRecorder(ledger.transfers)
         batch = [
-            _Outcome(stale_copy, paid("tr_stale"), []),
-            _Outcome(ledger.transfers.get(fresh_id), paid("tr_fresh"), []),
+            _Outcome(stale_copy, paid("tr_stale"), [], f"{stale_id}:1"),
+            _Outcome(ledger.transfers.get(fresh_id), paid("tr_fresh"), [], f"{fresh_id}:1"),
         ]
         recorder._save(batch)
         for outcome in batch:
@@ -83,8 +86,8 @@ def test_a_refused_outcome_fails_alone_and_the_rest_is_saved(database_url: str) 
         ledger.set_status(refused_id, "failed", actor="alice", reason="ticket 9")
         ledger.set_status(refused_id, "permanently_failed", actor="alice", reason="ticket 9")
         recorder = OutcomeRecorder(ledger.transfers)
-        refused = _Outcome(ledger.transfers.get(refused_id), paid("tr_x"), [])
-        accepted = _Outcome(ledger.transfers.get(ok_id), paid("tr_ok"), [])
+        refused = _Outcome(ledger.transfers.get(refused_id), paid("tr_x"), [], f"{refused_id}:1")
+        accepted = _Outcome(ledger.transfers.get(ok_id), paid("tr_ok"), [], f"{ok_id}:1")
         recorder._save([refused, accepted])
         with pytest.raises(TransitionRefused):
             refused.done.result(timeout=5)
@@ -100,6 +103,34 @@ def test_record_waits_for_its_own_outcome(database_url: str) -> None:
             seller_account_id="acct_1A", order_ref="o-wait", amount=100, currency="usd"
         )
         OutcomeRecorder(ledger.transfers).record(
-            ledger.transfers.get(transfer_id), paid("tr_w"), []
+            ledger.transfers.get(transfer_id), paid("tr_w"), [], f"{transfer_id}:1"
         )
         assert ledger.transfers.get(transfer_id).status == "completed"
+
+
+def test_an_outcome_whose_commit_answer_was_lost_is_not_recorded_twice(
+    database_url: str,
+) -> None:
+    """The library retries an append whose connection dropped; if the first try
+    had committed, the retry conflicts. The fallback must see the outcome is
+    already there rather than record "attempt failed" a second time."""
+    migrate_database(database_url)
+    with Ledger.open(database_url) as ledger:
+        transfer_id, _ = ledger.create_transfer(
+            seller_account_id="acct_1A", order_ref="o-lost-ack", amount=100, currency="usd"
+        )
+        cause = f"{transfer_id}:1"
+
+        def failed(transfer: Transfer) -> None:
+            transfer.record_payout_failed(
+                error="429", next_retry_at=None, actor="system:test", caused_by=cause
+            )
+
+        loaded = ledger.transfers.get(transfer_id)
+        ledger.transfers.change(transfer_id, failed)  # the batch that did commit
+        outcome = _Outcome(loaded, failed, [], cause)
+        OutcomeRecorder(ledger.transfers)._save_alone(outcome)
+        assert outcome.done.result(timeout=5) is None
+        events = [type(e).__name__ for e in ledger.transfers.events.get(transfer_id)]
+        assert events == ["Created", "PayoutFailed"]
+        assert ledger.transfers.get(transfer_id).retry_count == 1

@@ -4,8 +4,8 @@ on restart the work is neither lost nor done twice, on both databases.
 The crash points are named failpoints in the product code
 (ledger/processing/failpoints.py): `before_stripe_call` (the attempt is
 recorded as started, nothing sent), `after_stripe_call` (Stripe committed,
-the ledger knows nothing), `after_record` (the outcome is saved, the claim not
-released and the read table not yet projected).
+the ledger knows nothing), `after_record` (the outcome is saved, with the claim
+released in the same commit, and the read table not yet projected).
 """
 
 from __future__ import annotations

@@ -215,3 +215,32 @@ def test_the_same_key_with_other_parameters_parks_the_work_and_others_go_on(
     world.run_daemon_once()
     assert world.show(poisoned).status == "completed"
     assert ledger_matches_stripe(world, [healthy, poisoned]) == []
+
+
+def test_while_a_payouts_outcome_is_unknown_the_ledger_never_gives_up_on_its_own(
+    world: World,
+) -> None:
+    """Stripe committed the transfer but answered 500, and every look-up fails:
+    the ledger cannot know, so it must not say "permanently failed" (which
+    means "not paid"). It parks the work for a person; once Stripe answers
+    again, `parked retry` finds the one transfer."""
+    world.simulator.add_fault("500_after", path="/v1/transfers", method="POST")
+    lookups = world.max_attempts  # one per attempt: all of them fail
+    world.simulator.add_fault("500_before", count=lookups, path="/v1/transfers", method="GET")
+    transfer_id = world.create("order-unknown")
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "failed", "an unknown outcome must not end permanently_failed"
+    with world.ledger() as ledger:
+        [parked] = work_store(ledger).parked()
+    assert parked.transfer_id == transfer_id
+    assert "outcome unknown" in (parked.last_failure or "")
+    assert len(world.stripe_transfers(transfer_id)) == 1
+    assert len([r for r in world.money_posts() if r["path"] == "/v1/transfers"]) == 1
+
+    with world.ledger() as ledger:
+        work_store(ledger).unpark(transfer_id, datetime.now(UTC))
+    world.run_daemon_once()
+    assert world.show(transfer_id).status == "completed"
+    assert ledger_matches_stripe(world, [transfer_id]) == []
+    assert len([r for r in world.money_posts() if r["path"] == "/v1/transfers"]) == 1

@@ -41,6 +41,24 @@ KEY = "sk_test_51SecretKeyThatMustNotLeak"
             ),
             "unknown",
         ),
+        (
+            stripe.InvalidRequestError(
+                "Amount (900) is greater than unreversed amount", "amount", None, http_status=400
+            ),
+            "permanent",
+        ),
+        (
+            stripe.InvalidRequestError(
+                "No such transfer: 'tr_x'", "id", "resource_missing", http_status=404
+            ),
+            "permanent",
+        ),
+        (
+            stripe.InvalidRequestError(
+                "Received unknown parameter: foo", "foo", "parameter_unknown", http_status=400
+            ),
+            "bug",
+        ),
         (stripe.IdempotencyError("Keys for idempotent requests ...", http_status=400), "bug"),
         (stripe.APIError("Sorry, something went wrong", http_status=500), "unknown"),
         (stripe.APIError("another in-progress request", http_status=409), "unknown"),
