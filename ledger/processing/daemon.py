@@ -4,8 +4,9 @@ scheduling, in one small loop.
 The loop waits on "new work OR poll interval OR stop". New work wakes it at
 once: on PostgreSQL a LISTEN on the events table's channel (the recorder
 NOTIFYs on every append); on SQLite, which cannot notify, a short poll. Each
-turn projects new events into `seller_transfers`, then asks the seed's due
-queries for work and hands it to a pool of `concurrency` worker threads. A
+turn projects new events into `seller_transfers`, asks the seed's due queries
+for work, claims it (one statement for all of it; what another daemon holds is
+not returned) and queues it for a pool of `concurrency` worker threads. A
 transfer is handed to one worker at a time, so its steps stay in order.
 
 Stopping (SIGTERM/SIGINT, or `--once` with nothing left): no new work is
@@ -40,7 +41,7 @@ from ledger.processing.effects import (
     OperatorProblem,
     ProcessManager,
 )
-from ledger.processing.work import WorkStore
+from ledger.processing.work import Claim, WorkStore
 from projections.seller_transfers import (
     DUE_PAYOUT_RETRIES_SQL,
     DUE_PAYOUTS_SQL,
@@ -107,7 +108,7 @@ class Daemon:
         self.poll_seconds = options.poll_seconds or (
             POSTGRES_POLL_SECONDS if ledger.db.dialect == "postgresql" else SQLITE_POLL_SECONDS
         )
-        self._queue: queue.Queue[WorkItem] = queue.Queue()
+        self._queue: queue.Queue[Claim] = queue.Queue()
         self._in_flight: set[UUID] = set()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -174,23 +175,24 @@ class Daemon:
             self._not_due = {item: at for item, at in self._not_due.items() if at == position}
             not_due = set(self._not_due)
         skip = busy | self.work.unavailable(now)
-        handed_out = 0
+        wanted: list[WorkItem] = []
         for query, kind in DUE_QUERIES:
             # Ask for enough rows that the ones to skip cannot crowd out the rest.
             limit = free + len(skip) + len(not_due)
             for transfer_id in due_ids(self.ledger.db, query, now, limit):
-                item = (transfer_id, kind)
-                if transfer_id in skip or item in not_due:
+                if len(wanted) == free:
+                    break
+                if transfer_id in skip or (transfer_id, kind) in not_due:
                     continue
                 skip.add(transfer_id)
-                with self._lock:
-                    self._in_flight.add(transfer_id)
-                self._queue.put(item)
-                handed_out += 1
-                free -= 1
-                if free == 0:
-                    return handed_out
-        return handed_out
+                wanted.append((transfer_id, kind))
+        # Claimed in one statement; what another daemon holds is not returned.
+        claims = self.work.claim_many(wanted, now)
+        with self._lock:
+            self._in_flight.update(c.transfer_id for c in claims)
+        for claim in claims:
+            self._queue.put(claim)
+        return len(claims)
 
     def _busy(self) -> bool:
         with self._lock:
@@ -214,11 +216,17 @@ class Daemon:
 
     def _worker(self) -> None:
         while True:
-            transfer_id, kind = self._queue.get()
+            claim = self._queue.get()
+            transfer_id, kind = claim.transfer_id, claim.kind
             try:
                 if self.stop.is_set():
-                    continue  # stopping: queued work is left for the next daemon
-                outcome = self._handle(transfer_id, kind)
+                    # Stopping: queued work is handed back for the next daemon.
+                    with contextlib.suppress(Exception):
+                        self.work.release(
+                            claim, outcome_unknown=claim.outcome_unknown, now=self.manager.clock()
+                        )
+                    continue
+                outcome = self._handle(claim)
                 # The read table said due, the transfer said no: it lags the
                 # events. Not again until the projection moves. (Work another
                 # daemon holds is skipped through its claim instead.)
@@ -236,9 +244,10 @@ class Daemon:
                     self._idle.notify_all()
                 self.wake.set()
 
-    def _handle(self, transfer_id: UUID, kind: str) -> str:
+    def _handle(self, claim: Claim) -> str:
+        transfer_id, kind = claim.transfer_id, claim.kind
         try:
-            outcome = self.manager.handle(transfer_id, kind)
+            outcome = self.manager.handle_claimed(claim)
         except OperatorProblem as problem:
             self._fatal = problem
             self.stop.set()

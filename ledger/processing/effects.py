@@ -3,7 +3,8 @@ recorded as events on the transfer", once, for payouts and reversals alike.
 
 `ProcessManager.handle` runs one transfer's due work through these steps:
 
-1. claim it (one daemon at a time; the claim expires if its holder dies);
+1. claim it (one daemon at a time; the claim expires if its holder dies; the
+   daemon's dispatcher claims what it hands out, many in one statement);
 2. load the transfer and ask the effect which event asks for work now (none:
    another daemon or an operator got there first; release and stop);
 3. if an earlier call's outcome is unknown, look the object up at Stripe and
@@ -310,6 +311,12 @@ class ProcessManager:
         claim = self.work.claim(transfer_id, kind, self.clock())
         if claim is None:
             return NOT_OURS
+        return self.handle_claimed(claim)
+
+    def handle_claimed(self, claim: Claim) -> str:
+        """`handle`, for work this daemon has claimed already (the dispatcher
+        claims what it hands out, many in one statement)."""
+        transfer_id, kind = claim.transfer_id, claim.kind
         effect = EFFECTS[kind]
         progress = _Progress(claim=claim, outcome_unknown=claim.outcome_unknown)
         try:

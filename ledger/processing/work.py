@@ -14,6 +14,7 @@ hosts agree on when a claim expires.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -23,6 +24,8 @@ from ledger.storage import Database, Row, Statement
 
 # A handling failure (not Stripe's answer) this many times in a row parks the work.
 PARK_AFTER_FAILURES: Final = 5
+# Five parameters a claim: stays under SQLite's 999 bound parameters.
+CLAIMS_PER_STATEMENT: Final = 150
 _MAX_FAILURE_TEXT: Final = 500
 
 
@@ -76,40 +79,57 @@ class WorkStore:
     def claim(self, transfer_id: UUID, kind: str, now: datetime) -> Claim | None:
         """Take this work if nobody holds it, it is not parked and not backing
         off. None when it is not ours to do now."""
+        claims = self.claim_many([(transfer_id, kind)], now)
+        return claims[0] if claims else None
+
+    def claim_many(self, items: Sequence[tuple[UUID, str]], now: datetime) -> list[Claim]:
+        """`claim` for several (transfer, kind) at once, in one statement: the
+        dispatcher claims what it hands out. Returns the claims it got."""
+        if len(items) > CLAIMS_PER_STATEMENT:
+            return [
+                claim
+                for start in range(0, len(items), CLAIMS_PER_STATEMENT)
+                for claim in self.claim_many(items[start : start + CLAIMS_PER_STATEMENT], now)
+            ]
+        if not items:
+            return []
         t = self.db.to_db_time
+        expires = t(now + timedelta(seconds=self.claim_seconds))
         rows = self.db.execute_alone(
             "INSERT INTO stripe_work (transfer_id, kind, cause, claimed_by,"
-            " claim_expires_at, updated_at) VALUES (?, ?, '', ?, ?, ?)"
-            " ON CONFLICT (transfer_id, kind) DO UPDATE SET"
+            " claim_expires_at, updated_at) VALUES "
+            + ", ".join(["(?, ?, '', ?, ?, ?)"] * len(items))
+            + " ON CONFLICT (transfer_id, kind) DO UPDATE SET"
             " claimed_by = excluded.claimed_by,"
             " claim_expires_at = excluded.claim_expires_at,"
             " updated_at = excluded.updated_at"
             " WHERE (stripe_work.claimed_by IS NULL OR stripe_work.claim_expires_at <= ?)"
             " AND stripe_work.parked_at IS NULL"
             " AND (stripe_work.not_before IS NULL OR stripe_work.not_before <= ?)"
-            " RETURNING cause, attempts, outcome_unknown, handling_failures",
-            (
-                *self._key(transfer_id, kind),
-                self.owner,
-                t(now + timedelta(seconds=self.claim_seconds)),
+            " RETURNING transfer_id, kind, cause, attempts, outcome_unknown, handling_failures",
+            [
+                *(
+                    value
+                    for transfer_id, kind in items
+                    for value in (*self._key(transfer_id, kind), self.owner, expires, t(now))
+                ),
                 t(now),
                 t(now),
-                t(now),
-            ),
+            ],
             returning=True,
         )
-        row = rows[0] if rows else None
-        if row is None:
-            return None
-        return Claim(
-            transfer_id=transfer_id,
-            kind=kind,
-            owner=self.owner,
-            cause=str(row["cause"]),
-            attempts=int(row["attempts"]),
-            outcome_unknown=bool(row["outcome_unknown"]),
-            handling_failures=int(row["handling_failures"]),
-        )
+        return [
+            Claim(
+                transfer_id=_uuid(row["transfer_id"]),
+                kind=str(row["kind"]),
+                owner=self.owner,
+                cause=str(row["cause"]),
+                attempts=int(row["attempts"]),
+                outcome_unknown=bool(row["outcome_unknown"]),
+                handling_failures=int(row["handling_failures"]),
+            )
+            for row in rows
+        ]
 
     def begin_attempt(self, claim: Claim, cause: str, now: datetime) -> int:
         """Record, committed, that a Stripe call for `cause` is about to start;
