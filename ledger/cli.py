@@ -29,8 +29,9 @@ from ledger.bootstrap import CLI_ACTOR, Ledger, build_daemon, migrate_database, 
 from ledger.config import database_url, env_number
 from ledger.errors import InvalidInput, LedgerError, TransferNotFound, TransitionRefused
 from ledger.importing import parse_lines
-from ledger.processing.daemon import DaemonOptions, stop_on_signals
+from ledger.processing.daemon import DaemonOptions
 from ledger.processing.policy import RetryPolicy
+from ledger.signals import stop_on_signals
 from ledger.stripe import simulator
 from ledger.stripe.gateway import StripeSettings
 from projections.seller_transfers import TransferView
@@ -228,7 +229,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # for the next daemon to look up at Stripe.
     # One database connection per worker, plus the loop's own.
     with (
-        stop_on_signals(stop),
+        stop_on_signals(stop, logging.getLogger("ledger.daemon")),
         contextlib.suppress(KeyboardInterrupt),
         Ledger.open(args.database_url, pool_size=concurrency + 2) as ledger,
     ):

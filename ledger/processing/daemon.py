@@ -21,12 +21,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
@@ -289,25 +287,3 @@ class Daemon:
             except psycopg.Error as error:
                 log.warning("lost the notification connection (%s); reconnecting", error)
                 self.stop.wait(LISTEN_RECONNECT_SECONDS)
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set `stop` (finish in-flight work, then exit 0); a second
-    one gives up waiting. The previous handlers are restored afterwards."""
-    received: list[int] = []
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        if len(received) > 1:
-            raise KeyboardInterrupt  # second signal: stop waiting for in-flight calls
-        name = signal.Signals(signum).name
-        log.info("%s received: finishing in-flight work, then stopping", name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -74,21 +74,21 @@ import os
 import random
 import re
 import secrets
-import signal
 import socket
 import socketserver
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Final, TextIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ledger.errors import InvalidInput, LedgerError
+from ledger.signals import stop_on_signals
 
 DESCRIPTION: Final = (
     "Local Stripe-compatible simulator on 127.0.0.1 for trying the daemon without a Stripe "
@@ -1566,7 +1566,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             f"cannot listen on 127.0.0.1:{config.port}: {reason} (--port 0 picks a free port)"
         ) from None
     stop = threading.Event()
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop):
         try:
             print(startup_line(config, server.base_url), flush=True)
             # A timed wait: the signal handler runs in this thread between waits at the latest.
@@ -1575,26 +1575,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         finally:
             server.stop()
     return 0
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set `stop`; the previous handlers come back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        # Only the main thread may install handlers; an embedding caller stops us itself.
-        yield
-        return
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            # None: a handler installed outside Python; the default is the closest we can do.
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def main(argv: list[str] | None = None) -> int:
