@@ -25,6 +25,7 @@ import psycopg
 from eventsourcing.persistence import PersistenceError
 
 from ledger import matrix, values
+from ledger.audit.history import Audit, audit
 from ledger.bootstrap import CLI_ACTOR, Ledger, build_daemon, migrate_database, work_store
 from ledger.config import database_url, env_number
 from ledger.errors import InvalidInput, LedgerError, TransferNotFound, TransitionRefused
@@ -198,6 +199,62 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         print(f"imported {result.imported}, already present {result.already_present}")
     return EXIT_OK
+
+
+# `ledger audit` takes a transfer id or one of these (DESIGN section 8).
+AUDIT_COMMANDS_TO_COME = ("verify", "head", "export")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    if args.target in AUDIT_COMMANDS_TO_COME:
+        raise LedgerError(f"`ledger audit {args.target}` is not built yet")
+    transfer_id = values.transfer_id(args.target)
+    if args.version is not None and args.at is not None:
+        raise InvalidInput("give --version or --at, not both")
+    version = (
+        _whole_number(args.version, "--version", 1, 2**31 - 1)
+        if args.version is not None
+        else None
+    )
+    at = values.timestamp(args.at, "--at") if args.at is not None else None
+    with Ledger.open(args.database_url) as ledger:
+        events = list(ledger.transfers.events.get(transfer_id))
+    result = audit(events, transfer_id, version=version, at=at)
+    if args.json:
+        _print_json(result.as_json())
+        return EXIT_OK
+    _audit_text(result)
+    return EXIT_OK
+
+
+def _audit_text(result: Audit) -> None:
+    header = ("version", "at", "event", "from -> to", "actor", "reason", "details")
+    rows = [
+        (
+            str(e.version),
+            e.as_json()["at"],
+            e.type,
+            f"{e.from_status or '(new)'} -> {e.to_status}",
+            e.actor,
+            e.reason or "",
+            ", ".join(
+                f"{k}={v}"
+                for k, v in {**e.as_json(), "caused_by": e.caused_by}.items()
+                if k in e.details or k == "caused_by"
+                if v is not None
+            ),
+        )
+        for e in result.entries
+    ]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    state = result.state
+    print(
+        f"state at version {state.version}: {state.status}, amount {state.amount}"
+        f" {state.currency}, reversed {state.amount_reversed}, retries {state.retry_count}"
+    )
 
 
 MAX_CONCURRENCY = 256
@@ -379,6 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stripe_sim.set_defaults(handler=simulator.run_from_args, database_url="")
     simulator.configure_parser(stripe_sim)
+
+    audit_cmd = add(
+        commands, "audit", cmd_audit, "a transfer's history, or its state at a point"
+    )
+    audit_cmd.add_argument("target", metavar="ID", help="transfer id")
+    audit_cmd.add_argument("--version", help="the state as of this event version")
+    audit_cmd.add_argument("--at", help="the state as of this time (ISO 8601, with offset)")
 
     matrix_cmd = add(commands, "matrix", cmd_matrix, "print the transition matrix")
     matrix_cmd.add_argument("--format", choices=("table", "mermaid"), default="table")
