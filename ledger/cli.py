@@ -25,7 +25,7 @@ import psycopg
 from eventsourcing.persistence import PersistenceError
 
 from ledger import matrix, values
-from ledger.audit.history import Audit, audit
+from ledger.audit.history import Audit, audit, export
 from ledger.bootstrap import CLI_ACTOR, Ledger, build_daemon, migrate_database, work_store
 from ledger.config import database_url, env_number
 from ledger.errors import InvalidInput, LedgerError, TransferNotFound, TransitionRefused
@@ -202,12 +202,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 # `ledger audit` takes a transfer id or one of these (DESIGN section 8).
-AUDIT_COMMANDS_TO_COME = ("verify", "head", "export")
+AUDIT_COMMANDS_TO_COME = ("verify", "head")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     if args.target in AUDIT_COMMANDS_TO_COME:
         raise LedgerError(f"`ledger audit {args.target}` is not built yet")
+    if args.target == "export":
+        return _audit_export(args)
+    if args.since is not None or args.status is not None:
+        raise InvalidInput("--since and --status go with `ledger audit export`")
     transfer_id = values.transfer_id(args.target)
     if args.version is not None and args.at is not None:
         raise InvalidInput("give --version or --at, not both")
@@ -224,6 +228,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
         _print_json(result.as_json())
         return EXIT_OK
     _audit_text(result)
+    return EXIT_OK
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    if args.version is not None or args.at is not None:
+        raise InvalidInput("--version and --at go with `ledger audit ID`")
+    since = values.timestamp(args.since, "--since") if args.since is not None else None
+    status = values.status(args.status) if args.status is not None else None
+    with Ledger.open(args.database_url) as ledger:
+        decode = ledger.transfers.mapper.to_domain_event
+        stored = ledger.db.stream_stored_events()
+        for result in export((decode(e) for e in stored), since=since, status=status):
+            sys.stdout.write(json.dumps(result.as_json(), separators=(", ", ": ")) + "\n")
     return EXIT_OK
 
 
@@ -440,9 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cmd = add(
         commands, "audit", cmd_audit, "a transfer's history, or its state at a point"
     )
-    audit_cmd.add_argument("target", metavar="ID", help="transfer id")
+    audit_cmd.add_argument(
+        "target", metavar="ID|export", help="a transfer id, or `export` for every history"
+    )
     audit_cmd.add_argument("--version", help="the state as of this event version")
     audit_cmd.add_argument("--at", help="the state as of this time (ISO 8601, with offset)")
+    audit_cmd.add_argument("--since", help="export: only transfers changed at or after TIME")
+    audit_cmd.add_argument("--status", help="export: only transfers in this status now")
 
     matrix_cmd = add(commands, "matrix", cmd_matrix, "print the transition matrix")
     matrix_cmd.add_argument("--format", choices=("table", "mermaid"), default="table")

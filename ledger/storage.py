@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 from uuid import UUID
 
 import psycopg
@@ -174,6 +174,36 @@ class Database:
             ):
                 yield _PostgresCursor(cursor)
 
+    def stream_stored_events(self, batch_size: int = 2000) -> Iterator[StoredEvent]:
+        """Every stored event, by transfer then version (the events table's
+        primary key order), fetched `batch_size` rows at a time: memory stays
+        flat however long the log is. PostgreSQL: a server-side cursor."""
+        sql = (
+            f"SELECT originator_id, originator_version, topic, state FROM {self.events_table}"
+            " ORDER BY originator_id, originator_version"
+        )
+        if self.dialect == "sqlite":
+            with self._sqlite.get_connection(commit=False) as conn:
+                raw = conn.cursor().sqlite_cursor
+                raw.execute("BEGIN")
+                try:
+                    raw.execute(sql)
+                    while rows := raw.fetchmany(batch_size):
+                        for row in rows:
+                            yield _stored_event(dict(row))
+                finally:
+                    conn.rollback()
+            return
+        with (
+            self._postgres.get_connection() as pg_conn,
+            pg_conn.transaction(force_rollback=True),
+            pg_conn.cursor(name="ledger_stream_events") as cursor,
+        ):
+            cursor.itersize = batch_size
+            cursor.execute(sql)
+            for row in cursor:
+                yield _stored_event(row)
+
     def execute_alone(
         self, sql: str, params: Sequence[Any] = (), *, returning: bool = False
     ) -> list[Row]:
@@ -317,22 +347,7 @@ class Database:
             f" ORDER BY {self.notification_id_column} LIMIT ?",
             (position, limit),
         )
-        return [
-            (
-                int(row["notification_id"]),
-                StoredEvent(
-                    originator_id=(
-                        row["originator_id"]
-                        if isinstance(row["originator_id"], UUID)
-                        else UUID(row["originator_id"])
-                    ),
-                    originator_version=int(row["originator_version"]),
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                ),
-            )
-            for row in cursor.fetchall()
-        ]
+        return [(int(row["notification_id"]), _stored_event(row)) for row in cursor.fetchall()]
 
     def count_events_between(self, cursor: Cursor, after: int, upto: int) -> int:
         """How many events have notification ids in (after, upto]."""
@@ -371,13 +386,19 @@ class Database:
                 )
                 rows += cursor.fetchall()
         for row in rows:
-            originator_id = row["originator_id"]
-            if not isinstance(originator_id, UUID):
-                originator_id = UUID(originator_id)
-            found[originator_id] = StoredEvent(
-                originator_id, int(row["originator_version"]), row["topic"], bytes(row["state"])
-            )
+            event = _stored_event(row)
+            found[cast(UUID, event.originator_id)] = event  # _stored_event makes it a UUID
         return found
+
+
+def _stored_event(row: Row) -> StoredEvent:
+    originator_id = row["originator_id"]
+    return StoredEvent(
+        originator_id=originator_id if isinstance(originator_id, UUID) else UUID(originator_id),
+        originator_version=int(row["originator_version"]),
+        topic=row["topic"],
+        state=bytes(row["state"]),
+    )
 
 
 class StatementsSQLiteRecorder(SQLiteApplicationRecorder):

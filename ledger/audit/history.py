@@ -7,7 +7,7 @@ from theirs about what an event means.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -153,3 +153,29 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, UUID):
         return str(value)
     return value
+
+
+def histories(events: Iterable[Any]) -> Iterator[list[Any]]:
+    """Group a stream of events ordered by transfer and version into one list
+    per transfer, holding one transfer's events at a time."""
+    current: list[Any] = []
+    for event in events:
+        if current and event.originator_id != current[0].originator_id:
+            yield current
+            current = []
+        current.append(event)
+    if current:
+        yield current
+
+
+def export(
+    events: Iterable[Any], *, since: datetime | None = None, status: str | None = None
+) -> Iterator[Audit]:
+    """Every transfer's full history (`audit ID --json` each), optionally only
+    those changed at or after `since`, or whose status now is `status`."""
+    for transfer_events in histories(events):
+        if since is not None and transfer_events[-1].timestamp < since:
+            continue
+        result = audit(transfer_events, transfer_events[0].originator_id)
+        if status is None or result.state.status == status:
+            yield result
