@@ -25,7 +25,9 @@ import psycopg
 from eventsourcing.persistence import PersistenceError
 
 from ledger import matrix, values
+from ledger.audit.chain import head, seal
 from ledger.audit.history import Audit, audit, export
+from ledger.audit.verify import verify
 from ledger.bootstrap import CLI_ACTOR, Ledger, build_daemon, migrate_database, work_store
 from ledger.config import database_url, env_number
 from ledger.errors import InvalidInput, LedgerError, TransferNotFound, TransitionRefused
@@ -202,23 +204,22 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 # `ledger audit` takes a transfer id or one of these (DESIGN section 8).
-AUDIT_COMMANDS_TO_COME = ("verify", "head")
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
-    if args.target in AUDIT_COMMANDS_TO_COME:
-        raise LedgerError(f"`ledger audit {args.target}` is not built yet")
     if args.target == "export":
         return _audit_export(args)
+    if args.target in ("verify", "head"):
+        if args.version is not None or args.at is not None:
+            raise InvalidInput("--version and --at go with `ledger audit ID`")
+        return _audit_verify(args) if args.target == "verify" else _audit_head(args)
     if args.since is not None or args.status is not None:
         raise InvalidInput("--since and --status go with `ledger audit export`")
+    if args.head is not None:
+        raise InvalidInput("--head goes with `ledger audit verify`")
     transfer_id = values.transfer_id(args.target)
     if args.version is not None and args.at is not None:
         raise InvalidInput("give --version or --at, not both")
     version = (
-        _whole_number(args.version, "--version", 1, 2**31 - 1)
-        if args.version is not None
-        else None
+        _whole_number(args.version, "--version", 1, 2**31 - 1) if args.version is not None else None
     )
     at = values.timestamp(args.at, "--at") if args.at is not None else None
     with Ledger.open(args.database_url) as ledger:
@@ -231,6 +232,47 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _audit_head(args: argparse.Namespace) -> int:
+    with Ledger.open(args.database_url) as ledger:
+        seal(ledger.db)  # the head then covers every event appended so far
+        newest = head(ledger.db)
+    if newest is None:
+        raise LedgerError("the event log is empty: there is no head yet")
+    if args.json:
+        _print_json(newest.as_json())
+    else:
+        print(f"{newest.link.hex()} at position {newest.position}")
+    return EXIT_OK
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    recorded: bytes | None = None
+    if args.head is not None:
+        try:
+            recorded = bytes.fromhex(args.head)
+        except ValueError:
+            recorded = b""
+        if len(recorded) != 32:
+            raise InvalidInput(
+                "invalid --head: expected the 64 hex digits `ledger audit head` prints"
+            )
+    with Ledger.open(args.database_url) as ledger:
+        ledger.ensure_current()
+        report = verify(ledger.db, ledger.transfers.mapper.to_domain_event, recorded)
+    if args.json:
+        _print_json(report.as_json())
+    else:
+        for finding in report.findings:
+            print(f"{finding['transfer_id'] or '-'}  {finding['check']}: {finding['problem']}")
+        data = report.as_json()
+        verdict = "clean" if report.ok else f"{len(report.findings)} finding(s)"
+        print(
+            f"{verdict}: {data['transfers']} transfers, {data['events']} events,"
+            f" {data['sealed']} sealed, {data['unsealed']} not sealed yet"
+        )
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
 def _audit_export(args: argparse.Namespace) -> int:
     if args.version is not None or args.at is not None:
         raise InvalidInput("--version and --at go with `ledger audit ID`")
@@ -239,7 +281,7 @@ def _audit_export(args: argparse.Namespace) -> int:
     with Ledger.open(args.database_url) as ledger:
         decode = ledger.transfers.mapper.to_domain_event
         stored = ledger.db.stream_stored_events()
-        for result in export((decode(e) for e in stored), since=since, status=status):
+        for result in export((decode(e) for _, e in stored), since=since, status=status):
             sys.stdout.write(json.dumps(result.as_json(), separators=(", ", ": ")) + "\n")
     return EXIT_OK
 
@@ -454,16 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
     stripe_sim.set_defaults(handler=simulator.run_from_args, database_url="")
     simulator.configure_parser(stripe_sim)
 
-    audit_cmd = add(
-        commands, "audit", cmd_audit, "a transfer's history, or its state at a point"
-    )
+    audit_cmd = add(commands, "audit", cmd_audit, "a transfer's history, or its state at a point")
     audit_cmd.add_argument(
-        "target", metavar="ID|export", help="a transfer id, or `export` for every history"
+        "target",
+        metavar="ID|export|verify|head",
+        help="a transfer id; `export` every history; `verify` the whole ledger;"
+        " `head` the newest link of the hash chain",
     )
     audit_cmd.add_argument("--version", help="the state as of this event version")
     audit_cmd.add_argument("--at", help="the state as of this time (ISO 8601, with offset)")
     audit_cmd.add_argument("--since", help="export: only transfers changed at or after TIME")
     audit_cmd.add_argument("--status", help="export: only transfers in this status now")
+    audit_cmd.add_argument("--head", help="verify: a head recorded earlier by `audit head`")
 
     matrix_cmd = add(commands, "matrix", cmd_matrix, "print the transition matrix")
     matrix_cmd.add_argument("--format", choices=("table", "mermaid"), default="table")

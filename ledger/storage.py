@@ -174,13 +174,18 @@ class Database:
             ):
                 yield _PostgresCursor(cursor)
 
-    def stream_stored_events(self, batch_size: int = 2000) -> Iterator[StoredEvent]:
-        """Every stored event, by transfer then version (the events table's
-        primary key order), fetched `batch_size` rows at a time: memory stays
-        flat however long the log is. PostgreSQL: a server-side cursor."""
+    def stream_stored_events(
+        self, *, order: Literal["transfer", "log"] = "transfer", batch_size: int = 2000
+    ) -> Iterator[tuple[int, StoredEvent]]:
+        """Every stored event with its position in the log, by transfer then
+        version (the primary key's order) or in log order, fetched `batch_size`
+        rows at a time: memory stays flat however long the log is. PostgreSQL
+        reads through a server-side cursor."""
+        position = self.notification_id_column
+        order_by = "originator_id, originator_version" if order == "transfer" else position
         sql = (
-            f"SELECT originator_id, originator_version, topic, state FROM {self.events_table}"
-            " ORDER BY originator_id, originator_version"
+            f"SELECT {position} AS notification_id, originator_id, originator_version,"
+            f" topic, state FROM {self.events_table} ORDER BY {order_by}"
         )
         if self.dialect == "sqlite":
             with self._sqlite.get_connection(commit=False) as conn:
@@ -190,19 +195,19 @@ class Database:
                     raw.execute(sql)
                     while rows := raw.fetchmany(batch_size):
                         for row in rows:
-                            yield _stored_event(dict(row))
+                            yield int(row["notification_id"]), _stored_event(dict(row))
                 finally:
                     conn.rollback()
             return
         with (
             self._postgres.get_connection() as pg_conn,
             pg_conn.transaction(force_rollback=True),
-            pg_conn.cursor(name="ledger_stream_events") as cursor,
+            pg_conn.cursor(name=f"ledger_stream_events_{order}") as cursor,
         ):
             cursor.itersize = batch_size
             cursor.execute(sql)
             for row in cursor:
-                yield _stored_event(row)
+                yield int(row["notification_id"]), _stored_event(row)
 
     def execute_alone(
         self, sql: str, params: Sequence[Any] = (), *, returning: bool = False

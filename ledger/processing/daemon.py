@@ -31,6 +31,7 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
+from ledger.audit.chain import seal
 from ledger.processing.effects import (
     NOT_OURS,
     NOTHING_DUE,
@@ -135,11 +136,12 @@ class Daemon:
                 was_busy = self._busy()
                 try:
                     self.ledger.ensure_current()
+                    seal(self.ledger.db)  # the audit chain: see ledger/audit/chain.py
                 except Exception:
                     # The process managers decide on the aggregate, not the
                     # read table: a stale table only delays new work, so an
                     # event the projection cannot apply must not stop the rest.
-                    log.exception("projecting seller_transfers failed; dispatching anyway")
+                    log.exception("projecting or sealing events failed; dispatching anyway")
                 try:
                     handed_out = self._dispatch()
                 except Exception:

@@ -91,7 +91,7 @@ def peak_memory_exporting(url: str) -> int:
         try:
             # Batches smaller than either log, so both runs stream several.
             stored = ledger.db.stream_stored_events(batch_size=200)
-            exported = sum(1 for _ in export(decode(e) for e in stored))
+            exported = sum(1 for _ in export(decode(e) for _, e in stored))
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
