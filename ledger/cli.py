@@ -27,6 +27,7 @@ from eventsourcing.persistence import PersistenceError
 from ledger import matrix, values
 from ledger.audit.chain import head, seal
 from ledger.audit.history import Audit, audit, export
+from ledger.audit.rebuild import rebuild
 from ledger.audit.verify import verify
 from ledger.bootstrap import CLI_ACTOR, Ledger, build_daemon, migrate_database, work_store
 from ledger.config import database_url, env_number
@@ -273,6 +274,19 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    with Ledger.open(args.database_url) as ledger:
+        result = rebuild(ledger.db, ledger.transfers.mapper.to_domain_event, verify=args.verify)
+    if args.json:
+        _print_json({"rows": result.rows, "events": result.events, "seconds": result.seconds})
+    else:
+        print(
+            f"rebuilt seller_transfers: {result.rows} rows from {result.events} events"
+            f" in {result.seconds:.1f} s, and switched over"
+        )
+    return EXIT_OK
+
+
 def _audit_export(args: argparse.Namespace) -> int:
     if args.version is not None or args.at is not None:
         raise InvalidInput("--version and --at go with `ledger audit ID`")
@@ -508,6 +522,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cmd.add_argument("--since", help="export: only transfers changed at or after TIME")
     audit_cmd.add_argument("--status", help="export: only transfers in this status now")
     audit_cmd.add_argument("--head", help="verify: a head recorded earlier by `audit head`")
+
+    rebuild_cmd = add(
+        commands, "rebuild", cmd_rebuild, "rebuild seller_transfers from the events and switch over"
+    )
+    rebuild_cmd.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare with the live table first; refuse to switch if they differ",
+    )
 
     matrix_cmd = add(commands, "matrix", cmd_matrix, "print the transition matrix")
     matrix_cmd.add_argument("--format", choices=("table", "mermaid"), default="table")

@@ -143,14 +143,19 @@ class SellerTransfersProjection:
 
     def process_batch(self, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
         with self.db.transaction(write=True) as cursor:
-            position = self._lock_position(cursor)
-            batch = self.db.select_stored_events_after(cursor, position, batch_size)
-            if not batch:
-                return 0
-            events = [(nid, self.decode(stored)) for nid, stored in batch]
-            self._apply(cursor, [e for _, e in events])
-            self._set_position(cursor, events[-1][0])
-            return len(events)
+            return self.process_batch_in(cursor, batch_size)
+
+    def process_batch_in(self, cursor: Cursor, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+        """One batch in the caller's transaction (a rebuild's switch-over
+        catches up inside the transaction that switches the tables)."""
+        position = self._lock_position(cursor)
+        batch = self.db.select_stored_events_after(cursor, position, batch_size)
+        if not batch:
+            return 0
+        events = [(nid, self.decode(stored)) for nid, stored in batch]
+        self._apply(cursor, [e for _, e in events])
+        self._set_position(cursor, events[-1][0])
+        return len(events)
 
     def _set_position(self, cursor: Cursor, position: int) -> None:
         cursor.execute(

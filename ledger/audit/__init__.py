@@ -1,2 +1,3 @@
-"""The auditor's tools: a transfer's history, its state at any point, and (to
-come) export, verification and the tamper-evidence chain."""
+"""The operator's tools over the event log: a transfer's history and its state
+at any point (`history`), export, the tamper-evidence chain (`chain`), the
+whole-ledger check (`verify`), and the read table's rebuild (`rebuild`)."""
