@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
@@ -32,9 +32,11 @@ from ledger.processing.effects import ProcessManager
 from ledger.processing.policy import RetryPolicy
 from ledger.processing.work import WorkStore
 from ledger.storage import Database, check_postgres_reachable, use_sqlite_wal
-from ledger.stripe.gateway import StripeGateway, StripeSettings
 from projections import seller_transfers
 from projections.seller_transfers import SellerTransfersProjection, TransferView
+
+if TYPE_CHECKING:
+    from ledger.stripe.gateway import StripeSettings
 
 IMPORT_BATCH_SIZE: Final = 2000
 # A claim outlives the longest Stripe call by this much, so a slow call is
@@ -261,6 +263,9 @@ def build_daemon(
             claim_seconds,
             longest_call,
         )
+    # Imported here: stripe-python costs every other command ~40 ms of start-up.
+    from ledger.stripe.gateway import StripeGateway  # noqa: PLC0415
+
     work = work_store(ledger, claim_seconds=claim_seconds)
     clock = DatabaseClock(ledger.db)
     manager = ProcessManager(ledger.transfers, work, StripeGateway(stripe), policy, clock)
