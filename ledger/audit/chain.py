@@ -59,6 +59,16 @@ def _head(cursor: Cursor) -> Head | None:
 def seal(db: Database) -> int:
     """Link every event not linked yet; returns how many. Sealers take turns
     (a lock on the chain), and each batch commits on its own."""
+    with db.transaction(write=False) as cursor:
+        # Nothing new is the daemon's usual case: find out without a write lock.
+        last = _head(cursor)
+        cursor.execute(
+            f"SELECT MAX({db.notification_id_column}) AS newest FROM {db.events_table}"
+        )
+        row = cursor.fetchone()
+    newest = int(row["newest"]) if row and row["newest"] is not None else 0
+    if newest <= (last.position if last else 0):
+        return 0
     total = 0
     while True:
         with db.transaction(write=True) as cursor:
