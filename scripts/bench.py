@@ -1,4 +1,4 @@
-"""Benchmarks of the import, reversal throughput and wake-up latency, with targets.
+"""Benchmarks of the import, reversals, wake-up latency, rebuild and audit, with targets.
 
 Each rate is set against a ceiling measured in the same run or a fixed bound.
 
@@ -22,10 +22,26 @@ latency    With a daemon idle and the simulator answering at once, reversals are
            `Ledger.request_reversal` does next is still run, as a caller's would be) to its
            POST reaching the simulator. PostgreSQL (LISTEN/NOTIFY): target p50 < 20 ms.
            SQLite (polls every 100 ms): reported only.
+rebuild    `ledger rebuild` of a database of N imported transfers (one event each),
+           timed as a whole process (start-up included), against a raw psycopg COPY of
+           the same N read-table rows (all 16 columns, seller_transfers' column types;
+           no keys, no indexes) into a plain table, one transaction, same server, best
+           of 3. Rate = rows / elapsed. Target: ratio >= 0.30. Also N transfers with
+           three events each (Imported, PayoutSucceeded, ReversalRequested): reported.
+verify     `ledger audit verify --head` (a whole process) of the same N-transfer
+           database, sealed first, against a raw SELECT of its events (client-side
+           cursor, in the transfer-and-version order verify replays them in) plus
+           `json.loads` of each state, best of 3; events/s both. Target: ratio >= 0.25.
+           The eventsourcing mapper's decoding in place of json.loads is shown too.
+history    `ledger audit ID` of one transfer of that database, a whole command
+           (start-up included), run 10 times. Target: median < 0.3 s.
 
+The databases of rebuild, verify and history are built once per run (setup, not timed),
+vacuumed and checkpointed; rebuild works on a copy, so the three can run in any combination.
 Machines differ, so the figures that matter are ratios to a ceiling or bound.
-Usage: scripts/bench [--only import,reversals,latency] [--count N] [--reversals N]
-                     [--latency-samples N] [--check]   (--check: exit 1 below any target)
+Usage: scripts/bench [--only import,reversals,latency,rebuild,verify,history] [--count N]
+                     [--reversals N] [--latency-samples N] [--history-runs N] [--check]
+                     (--check: exit 1 below any target)
 """
 
 from __future__ import annotations
@@ -51,17 +67,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import psycopg
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from eventsourcing.application import project_aggregate  # noqa: E402
+from eventsourcing.persistence import StoredEvent  # noqa: E402
+
 from ledger.bootstrap import Ledger  # noqa: E402
-from tests.postgres_server import create_database, postgres_server  # noqa: E402
+from ledger.domain import Transfer  # noqa: E402
+from tests.postgres_server import create_database, database_url, postgres_server  # noqa: E402
 
 LEDGER: Final = str(Path(sys.executable).with_name("ledger"))
-BENCHMARKS: Final = ("import", "reversals", "latency")
+BENCHMARKS: Final = ("import", "reversals", "latency", "rebuild", "verify", "history")
 
 IMPORT_TARGET_RATIO: Final = 0.10
 STATUS_WEIGHTS: Final = {
@@ -86,6 +108,34 @@ WAKEUP_SPACING_SECONDS: Final = (0.05, 0.1)
 # Long enough for the payouts' last outcomes to be projected and the daemon to
 # settle into waiting before the first measured request.
 WAKEUP_SETTLE_SECONDS: Final = 1.0
+
+REBUILD_TARGET_RATIO: Final = 0.30
+VERIFY_TARGET_RATIO: Final = 0.25
+HISTORY_TARGET_SECONDS: Final = 0.3
+# seller_transfers' columns and types (migration 0001), for the rebuild's ceiling.
+READ_TABLE_COLUMNS: Final = (
+    ("id", "uuid"),
+    ("seller_account_id", "text"),
+    ("order_ref", "text"),
+    ("amount", "bigint"),
+    ("currency", "text"),
+    ("status", "text"),
+    ("retry_count", "integer"),
+    ("next_retry_at", "timestamptz"),
+    ("stripe_transfer_id", "text"),
+    ("amount_reversed", "bigint"),
+    ("last_error", "text"),
+    ("reversal_request_ref", "text"),
+    ("reversal_amount", "bigint"),
+    ("version", "integer"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+)
+# The rebuild's and verify's ceilings take well under a second, where one run's
+# noise is tens of percent: the best of a few is what the machine can do.
+CEILING_TRIES: Final = 3
+# Transfers loaded, changed and saved per append in the three-event setup.
+SETUP_BATCH: Final = 2000
 
 PROCESS_START_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 15.0
@@ -572,6 +622,329 @@ def bench_latency(admin_url: str, tmp: Path, samples: int) -> list[Target]:
     return targets
 
 
+# ----- rebuild, verify, history: the audit tools on a large ledger --------------------------
+
+
+class AuditDatabases:
+    """The databases the rebuild, verify and history benchmarks start from, built once
+    per run (setup, not timed): `count` transfers imported with one event each, and the
+    same number with three events each (for the rebuild's report only)."""
+
+    def __init__(self, admin_url: str, tmp: Path, count: int) -> None:
+        self.admin_url = admin_url
+        self.tmp = tmp
+        self.count = count
+        self.suffix = uuid.uuid4().hex[:8]
+        self._one_event: str | None = None
+        self._three_events: str | None = None
+
+    def one_event(self) -> str:
+        """`ledger transfer import` of make_rows(count), sealed and vacuumed."""
+        if self._one_event is None:
+            name = f"bench_audit_{self.suffix}"
+            url = create_database(self.admin_url, name)
+            ledger_migrate(url)
+            ledger_import(url, write_jsonl(self.tmp / f"{name}.jsonl", make_rows(self.count)))
+            # Sealed here so that each copy is; `audit head` is what seals from the CLI.
+            audit_head(url)
+            at_rest(url)
+            self._one_event = url
+        return self._one_event
+
+    def copy_of_one_event(self, name: str) -> str:
+        """A copy of one_event() to change (rebuild switches its read table): verify and
+        history then see the database as the import left it, whatever ran before."""
+        source = urlsplit(self.one_event()).path.lstrip("/")
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(source)
+                )
+            )
+        url = database_url(self.admin_url, name)
+        checkpoint(url)
+        return url
+
+    def three_events(self) -> str:
+        if self._three_events is None:
+            name = f"bench_audit3_{self.suffix}"
+            url = create_database(self.admin_url, name)
+            ledger_migrate(url)
+            ledger_import(url, write_jsonl(self.tmp / f"{name}.jsonl", pending_rows(self.count)))
+            append_payout_and_reversal(url)
+            at_rest(url)
+            self._three_events = url
+        return self._three_events
+
+
+def audit_head(url: str) -> str:
+    """`ledger audit head` (seals what is not sealed yet); returns the head's link."""
+    answer = subprocess.run(
+        [LEDGER, "audit", "head", "--json", "--database-url", url],
+        check=True,
+        capture_output=True,
+    )
+    link: str = json.loads(answer.stdout)["link"]
+    return link
+
+
+def at_rest(url: str) -> None:
+    # The first reads of freshly written rows set their hint bits, writing pages:
+    # whichever measurement came first, ceiling or ledger, would pay for it.
+    # VACUUM pays it in setup and leaves statistics, as autovacuum would have
+    # by the time anyone rebuilds or audits a ledger this size.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+    checkpoint(url)
+
+
+def checkpoint(url: str) -> None:
+    # Setup writes hundreds of megabytes (imports, VACUUM, a database copy): flushed
+    # now, not by a checkpoint falling inside the next measurement, which with fsync
+    # on would slow whichever process it overlapped. CHECKPOINT wants a superuser or
+    # pg_checkpoint; on a server given without either, that protection is lost only.
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        contextlib.suppress(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("CHECKPOINT")
+
+
+def append_payout_and_reversal(url: str) -> None:
+    """Two more events for every (pending, just imported) transfer: PayoutSucceeded,
+    then ReversalRequested. Setup, so through the Python API in one process and in
+    batches: each batch's aggregates come from their Imported events (one query) and
+    are saved together (one append), then the read table catches up once."""
+    with Ledger.open(url) as ledger:
+        decode = ledger.transfers.mapper.to_domain_event
+        ids = [view.id for view in ledger.list("pending")]
+        for start in range(0, len(ids), SETUP_BATCH):
+            batch = ids[start : start + SETUP_BATCH]
+            with ledger.db.transaction(write=False) as cursor:
+                first_events = ledger.db.first_stored_events(cursor, batch)
+            transfers: list[Transfer] = []
+            for number, stored in enumerate(first_events.values(), start=start):
+                transfer = project_aggregate(None, [decode(stored)])
+                assert isinstance(transfer, Transfer)
+                transfer.record_payout_succeeded(
+                    stripe_transfer_id=f"tr_bench{number:010d}", actor="bench", caused_by=None
+                )
+                transfer.request_reversal(
+                    request_ref=f"bench-refund-{number}",
+                    amount=None,
+                    actor="bench",
+                    reason="benchmark",
+                )
+                transfers.append(transfer)
+            ledger.transfers.save(*transfers)
+        ledger.catch_up()
+        due = len(ledger.list("reversal_pending"))
+    if due != len(ids):
+        raise SystemExit(f"bench: {due} of {len(ids)} transfers are reversal_pending")
+
+
+def timed_ledger(*argv: str) -> tuple[float, dict[str, Any]]:
+    """Seconds a `ledger ... --json` process takes, start-up included, and its answer.
+    stderr (the rebuild's progress lines) goes nowhere: a terminal would slow it."""
+    started = time.perf_counter()
+    answer = subprocess.run(
+        [LEDGER, *argv, "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False
+    )
+    elapsed = time.perf_counter() - started
+    try:
+        data: dict[str, Any] = json.loads(answer.stdout)
+    except ValueError:
+        command = " ".join(argv[:2])
+        raise SystemExit(f"bench: `ledger {command}` exited {answer.returncode}") from None
+    return elapsed, data
+
+
+def measure_copy_ceiling(url: str) -> tuple[int, float]:
+    """(rows, rows/s) of a raw psycopg COPY of the read table's rows, read back from
+    the database's own seller_transfers, into a new plain table, one transaction;
+    the best of CEILING_TRIES."""
+    best = math.inf
+    with psycopg.connect(url, autocommit=True) as conn:
+        columns = ", ".join(column for column, _ in READ_TABLE_COLUMNS)
+        rows = conn.execute(f"SELECT {columns} FROM seller_transfers").fetchall()
+        for _ in range(CEILING_TRIES):
+            conn.execute(
+                "CREATE TABLE plain_seller_transfers ("
+                + ", ".join(f"{column} {kind}" for column, kind in READ_TABLE_COLUMNS)
+                + ")"
+            )
+            started = time.perf_counter()
+            with (
+                conn.transaction(),
+                conn.cursor() as cursor,
+                cursor.copy(f"COPY plain_seller_transfers ({columns}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+            best = min(best, time.perf_counter() - started)
+            # Dropped: the rebuild that follows should find the ledger's tables only.
+            conn.execute("DROP TABLE plain_seller_transfers")
+    return len(rows), len(rows) / best
+
+
+def measure_rebuild(url: str, transfers: int, events: int) -> float:
+    """Seconds of `ledger rebuild`, checked to have projected what was asked."""
+    elapsed, answer = timed_ledger("rebuild", "--database-url", url)
+    if answer.get("rows") != transfers or answer.get("events") != events:
+        raise SystemExit(
+            f"bench: rebuild made {answer.get('rows')} rows from {answer.get('events')}"
+            f" events, expected {transfers} from {events}"
+        )
+    return elapsed
+
+
+def bench_rebuild(databases: AuditDatabases) -> list[Target]:
+    section("rebuild")
+    count = databases.count
+    url = databases.copy_of_one_event(f"bench_rebuild_{databases.suffix}")
+    rows, ceiling = measure_copy_ceiling(url)
+    if rows != count:
+        raise SystemExit(f"bench: read table has {rows} rows, expected {count}")
+    elapsed = measure_rebuild(url, count, count)
+    rate = count / elapsed
+    ratio = rate / ceiling
+    verdict = "meets" if ratio >= REBUILD_TARGET_RATIO else "BELOW"
+    print(f"transfers:  {count:,} imported (one event each), PostgreSQL (fsync on)")
+    print(f"ceiling:    {ceiling:,.0f} rows/s  raw psycopg COPY of the read table's rows, plain")
+    print(
+        f"            table (same 16 column types, no keys/indexes), 1 transaction;"
+        f" best of {CEILING_TRIES}"
+    )
+    print(f"ledger:     {rate:,.0f} rows/s  `ledger rebuild`, a new process: {elapsed:.2f} s")
+    print(f"ratio:      {ratio:.3f}  ({verdict} the target of {REBUILD_TARGET_RATIO:.2f})")
+
+    events = 3 * count
+    elapsed = measure_rebuild(databases.three_events(), count, events)
+    print(
+        f"3 events:   {count:,} transfers of Imported, PayoutSucceeded, ReversalRequested:"
+        " `ledger rebuild`"
+    )
+    print(
+        f"            {elapsed:.2f} s, {events / elapsed:,.0f} events/s,"
+        f" {count / elapsed:,.0f} rows/s  (no target)"
+    )
+    return [
+        Target(
+            "rebuild",
+            ratio >= REBUILD_TARGET_RATIO,
+            f"ratio {ratio:.3f}, target >= {REBUILD_TARGET_RATIO:.2f}",
+        )
+    ]
+
+
+def measure_select_ceiling(url: str, decode: Callable[[bytes, Any], object]) -> tuple[int, float]:
+    """(events, events/s) of one SELECT of every event, each decoded by `decode(state,
+    row)`: in the order verify replays histories in, through a client-side cursor;
+    the best of CEILING_TRIES."""
+    best, events = math.inf, 0
+    with psycopg.connect(url) as conn, conn.cursor() as cursor:
+        for _ in range(CEILING_TRIES):
+            started = time.perf_counter()
+            cursor.execute(
+                "SELECT originator_id, originator_version, topic, state FROM transfers_events"
+                " ORDER BY originator_id, originator_version"
+            )
+            events = 0
+            for row in cursor:
+                decode(row[3], row)
+                events += 1
+            best = min(best, time.perf_counter() - started)
+    return events, events / best
+
+
+def bench_verify(databases: AuditDatabases) -> list[Target]:
+    section("verify")
+    count = databases.count
+    url = databases.one_event()
+    recorded_head = audit_head(url)  # everything sealed: verify checks the whole chain
+    events, ceiling = measure_select_ceiling(url, lambda state, _row: json.loads(state))
+    with Ledger.open(url) as ledger:
+        to_domain_event = ledger.transfers.mapper.to_domain_event
+        _, mapper = measure_select_ceiling(
+            url,
+            lambda state, row: to_domain_event(
+                StoredEvent(
+                    originator_id=row[0], originator_version=row[1], topic=row[2], state=state
+                )
+            ),
+        )
+    elapsed, answer = timed_ledger(
+        "audit", "verify", "--head", recorded_head, "--database-url", url
+    )
+    if not answer.get("ok") or answer.get("events") != events or answer.get("unsealed") != 0:
+        raise SystemExit(f"bench: verify answered {answer}, expected {events} events, clean")
+    rate = events / elapsed
+    ratio = rate / ceiling
+    verdict = "meets" if ratio >= VERIFY_TARGET_RATIO else "BELOW"
+    print(f"events:     {events:,} of {count:,} transfers, sealed, PostgreSQL (fsync on)")
+    print(
+        f"ceiling:    {ceiling:,.0f} events/s  raw SELECT (by transfer, version) + json.loads;"
+        f" best of {CEILING_TRIES}"
+    )
+    print(f"            (with the eventsourcing mapper's to_domain_event instead: {mapper:,.0f}/s)")
+    print(
+        f"ledger:     {rate:,.0f} events/s  `ledger audit verify --head`, a new process:"
+        f" {elapsed:.2f} s"
+    )
+    print(f"ratio:      {ratio:.3f}  ({verdict} the target of {VERIFY_TARGET_RATIO:.2f})")
+    return [
+        Target(
+            "verify",
+            ratio >= VERIFY_TARGET_RATIO,
+            f"ratio {ratio:.3f}, target >= {VERIFY_TARGET_RATIO:.2f}",
+        )
+    ]
+
+
+def command_seconds(argv: list[str], runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def bench_history(databases: AuditDatabases, runs: int) -> list[Target]:
+    section("history")
+    url = databases.one_event()
+    # One in the middle of the primary key, neither end of any index.
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT id FROM seller_transfers ORDER BY id OFFSET %s LIMIT 1",
+            (databases.count // 2,),
+        ).fetchone()
+    if row is None:
+        raise SystemExit("bench: the audit database has no transfers")
+    transfer_id = str(row[0])
+    times = command_seconds([LEDGER, "audit", transfer_id, "--database-url", url], runs)
+    # For scale: a command that imports the same CLI and opens no database.
+    floor = statistics.median(command_seconds([LEDGER, "matrix"], runs))
+    median = statistics.median(times)
+    verdict = "meets" if median < HISTORY_TARGET_SECONDS else "ABOVE"
+    print(
+        f"`ledger audit ID` of one transfer of {databases.count:,}: {runs} runs, each a new"
+        " process (start-up included)"
+    )
+    print(
+        f"seconds:    median {median:.3f}  (min {min(times):.3f}, max {max(times):.3f});"
+        f" `ledger matrix` (no database) median {floor:.3f}"
+    )
+    print(f"            median {verdict} the target of < {HISTORY_TARGET_SECONDS:.1f} s")
+    return [
+        Target(
+            "history",
+            median < HISTORY_TARGET_SECONDS,
+            f"median {median:.3f} s, target < {HISTORY_TARGET_SECONDS:.1f} s",
+        )
+    ]
+
+
 # ----- main --------------------------------------------------------------------------------
 
 
@@ -601,7 +974,10 @@ def main() -> int:
         help=f"comma-separated benchmarks to run (default all: {','.join(BENCHMARKS)})",
     )
     parser.add_argument(
-        "--count", type=positive, default=100_000, help="import: transfers (default 100000)"
+        "--count",
+        type=positive,
+        default=100_000,
+        help="import, rebuild, verify, history: transfers (default 100000)",
     )
     parser.add_argument(
         "--reversals", type=positive, default=300, help="reversals: transfers (default 300)"
@@ -612,13 +988,30 @@ def main() -> int:
         default=50,
         help="latency: reversals per database (default 50)",
     )
+    parser.add_argument(
+        "--history-runs", type=positive, default=10, help="history: runs (default 10)"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 below any target")
     args = parser.parse_args()
+
+    databases: AuditDatabases | None = None
+
+    def audit_databases(admin_url: str, tmp: Path) -> AuditDatabases:
+        # One set for rebuild, verify and history: each is minutes of setup.
+        nonlocal databases
+        if databases is None:
+            databases = AuditDatabases(admin_url, tmp, args.count)
+        return databases
 
     runs: dict[str, Callable[[str, Path], list[Target]]] = {
         "import": lambda admin_url, tmp: bench_import(admin_url, tmp, args.count),
         "reversals": lambda admin_url, tmp: bench_reversals(admin_url, tmp, args.reversals),
         "latency": lambda admin_url, tmp: bench_latency(admin_url, tmp, args.latency_samples),
+        "rebuild": lambda admin_url, tmp: bench_rebuild(audit_databases(admin_url, tmp)),
+        "verify": lambda admin_url, tmp: bench_verify(audit_databases(admin_url, tmp)),
+        "history": lambda admin_url, tmp: bench_history(
+            audit_databases(admin_url, tmp), args.history_runs
+        ),
     }
     targets: list[Target] = []
     with tempfile.TemporaryDirectory() as tmp, postgres_server(fsync=True) as admin_url:
