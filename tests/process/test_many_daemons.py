@@ -13,7 +13,7 @@ deadline and another seed; `-s` prints the seed and how many daemons were killed
         .venv/bin/python -m pytest -q -s -p no:cacheprovider \\
         tests/process/test_many_daemons.py -k killed_at_random
 
-LEDGER_CHAOS_TRANSFERS sets the size of a wave (default 40).
+LEDGER_CHAOS_TRANSFERS sets the size of a wave (default 24).
 
 A failure names its seed. The seed fixes the transfers and refunds, each
 slot's sequence of kill delays and the simulator's sequence of fault draws;
@@ -147,7 +147,7 @@ def test_three_daemons_pay_and_reverse_300_transfers_once_each_and_share_the_wor
 CHAOS_SEED = int(os.environ.get("LEDGER_CHAOS_SEED", "20261126"))
 # How long the killing goes on at most; it stops sooner once all is settled.
 CHAOS_SECONDS = float(os.environ.get("LEDGER_CHAOS_SECONDS", "60"))
-CHAOS_TRANSFERS = int(os.environ.get("LEDGER_CHAOS_TRANSFERS", "40"))
+CHAOS_TRANSFERS = int(os.environ.get("LEDGER_CHAOS_TRANSFERS", "24"))
 # Batches of CHAOS_TRANSFERS, each created once the one before has settled.
 CHAOS_WAVES = int(os.environ.get("LEDGER_CHAOS_WAVES", "1"))
 CHAOS_FAULTS = {"500_after": 0.1, "drop_after": 0.1, "500_before": 0.05, "429": 0.05}
