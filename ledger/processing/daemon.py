@@ -22,9 +22,9 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
@@ -33,7 +33,6 @@ from psycopg import sql
 
 from ledger.audit.chain import seal
 from ledger.processing.effects import (
-    NOT_OURS,
     NOTHING_DUE,
     PAYOUT,
     REVERSAL,
@@ -199,10 +198,10 @@ class Daemon:
             return bool(self._in_flight)
 
     def _drain(self) -> None:
-        deadline = datetime.now(UTC) + timedelta(seconds=SHUTDOWN_GRACE_SECONDS)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         with self._idle:
             while self._in_flight:
-                remaining = (deadline - datetime.now(UTC)).total_seconds()
+                remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     log.warning(
                         "stopping with %d call(s) in flight; they will be looked up"
@@ -247,7 +246,7 @@ class Daemon:
     def _handle(self, claim: Claim) -> str:
         transfer_id, kind = claim.transfer_id, claim.kind
         try:
-            outcome = self.manager.handle_claimed(claim)
+            outcome = self.manager.handle(claim)
         except OperatorProblem as problem:
             self._fatal = problem
             self.stop.set()
@@ -256,7 +255,7 @@ class Daemon:
             if not self.stop.is_set():
                 log.exception("%s of transfer %s: unexpected error", kind, transfer_id)
             return "error"
-        if outcome not in (NOTHING_DUE, NOT_OURS):
+        if outcome != NOTHING_DUE:
             log.info("%s of transfer %s: %s", kind, transfer_id, outcome)
         return outcome
 

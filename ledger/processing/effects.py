@@ -3,8 +3,8 @@ recorded as events on the transfer", once, for payouts and reversals alike.
 
 `ProcessManager.handle` runs one transfer's due work through these steps:
 
-1. claim it (one daemon at a time; the claim expires if its holder dies; the
-   daemon's dispatcher claims what it hands out, many in one statement);
+1. it arrives claimed (one daemon at a time; the claim expires if its holder
+   dies; the daemon's dispatcher claims what it hands out, many at once);
 2. load the transfer and ask the effect which event asks for work now (none:
    another daemon or an operator got there first; release and stop);
 3. if an earlier call's outcome is unknown, look the object up at Stripe and
@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, TypeVar
-from uuid import UUID
 
 from ledger.application import Transfers
 from ledger.domain import Transfer, payout_cause
@@ -51,9 +50,8 @@ log = logging.getLogger("ledger.processing")
 
 PAYOUT: Final = "payout"
 REVERSAL: Final = "reversal"
-# What `handle` returns when it did nothing (the daemon tells these apart).
+# What `handle` returns when the read table said due but the transfer did not.
 NOTHING_DUE: Final = "nothing due"
-NOT_OURS: Final = "not ours"
 
 
 class UnresolvedOutcome(LedgerError):
@@ -305,17 +303,10 @@ class ProcessManager:
         self.clock = clock
         self.recorder = OutcomeRecorder(transfers)
 
-    def handle(self, transfer_id: UUID, kind: str) -> str:
-        """Do this transfer's `kind` of work if it is due and ours; returns what
-        happened, in a few words (for logs and tests)."""
-        claim = self.work.claim(transfer_id, kind, self.clock())
-        if claim is None:
-            return NOT_OURS
-        return self.handle_claimed(claim)
-
-    def handle_claimed(self, claim: Claim) -> str:
-        """`handle`, for work this daemon has claimed already (the dispatcher
-        claims what it hands out, many in one statement)."""
+    def handle(self, claim: Claim) -> str:
+        """Do the claimed work if it is still due; returns what happened, in a
+        few words (for logs). The daemon's dispatcher claims what it hands out,
+        many in one statement (`WorkStore.claim_many`)."""
         transfer_id, kind = claim.transfer_id, claim.kind
         effect = EFFECTS[kind]
         progress = _Progress(claim=claim, outcome_unknown=claim.outcome_unknown)

@@ -76,15 +76,10 @@ class WorkStore:
 
     # ----- claims -------------------------------------------------------------
 
-    def claim(self, transfer_id: UUID, kind: str, now: datetime) -> Claim | None:
-        """Take this work if nobody holds it, it is not parked and not backing
-        off. None when it is not ours to do now."""
-        claims = self.claim_many([(transfer_id, kind)], now)
-        return claims[0] if claims else None
-
     def claim_many(self, items: Sequence[tuple[UUID, str]], now: datetime) -> list[Claim]:
-        """`claim` for several (transfer, kind) at once, in one statement: the
-        dispatcher claims what it hands out. Returns the claims it got."""
+        """Take each (transfer, kind) that nobody holds and that is neither
+        parked nor backing off, in one statement; returns the claims it got
+        (what another daemon holds is simply not among them)."""
         if len(items) > CLAIMS_PER_STATEMENT:
             return [
                 claim
