@@ -141,9 +141,7 @@ class Transfers(Application[UUID]):
             return event
         raise TransferNotFound(transfer_id)
 
-    def save_imported(
-        self, records: Sequence[ImportRecord], actor: str
-    ) -> list[Recording[UUID]]:
+    def save_imported(self, records: Sequence[ImportRecord], actor: str) -> list[Recording[UUID]]:
         """Save one batch of new transfers in one append (one transaction).
 
         Goes to the event store directly rather than through `save()`: the
@@ -186,4 +184,3 @@ def check_same_order(existing: Any, requested: Transfer) -> None:
 def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-

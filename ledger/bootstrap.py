@@ -230,7 +230,6 @@ def migrate_database(url: str) -> list[Migration]:
         return applied
 
 
-
 def daemon_identity() -> str:
     """Names a daemon in its claims: which host and process holds a transfer."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"

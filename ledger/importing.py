@@ -140,4 +140,3 @@ def parse_lines(lines: Iterable[str]) -> list[ImportRecord]:
         seen[record.transfer_id] = record
         records.append(record)
     return records
-

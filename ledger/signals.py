@@ -11,9 +11,7 @@ from types import FrameType
 
 
 @contextlib.contextmanager
-def stop_on_signals(
-    stop: threading.Event, log: logging.Logger | None = None
-) -> Iterator[None]:
+def stop_on_signals(stop: threading.Event, log: logging.Logger | None = None) -> Iterator[None]:
     """SIGTERM/SIGINT set `stop` (the command finishes what it is doing, then
     exits 0); a second one raises KeyboardInterrupt, to give up waiting. The
     previous handlers come back afterwards."""

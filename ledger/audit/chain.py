@@ -62,9 +62,7 @@ def seal(db: Database) -> int:
     with db.transaction(write=False) as cursor:
         # Nothing new is the daemon's usual case: find out without a write lock.
         last = _head(cursor)
-        cursor.execute(
-            f"SELECT MAX({db.notification_id_column}) AS newest FROM {db.events_table}"
-        )
+        cursor.execute(f"SELECT MAX({db.notification_id_column}) AS newest FROM {db.events_table}")
         row = cursor.fetchone()
     newest = int(row["newest"]) if row and row["newest"] is not None else 0
     if newest <= (last.position if last else 0):

@@ -29,6 +29,7 @@ from typing import Any, Final, TextIO
 from ledger.errors import LedgerError
 from ledger.migrate import available_migrations
 from ledger.processing.failpoints import failpoint
+from ledger.progress import Progress
 from ledger.storage import Cursor, Database
 from projections.seller_transfers import COLUMNS, TABLE, TRACKING_NAME, SellerTransfersProjection
 
@@ -98,12 +99,15 @@ def rebuild(
         new = SellerTransfersProjection(db, decode, table=NEW_TABLE, tracking_name=NEW_TABLE)
         live = SellerTransfersProjection(db, decode)
         total = _log_length(db)
-        report = _Progress(progress, total)
+        report = Progress(progress, total, label="rebuild", unit="events")
         events = 0
         while processed := new.process_batch(BATCH):
             events += processed
             report.show(events)
-        report.done(events)
+        report.finish(
+            f"{events:,} events projected in {report.elapsed():.1f} s;"
+            " building indexes and switching over"
+        )
         if db.dialect == "postgresql":
             for statement in indexes:
                 with db.transaction(write=True) as cursor:
@@ -189,40 +193,3 @@ def _log_length(db: Database) -> int:
         cursor.execute(f"SELECT COUNT(*) AS n FROM {db.events_table}")
         row = cursor.fetchone()
     return 0 if row is None else int(row["n"])
-
-
-class _Progress:
-    """A bar with rate and ETA on a terminal; a plain line every 10 % otherwise."""
-
-    def __init__(self, out: TextIO, total: int) -> None:
-        self.out = out
-        self.total = max(total, 1)
-        self.started = time.monotonic()
-        self.tty = out.isatty()
-        self.next_tenth = 1
-
-    def show(self, done: int) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = done / elapsed
-        fraction = min(done / self.total, 1.0)
-        if self.tty:
-            eta = (self.total - done) / rate if rate else 0
-            bar = "#" * int(fraction * 30)
-            self.out.write(
-                f"\rrebuild [{bar:<30}] {done:,}/{self.total:,} events"
-                f" {rate:,.0f}/s ETA {eta:,.0f} s"
-            )
-            self.out.flush()
-        elif fraction * 10 >= self.next_tenth:
-            self.next_tenth = int(fraction * 10) + 1
-            self.out.write(f"rebuild: {done:,} of {self.total:,} events ({rate:,.0f}/s)\n")
-            self.out.flush()
-
-    def done(self, done: int) -> None:
-        if self.tty:
-            self.out.write("\n")
-        self.out.write(
-            f"rebuild: {done:,} events projected in {time.monotonic() - self.started:.1f} s;"
-            " building indexes and switching over\n"
-        )
-        self.out.flush()

@@ -229,9 +229,7 @@ class Daemon:
                 # The read table said due, the transfer said no: it lags the
                 # events. Not again until the projection moves. (Work another
                 # daemon holds is skipped through its claim instead.)
-                position = (
-                    self.ledger.projection.position() if outcome == NOTHING_DUE else None
-                )
+                position = self.ledger.projection.position() if outcome == NOTHING_DUE else None
                 with self._lock:
                     if position is not None:
                         self._not_due[(transfer_id, kind)] = position

@@ -152,7 +152,8 @@ class StripeGateway:
                 _reversal(r)
                 for r in self._pages(
                     lambda after: self._client.v1.transfers.reversals.list(
-                        transfer_id, params=_page({}, after)  # type: ignore[arg-type]
+                        transfer_id,
+                        params=_page({}, after),  # type: ignore[arg-type]
                     )
                 )
             ]
