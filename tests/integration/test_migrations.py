@@ -155,10 +155,56 @@ def test_migrated_schema_is_the_expected_one(database_url: str) -> None:
     }
 
 
+# The webhook deliveries table (0008), a contract `ledger reconcile` reads too.
+EXPECTED_WEBHOOK_COLUMNS = {
+    "postgresql": [
+        ("stripe_event_id", "text", True),
+        ("event_type", "text", True),
+        ("stripe_transfer_id", "text", False),
+        ("transfer_id", "text", False),
+        ("outcome", "text", True),
+        ("detail", "text", False),
+        ("received_at", "timestamp with time zone", True),
+    ],
+    "sqlite": [
+        ("stripe_event_id", "TEXT", False),  # PRIMARY KEY; see seller_transfers.id
+        ("event_type", "TEXT", True),
+        ("stripe_transfer_id", "TEXT", False),
+        ("transfer_id", "TEXT", False),
+        ("outcome", "TEXT", True),
+        ("detail", "TEXT", False),
+        ("received_at", "TEXT", True),
+    ],
+}
+
+
+def test_webhook_deliveries_table_has_the_agreed_columns(database_url: str) -> None:
+    migrate_database(database_url)
+    config = DatabaseConfig.from_url(database_url)
+    if config.kind == "sqlite":
+        with sqlite3.connect(config.path) as conn:
+            columns = [
+                (name, type_, bool(notnull))
+                for _, name, type_, notnull, _, _ in conn.execute(
+                    "PRAGMA table_info(stripe_webhook_events)"
+                )
+            ]
+    else:
+        with psycopg.connect(database_url) as pg:
+            columns = [
+                (name, type_, nullable == "NO")
+                for name, type_, nullable in pg.execute(
+                    "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+                    " WHERE table_name = 'stripe_webhook_events' ORDER BY ordinal_position"
+                )
+            ]
+    assert columns == EXPECTED_WEBHOOK_COLUMNS[config.kind]
+
+
 def test_migrate_applies_each_migration_once_and_records_it(database_url: str) -> None:
     first = migrate_database(database_url)
     second = migrate_database(database_url)
-    assert [m.version for m in first] == [1, 2, 3, 4, 5, 6, 7]
+    assert [m.version for m in first] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert second == []
     with Ledger.open(database_url) as ledger, ledger.db.transaction(write=False) as cursor:
         cursor.execute("SELECT version, name FROM ledger_migrations ORDER BY version")
@@ -171,6 +217,7 @@ def test_migrate_applies_each_migration_once_and_records_it(database_url: str) -
         (5, "stripe_work"),
         (6, "events_append_only"),
         (7, "event_chain"),
+        (8, "stripe_webhook_events"),
     ]
 
 
@@ -243,7 +290,7 @@ def test_daemons_migrating_at_once_apply_each_migration_exactly_once(database_ur
     for thread in threads:
         thread.join(timeout=120)
     assert not errors
-    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5, 6, 7, 8]
     dialect = DatabaseConfig.from_url(database_url).kind
     assert describe(database_url)["indexes"] == {
         name: _normalise(sql) for name, sql in EXPECTED_INDEXES[dialect].items()
