@@ -25,8 +25,9 @@ import psycopg
 from eventsourcing.persistence import PersistenceError
 
 from ledger import matrix, values
+from ledger.api import open_ledger
 from ledger.audit.chain import head, seal
-from ledger.audit.history import Audit, audit, export
+from ledger.audit.history import Audit, export
 from ledger.audit.rebuild import rebuild
 from ledger.audit.verify import verify
 from ledger.bootstrap import CLI_ACTOR, Ledger, build_daemon, migrate_database, work_store
@@ -105,25 +106,25 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    with Ledger.open(args.database_url) as ledger:
-        transfer_id, _created = ledger.create_transfer(
-            seller_account_id=values.seller_account_id(args.seller),
+    with open_ledger(args.database_url) as ledger:
+        transfer = ledger.create_transfer(
+            seller=args.seller,
             order_ref=args.order,
-            amount=values.amount(args.amount),
-            currency=values.currency(args.currency),
+            amount=args.amount,
+            currency=args.currency,
             actor=args.actor,
         )
     if args.json:
-        _print_json({"id": str(transfer_id)})
+        _print_json({"id": str(transfer.id)})
     else:
-        print(transfer_id)
+        print(transfer.id)
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     transfer_id = values.transfer_id(args.id)
-    with Ledger.open(args.database_url) as ledger:
-        view = ledger.show(transfer_id)
+    with open_ledger(args.database_url) as ledger:
+        view = ledger.get(transfer_id)
     if args.json:
         _print_json(view.as_json())
     else:
@@ -133,7 +134,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     status = values.status(args.status) if args.status is not None else None
-    with Ledger.open(args.database_url) as ledger:
+    with open_ledger(args.database_url) as ledger:
         views = ledger.list(status)
     if args.json:
         _print_json([v.as_json() for v in views])
@@ -146,21 +147,25 @@ def cmd_reverse(args: argparse.Namespace) -> int:
     transfer_id = values.transfer_id(args.id)
     amount = values.amount(args.amount) if args.amount is not None else None
     reason = values.text(args.reason, "reason")
-    with Ledger.open(args.database_url) as ledger:
+    with open_ledger(args.database_url) as ledger:
         request_ref = args.request
         if request_ref is None:
             # Without --request every call is a new request; the transfer's own
             # state then refuses a second one while the first is pending.
-            request_ref = f"cli:{transfer_id}:{ledger.transfers.get(transfer_id).version + 1}"
-        recorded = ledger.request_reversal(
+            request_ref = f"cli:{transfer_id}:{ledger.get(transfer_id).version + 1}"
+        result = ledger.request_reversal(
             transfer_id, request_ref=request_ref, amount=amount, reason=reason, actor=args.actor
         )
-        view = ledger.show(transfer_id)
+    status = result.transfer.status
     if args.json:
-        _print_json({"id": str(transfer_id), "recorded": recorded, "status": view.status})
+        _print_json({"id": str(transfer_id), "recorded": result.recorded, "status": status})
     else:
-        note = "reversal requested" if recorded else "reversal already requested; nothing appended"
-        print(f"{transfer_id} {view.status} ({note})")
+        note = (
+            "reversal requested"
+            if result.recorded
+            else "reversal already requested; nothing appended"
+        )
+        print(f"{transfer_id} {status} ({note})")
     return EXIT_OK
 
 
@@ -169,9 +174,8 @@ def cmd_set_status(args: argparse.Namespace) -> int:
     status = values.status(args.status)
     actor = values.text(args.actor, "actor")
     reason = values.text(args.reason, "reason")
-    with Ledger.open(args.database_url) as ledger:
-        ledger.set_status(transfer_id, status, actor=actor, reason=reason)
-        view = ledger.show(transfer_id)
+    with open_ledger(args.database_url) as ledger:
+        view = ledger.set_status(transfer_id, status, actor=actor, reason=reason)
     if args.json:
         _print_json(view.as_json())
     else:
@@ -196,7 +200,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         except UnicodeDecodeError:
             raise InvalidInput(f"line {number}: not valid UTF-8") from None
     records = parse_lines(lines)
-    with Ledger.open(args.database_url) as ledger:
+    with open_ledger(args.database_url) as ledger:
         result = ledger.import_transfers(records, actor=args.actor)
     if args.json:
         _print_json({"imported": result.imported, "already_present": result.already_present})
@@ -224,9 +228,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         _whole_number(args.version, "--version", 1, 2**31 - 1) if args.version is not None else None
     )
     at = values.timestamp(args.at, "--at") if args.at is not None else None
-    with Ledger.open(args.database_url) as ledger:
-        events = list(ledger.transfers.events.get(transfer_id))
-    result = audit(events, transfer_id, version=version, at=at)
+    with open_ledger(args.database_url) as ledger:
+        result = ledger.history(transfer_id, version=version, at=at)
     if args.json:
         _print_json(result.as_json())
         return EXIT_OK

@@ -1,0 +1,197 @@
+"""The ledger for the marketplace's own code: one small, typed entry point.
+
+    from ledger.api import TransitionRefused, open_ledger
+
+    with open_ledger("postgresql://ledger:secret@db:5432/ledger") as ledger:
+        transfer = ledger.create_transfer(
+            seller="acct_1Nv0", amount=1250, currency="usd", order_ref="order-8812"
+        )
+        ledger.request_reversal(transfer.id, request_ref="re_3Pq", reason="customer refund")
+        print(ledger.get(transfer.id).status)  # reversal_pending
+
+Every call validates its arguments, goes through the transition matrix, and
+returns once its effect is visible in the `seller_transfers` read table. The
+daemon (`ledger daemon`) then does the Stripe side. Errors are the named ones
+re-exported here; the CLI maps each to its exit code:
+
+    InvalidInput (and IdempotencyConflict)  2   malformed value, reused key
+    TransitionRefused                       3   the matrix said no; nothing appended
+    TransferNotFound                        4   well-formed id, no such transfer
+    LedgerError (NotMigrated, ...)          1   anything else the ledger raises
+
+One `TransferLedger` may be shared by the threads of a process (`pool_size`
+connections on PostgreSQL); open it once at start-up, not per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+from uuid import UUID
+
+from ledger import values
+from ledger.application import ImportRecord
+from ledger.audit.history import Audit, audit
+from ledger.bootstrap import ImportResult, Ledger
+from ledger.config import database_url
+from ledger.errors import (
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidInput,
+    LedgerError,
+    NotMigrated,
+    TransferNotFound,
+    TransitionRefused,
+)
+from projections.seller_transfers import TransferView
+
+__all__ = [
+    "API_ACTOR",
+    "Audit",
+    "DatabaseUnavailable",
+    "IdempotencyConflict",
+    "InvalidInput",
+    "LedgerError",
+    "NotMigrated",
+    "ReversalRequest",
+    "TransferLedger",
+    "TransferNotFound",
+    "TransferView",
+    "TransitionRefused",
+    "open_ledger",
+]
+
+# Who acted, when the caller does not say: the marketplace's own code.
+API_ACTOR: Final = "system:api"
+
+
+@dataclass(frozen=True)
+class ReversalRequest:
+    """The outcome of `request_reversal`: `recorded` is False when this
+    `request_ref` was already recorded (a retried refund handler), in which
+    case nothing was appended."""
+
+    recorded: bool
+    transfer: TransferView
+
+
+class TransferLedger:
+    """Seller transfers for one database. Use `open_ledger(url)`."""
+
+    def __init__(self, core: Ledger) -> None:
+        self._core = core
+
+    def __enter__(self) -> TransferLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._core.close()
+
+    # ----- changes --------------------------------------------------------------
+
+    def create_transfer(
+        self,
+        *,
+        seller: str,
+        amount: int,
+        currency: str,
+        order_ref: str,
+        actor: str = API_ACTOR,
+    ) -> TransferView:
+        """A new `pending` transfer of `amount` minor units to `seller` (a Stripe
+        connected account). `order_ref` is the idempotency key: the same order
+        again with the same values returns the same transfer and appends
+        nothing; with other values it raises IdempotencyConflict."""
+        transfer_id, _created = self._core.create_transfer(
+            seller_account_id=values.seller_account_id(seller),
+            order_ref=values.text(order_ref, "order"),
+            amount=values.amount(amount),
+            currency=values.currency(currency),
+            actor=values.text(actor, "actor"),
+        )
+        return self._core.show(transfer_id)
+
+    def request_reversal(
+        self,
+        transfer_id: UUID | str,
+        *,
+        request_ref: str,
+        reason: str,
+        amount: int | None = None,
+        actor: str = API_ACTOR,
+    ) -> ReversalRequest:
+        """After a refund: `completed -> reversal_pending`, recording a
+        ReversalRequested for `amount` (default: all that is not reversed yet).
+        `request_ref` (the refund's id) is the idempotency key. The daemon then
+        asks Stripe for the reversal."""
+        transfer_id = values.transfer_id(transfer_id)
+        recorded = self._core.request_reversal(
+            transfer_id,
+            request_ref=values.text(request_ref, "request"),
+            amount=values.amount(amount) if amount is not None else None,
+            reason=values.text(reason, "reason"),
+            actor=values.text(actor, "actor"),
+        )
+        return ReversalRequest(recorded=recorded, transfer=self._core.show(transfer_id))
+
+    def set_status(
+        self, transfer_id: UUID | str, status: str, *, actor: str, reason: str
+    ) -> TransferView:
+        """An administrator's change, through the matrix, with who and why.
+        To `reversal_pending` it records a full-amount reversal request."""
+        transfer_id = values.transfer_id(transfer_id)
+        self._core.set_status(
+            transfer_id,
+            values.status(status),
+            actor=values.text(actor, "actor"),
+            reason=values.text(reason, "reason"),
+        )
+        return self._core.show(transfer_id)
+
+    def import_transfers(
+        self, records: Sequence[ImportRecord], *, actor: str = API_ACTOR
+    ) -> ImportResult:
+        """Bulk-load transfers from an existing table (see `ledger.importing`)."""
+        return self._core.import_transfers(records, actor=values.text(actor, "actor"))
+
+    # ----- reads ----------------------------------------------------------------
+
+    def get(self, transfer_id: UUID | str) -> TransferView:
+        """The transfer's current state (its `seller_transfers` row)."""
+        return self._core.show(values.transfer_id(transfer_id))
+
+    def list(self, status: str | None = None) -> list[TransferView]:
+        """Rows of the read table, all or those in one status."""
+        return self._core.list(values.status(status) if status is not None else None)
+
+    def history(
+        self,
+        transfer_id: UUID | str,
+        *,
+        version: int | None = None,
+        at: datetime | None = None,
+    ) -> Audit:
+        """Every event of the transfer (who, why, from -> to, Stripe ids,
+        caused_by) and the state they lead to; with `version` or `at` (an aware
+        datetime) only up to that point. TransferNotFound when there is no such
+        transfer, or when it did not exist yet at that point."""
+        transfer_id = values.transfer_id(transfer_id)
+        if version is not None and at is not None:
+            raise InvalidInput("give version or at, not both")
+        if at is not None and at.tzinfo is None:
+            raise InvalidInput("invalid at: a time with no UTC offset is ambiguous")
+        events = list(self._core.transfers.events.get(transfer_id))
+        return audit(events, transfer_id, version=version, at=at)
+
+
+def open_ledger(url: str | None = None, *, pool_size: int = 2) -> TransferLedger:
+    """The ledger at `url` (`sqlite:///PATH` or `postgresql://user:pass@host:port/db`;
+    default LEDGER_DATABASE_URL, else `sqlite:///ledger.db`). The database must
+    have been migrated (`ledger migrate`): NotMigrated otherwise."""
+    url = url if url is not None else database_url()
+    return TransferLedger(Ledger.open(url, pool_size=pool_size))
