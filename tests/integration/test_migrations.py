@@ -204,7 +204,7 @@ def test_webhook_deliveries_table_has_the_agreed_columns(database_url: str) -> N
 def test_migrate_applies_each_migration_once_and_records_it(database_url: str) -> None:
     first = migrate_database(database_url)
     second = migrate_database(database_url)
-    assert [m.version for m in first] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [m.version for m in first] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert second == []
     with Ledger.open(database_url) as ledger, ledger.db.transaction(write=False) as cursor:
         cursor.execute("SELECT version, name FROM ledger_migrations ORDER BY version")
@@ -218,6 +218,7 @@ def test_migrate_applies_each_migration_once_and_records_it(database_url: str) -
         (6, "events_append_only"),
         (7, "event_chain"),
         (8, "stripe_webhook_events"),
+        (9, "daemon_heartbeats"),
     ]
 
 
@@ -290,7 +291,7 @@ def test_daemons_migrating_at_once_apply_each_migration_exactly_once(database_ur
     for thread in threads:
         thread.join(timeout=120)
     assert not errors
-    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     dialect = DatabaseConfig.from_url(database_url).kind
     assert describe(database_url)["indexes"] == {
         name: _normalise(sql) for name, sql in EXPECTED_INDEXES[dialect].items()
