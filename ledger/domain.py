@@ -45,6 +45,12 @@ STATE_FIELDS: Final = (
 # The stages whose outcomes the process managers record.
 _AWAITING_PAYOUT: Final = frozenset({Status.PENDING.value, Status.FAILED.value})
 _AWAITING_REVERSAL: Final = frozenset({Status.REVERSAL_PENDING.value})
+_REVERSED: Final = frozenset({Status.REVERSED.value})
+
+# The request_ref of a reversal made outside the ledger and recorded from
+# Stripe's word: `stripe:<the Stripe reversal id>`.
+EXTERNAL_REVERSAL_REF_PREFIX: Final = "stripe:"
+EXTERNAL_REVERSAL_REASON: Final = "reversal made outside the ledger, as reported by Stripe"
 
 
 def payout_cause(transfer_id: UUID) -> str:
@@ -111,6 +117,12 @@ class Transfer(Aggregate):
         # the Imported event of a transfer imported mid-reversal). Not a column:
         # the reversal process manager derives caused_by and Stripe keys from it.
         reversal_cause: str | None
+        # The Stripe reversals recorded in Reversed events, so that one Stripe
+        # tells of again (a webhook) is recognised. Not a column either.
+        stripe_reversal_ids: tuple[str, ...]
+        # When an imported transfer entered the ledger (None for created ones):
+        # Stripe reversals older than that are in the amount_reversed it brought.
+        imported_at: datetime | None
 
     class Event(Aggregate.Event):
         """Every event says who or what caused it: a person, or `system:<component>`;
@@ -140,6 +152,8 @@ class Transfer(Aggregate):
             transfer.reversal_request_ref = None
             transfer.reversal_amount = None
             transfer.reversal_cause = None
+            transfer.stripe_reversal_ids = ()
+            transfer.imported_at = None
 
     class Imported(Event, Aggregate.Created):
         """The first event of a transfer brought over from the old mutable table:
@@ -164,6 +178,8 @@ class Transfer(Aggregate):
                 setattr(transfer, field, getattr(self, field))
             in_reversal = self.status == Status.REVERSAL_PENDING
             transfer.reversal_cause = event_ref(self) if in_reversal else None
+            transfer.stripe_reversal_ids = ()
+            transfer.imported_at = self.timestamp
 
     class StatusChanged(Event):
         """Base of the events that (may) move the status: they record both ends."""
@@ -236,6 +252,9 @@ class Transfer(Aggregate):
             transfer.amount_reversed = self.amount_reversed
             transfer.next_retry_at = None
             transfer.last_error = None
+            # A read-table row loaded from its columns starts without the list.
+            recorded = getattr(transfer, "stripe_reversal_ids", ())
+            transfer.stripe_reversal_ids = (*recorded, self.stripe_reversal_id)
 
     class ReversalPermanentlyFailed(StatusChanged):
         error: str
@@ -475,6 +494,122 @@ class Transfer(Aggregate):
             caused_by=caused_by,
             error=values.text(error, "error"),
         )
+
+    # ----- Stripe webhooks: reversals made outside the ledger ------------------
+
+    def record_external_reversal(
+        self,
+        *,
+        stripe_reversal_id: str,
+        amount: int,
+        amount_reversed_at_stripe: int,
+        made_at: datetime | None,
+        actor: str,
+        caused_by: str | None,
+    ) -> bool:
+        """A reversal someone made at Stripe behind the ledger's back (the
+        Dashboard, another system), as Stripe reported it: `amount` is that
+        reversal's, `amount_reversed_at_stripe` the transfer's total reversed
+        at Stripe as the report shows it, `made_at` when Stripe made it.
+        Returns True when recorded now, False when there is nothing to record:
+        - this reversal is recorded already;
+        - the ledger has the whole amount reversed: Stripe cannot have reversed
+          more, so this reversal is already counted (the reversal process
+          manager found the transfer fully reversed at Stripe and recorded one
+          of the reversals that did it);
+        - it was made before the transfer was imported: the imported
+          amount_reversed counts it.
+
+        What it records depends on the status, and the matrix decides:
+        - completed: ReversalRequested (request_ref `stripe:<reversal id>`, this
+          amount) then Reversed, both in one append: completed -> reversal_pending
+          -> reversed is the matrix's only road to reversed. A partial reversal
+          ends `reversed` too, with amount_reversed saying how much, exactly as
+          when the ledger itself reverses part of a transfer.
+        - reversed: one more Reversed, reversed -> reversed (the matrix allows a
+          status to itself), so that amount_reversed keeps up with Stripe when a
+          partially reversed transfer is reversed further.
+        - reversal_pending: the ledger's own request is waiting or in flight.
+          When Stripe has nothing left to reverse, that request cannot (or need
+          not) be carried out: Reversed, with the whole amount, as the reversal
+          process manager records a transfer it finds fully reversed at Stripe.
+          A partial reversal is refused: recording it would settle the ledger's
+          request with someone else's money, and the refund's own reversal
+          would never be made. The process manager carries on with the
+          request; `ledger reconcile` shows the difference and lists this refusal.
+        - pending, failed, permanently_failed: refused by the matrix (there is
+          no road to reversed from there).
+        """
+        actor = values.text(actor, "actor")
+        stripe_reversal_id = values.text(stripe_reversal_id, "stripe reversal id")
+        amount = values.amount(amount)
+        at_stripe = values.non_negative_int(amount_reversed_at_stripe, "amount_reversed")
+        if at_stripe < amount:
+            raise InvalidInput(
+                f"Stripe reports reversal {stripe_reversal_id} of {amount} but only"
+                f" {at_stripe} reversed in all"
+            )
+        if stripe_reversal_id in self.stripe_reversal_ids:
+            return False
+        if self.amount_reversed >= self.amount:
+            return False
+        # Stripe's times are whole seconds: only a reversal from an earlier
+        # second than the import is surely older than it.
+        if (
+            made_at is not None
+            and self.imported_at is not None
+            and made_at.timestamp() < int(self.imported_at.timestamp())
+        ):
+            return False
+        outstanding = self.amount - self.amount_reversed
+        if self.status == Status.REVERSAL_PENDING:
+            if at_stripe < self.amount:
+                raise TransitionRefused(
+                    self.id,
+                    self.status,
+                    Status.REVERSED,
+                    because=f"by partial reversal {stripe_reversal_id} made outside the"
+                    f" ledger: reversal request {self.reversal_request_ref!r} is still"
+                    f" pending and {self.amount - at_stripe} is left at Stripe",
+                )
+            self._change_status(
+                self.Reversed,
+                Status.REVERSED,
+                applies_to=_AWAITING_REVERSAL,
+                actor=actor,
+                reason=EXTERNAL_REVERSAL_REASON,
+                caused_by=caused_by,
+                stripe_reversal_id=stripe_reversal_id,
+                amount_reversed=self.amount,
+            )
+            return True
+        if amount > outstanding and self.status in (Status.COMPLETED, Status.REVERSED):
+            raise InvalidInput(
+                f"Stripe reports reversal {stripe_reversal_id} of {amount}, but transfer"
+                f" {self.id} has only {outstanding} left to reverse in the ledger"
+            )
+        if self.status != Status.REVERSED:
+            # Refused here by the matrix unless the transfer is completed.
+            self._change_status(
+                self.ReversalRequested,
+                Status.REVERSAL_PENDING,
+                actor=actor,
+                reason=EXTERNAL_REVERSAL_REASON,
+                caused_by=caused_by,
+                request_ref=EXTERNAL_REVERSAL_REF_PREFIX + stripe_reversal_id,
+                amount=amount,
+            )
+        self._change_status(
+            self.Reversed,
+            Status.REVERSED,
+            applies_to=_AWAITING_REVERSAL | _REVERSED,
+            actor=actor,
+            reason=EXTERNAL_REVERSAL_REASON,
+            caused_by=caused_by,
+            stripe_reversal_id=stripe_reversal_id,
+            amount_reversed=self.amount_reversed + amount,
+        )
+        return True
 
     # ----- admin handler ------------------------------------------------------
 
