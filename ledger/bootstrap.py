@@ -29,6 +29,8 @@ from ledger.migrate import Migration, apply_migrations, require_migrated
 from ledger.processing.clock import DatabaseClock
 from ledger.processing.daemon import Daemon, DaemonOptions
 from ledger.processing.effects import ProcessManager
+from ledger.processing.heartbeat import Heartbeat
+from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.policy import RetryPolicy
 from ledger.processing.work import WorkStore
 from ledger.storage import Database, check_postgres_reachable, use_sqlite_wal
@@ -196,11 +198,13 @@ class Ledger:
     def catch_up(self) -> int:
         return self.projection.catch_up()
 
-    def ensure_current(self) -> None:
+    def ensure_current(self) -> int:
         """Before a read: project what a crashed or interrupted writer appended
-        but did not get to project. Two cheap queries when there is nothing."""
+        but did not get to project. Two cheap queries when there is nothing.
+        Returns how many events it projected."""
         if self.projection.position() < (self.transfers.recorder.max_notification_id() or 0):
-            self.catch_up()
+            return self.catch_up()
+        return 0
 
     def show(self, transfer_id: UUID) -> TransferView:
         self.ensure_current()
@@ -247,6 +251,8 @@ def build_daemon(
     policy: RetryPolicy,
     options: DaemonOptions,
     stop: threading.Event | None = None,
+    *,
+    observer: Observer = NO_OBSERVER,
 ) -> Daemon:
     longest_call = stripe.longest_call_seconds()
     # begin_attempt renews the claim, but a reversal may still look its Stripe
@@ -267,5 +273,7 @@ def build_daemon(
 
     work = work_store(ledger, claim_seconds=claim_seconds)
     clock = DatabaseClock(ledger.db)
-    manager = ProcessManager(ledger.transfers, work, StripeGateway(stripe), policy, clock)
-    return Daemon(ledger, manager, work, options, stop)
+    gateway = StripeGateway(stripe, observer)
+    manager = ProcessManager(ledger.transfers, work, gateway, policy, clock, observer=observer)
+    heartbeat = Heartbeat(ledger.db, work.owner, options.concurrency, clock)
+    return Daemon(ledger, manager, work, options, stop, heartbeat=heartbeat, observer=observer)

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import psycopg
 from eventsourcing.persistence import PersistenceError
 
-from ledger import matrix, values
+from ledger import logs, matrix, values
 from ledger.api import open_ledger
 from ledger.audit.chain import head, seal
 from ledger.audit.history import Audit, export
@@ -33,7 +33,10 @@ from ledger.audit.verify import verify
 from ledger.bootstrap import CLI_ACTOR, Ledger, build_daemon, migrate_database, work_store
 from ledger.config import database_url, env_number
 from ledger.errors import InvalidInput, LedgerError, TransferNotFound, TransitionRefused
+from ledger.health import Thresholds, health_report
+from ledger.processing.clock import DatabaseClock
 from ledger.processing.daemon import DaemonOptions
+from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.policy import RetryPolicy
 from ledger.signals import stop_on_signals
 from ledger.stripe import simulator
@@ -345,17 +348,19 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # Configuration first: a missing key or a bad policy is bad input (exit 2)
     # before anything is opened.
     concurrency = _whole_number(args.concurrency, "--concurrency", 1, MAX_CONCURRENCY)
+    metrics_port = (
+        _whole_number(args.metrics_port, "--metrics-port", 1, 65535)
+        if args.metrics_port is not None
+        else None
+    )
     stripe_settings = StripeSettings.from_env()
     policy = RetryPolicy.from_env()
     claim_seconds = env_number(os.environ, "LEDGER_CLAIM_SECONDS", None, minimum=0, exclusive=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    logs.configure(
+        args.log_format,
+        secrets=[stripe_settings.api_key, os.environ.get("STRIPE_WEBHOOK_SECRET", "")],
     )
-    # stripe-python logs each request at INFO; our own lines say what matters
-    # (transfer, outcome, Stripe request id), so keep its chatter out.
-    logging.getLogger("stripe").setLevel(logging.WARNING)
+    log = logging.getLogger("ledger.daemon")
     # Workers spend their time waiting on sockets (Stripe, the database) and
     # each wake-up must re-take the GIL: a shorter switch interval than the
     # default 5 ms gets a woken worker going sooner.
@@ -364,20 +369,42 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # Signals are caught from here on, so a stop during start-up is clean too.
     # A second signal interrupts the wait for in-flight calls: they are left
     # for the next daemon to look up at Stripe.
-    # One database connection per worker, plus the loop's own.
+    # One database connection per worker, plus the loop's and the metrics'.
     with (
-        stop_on_signals(stop, logging.getLogger("ledger.daemon")),
+        stop_on_signals(stop, log),
         contextlib.suppress(KeyboardInterrupt),
-        Ledger.open(args.database_url, pool_size=concurrency + 2) as ledger,
+        Ledger.open(args.database_url, pool_size=concurrency + 3) as ledger,
+        contextlib.ExitStack() as cleanup,
     ):
+        observer: Observer = NO_OBSERVER
+        if metrics_port is not None:
+            # Imported here: prometheus-client is for the daemon only.
+            from ledger.metrics import MetricsServer  # noqa: PLC0415
+
+            try:
+                server = MetricsServer(
+                    metrics_port,
+                    args.metrics_host,
+                    ledger.db,
+                    ledger.transfers.mapper.to_domain_event,
+                    DatabaseClock(ledger.db),
+                )
+            except OSError as error:
+                raise LedgerError(
+                    f"cannot serve metrics on {args.metrics_host}:{metrics_port}: {error.strerror}"
+                ) from None
+            cleanup.callback(server.close)
+            observer = server.observer
+            log.info("metrics on http://%s:%d/metrics", args.metrics_host, server.port)
         daemon = build_daemon(
             ledger,
             stripe_settings,
             policy,
             DaemonOptions(concurrency=concurrency, once=args.once, claim_seconds=claim_seconds),
             stop,
+            observer=observer,
         )
-        logging.getLogger("ledger.daemon").info(
+        log.info(
             "daemon started: %s, concurrency %d%s",
             ledger.db.dialect,
             concurrency,
@@ -385,6 +412,20 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         )
         daemon.run()
     return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    # Thresholds first: a malformed one is bad input (exit 2), not "unhealthy".
+    thresholds = Thresholds.from_env()
+    report = health_report(args.database_url, thresholds)
+    if args.json:
+        _print_json(report.as_json())
+    else:
+        for item in report.checks:
+            print(f"{'ok' if item.ok else 'FAIL':<5} {item.name:<11} {item.detail}")
+        failing = [c.name for c in report.checks if not c.ok]
+        print("healthy" if report.ok else f"unhealthy: {', '.join(failing)}")
+    return EXIT_OK if report.ok else EXIT_FAILURE
 
 
 def _whole_number(raw: str, name: str, minimum: int, maximum: int) -> int:
@@ -512,6 +553,24 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--once", action="store_true", help="drain what is due now, then exit")
     daemon.add_argument(
         "--concurrency", default="4", help="Stripe calls in flight at once (default 4)"
+    )
+    daemon.add_argument("--metrics-port", help="serve Prometheus metrics on this port")
+    daemon.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)"
+    )
+    daemon.add_argument(
+        "--log-format",
+        choices=logs.LOG_FORMATS,
+        default="auto",
+        help="json: one object per line; text; auto (default): text on a terminal, else json",
+    )
+
+    add(
+        commands,
+        "health",
+        cmd_health,
+        "exit 0 when the database, migrations, projection, due work, daemons and parked"
+        " work are all fine; else 1 with what is wrong",
     )
 
     parked = commands.add_parser("parked", help="work the daemon gave up on (not Stripe's answer)")

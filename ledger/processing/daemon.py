@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from ledger.audit.chain import seal
+from ledger.logs import log_context
 from ledger.processing.effects import (
     NOTHING_DUE,
     PAYOUT,
@@ -39,6 +40,8 @@ from ledger.processing.effects import (
     OperatorProblem,
     ProcessManager,
 )
+from ledger.processing.heartbeat import Heartbeat
+from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.work import Claim, WorkStore
 from projections.seller_transfers import (
     DUE_PAYOUT_RETRIES_SQL,
@@ -96,8 +99,13 @@ class Daemon:
         work: WorkStore,
         options: DaemonOptions,
         stop: threading.Event | None = None,
+        *,
+        heartbeat: Heartbeat | None = None,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self.ledger = ledger
+        self.heartbeat = heartbeat
+        self.observer = observer
         self.manager = manager
         self.work = work
         self.options = options
@@ -127,6 +135,8 @@ class Daemon:
             threading.Thread(
                 target=self._worker, name=f"ledger-worker-{number}", daemon=True
             ).start()
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         with self._listening():
             while not self.stop.is_set():
                 self.wake.clear()
@@ -134,7 +144,9 @@ class Daemon:
                 # left more due work that this turn's queries did not see.
                 was_busy = self._busy()
                 try:
-                    self.ledger.ensure_current()
+                    if self.heartbeat is not None:
+                        self.heartbeat.beat()
+                    self.observer.events_projected(self.ledger.ensure_current())
                     seal(self.ledger.db)  # the audit chain: see ledger/audit/chain.py
                 except Exception:
                     # The process managers decide on the aggregate, not the
@@ -159,7 +171,11 @@ class Daemon:
             self.stop.set()
             self._drain()
         with contextlib.suppress(Exception):
-            self.ledger.catch_up()  # what the last outcomes recorded, visible on exit
+            # What the last outcomes recorded, visible on exit.
+            self.observer.events_projected(self.ledger.catch_up())
+        if self.heartbeat is not None:
+            with contextlib.suppress(Exception):
+                self.heartbeat.stopped()
         if self._fatal is not None:
             raise self._fatal
 
@@ -242,6 +258,12 @@ class Daemon:
                 self.wake.set()
 
     def _handle(self, claim: Claim) -> str:
+        # Every line logged while handling it names the transfer and the work;
+        # the Stripe adapter adds the request id of each call.
+        with log_context(transfer_id=str(claim.transfer_id), event=claim.kind):
+            return self._handle_in_context(claim)
+
+    def _handle_in_context(self, claim: Claim) -> str:
         transfer_id, kind = claim.transfer_id, claim.kind
         try:
             outcome = self.manager.handle(claim)

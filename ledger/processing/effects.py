@@ -35,6 +35,7 @@ from ledger.domain import Transfer, payout_cause
 from ledger.errors import LedgerError
 from ledger.matrix import Status
 from ledger.processing.failpoints import failpoint
+from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.policy import RetryPolicy
 from ledger.processing.ports import (
     FailureKind,
@@ -295,7 +296,10 @@ class ProcessManager:
         gateway: PaymentsGateway,
         policy: RetryPolicy,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
+        self.observer = observer
         self.transfers = transfers
         self.work = work
         self.gateway = gateway
@@ -374,6 +378,7 @@ class ProcessManager:
                 self._record_success(effect, transfer, found, cause, progress)
                 return f"found {found.stripe_id} at Stripe (an earlier call's outcome was unknown)"
         attempt = self.work.begin_attempt(progress.claim, cause, self.clock())
+        self.observer.attempt_started(effect.kind)
         failpoint("before_stripe_call")
         progress.call_started = True
         try:
@@ -452,6 +457,7 @@ class ProcessManager:
                 progress,
                 cause,
             )
+            self.observer.permanent_failure(effect.kind)
             return f"permanently failed: {error}"
         elif self.policy.exhausted(failed_attempts):
             final = f"gave up after {failed_attempts} attempts: {error}"
@@ -461,6 +467,7 @@ class ProcessManager:
                 progress,
                 cause,
             )
+            self.observer.permanent_failure(effect.kind)
             return f"permanently failed: {final}"
         retry_at = self.clock() + self.policy.delay(failed_attempts)
         self._record(

@@ -9,6 +9,7 @@ every message that leaves; it is in no repr, log line or error.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import stripe
 
 from ledger.config import env_number
 from ledger.errors import InvalidInput
+from ledger.logs import note
+from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.ports import (
     FailureKind,
     StripeCallFailed,
@@ -74,7 +77,8 @@ class StripeSettings:
 
 
 class StripeGateway:
-    def __init__(self, settings: StripeSettings) -> None:
+    def __init__(self, settings: StripeSettings, observer: Observer = NO_OBSERVER) -> None:
+        self._observer = observer
         base = {"api": settings.api_base} if settings.api_base else None
         self._client = stripe.StripeClient(
             settings.api_key,
@@ -100,8 +104,8 @@ class StripeGateway:
         metadata: Mapping[str, str],
         idempotency_key: str,
     ) -> StripeTransfer:
-        with self._translated_errors():
-            created = self._client.v1.transfers.create(
+        with self._translated_errors("transfers.create") as call:
+            created = call.result = self._client.v1.transfers.create(
                 params={
                     "amount": amount,
                     "currency": currency,
@@ -114,7 +118,7 @@ class StripeGateway:
         return _transfer(created)
 
     def transfers_in_group(self, transfer_group: str) -> Sequence[StripeTransfer]:
-        with self._translated_errors():
+        with self._translated_errors("transfers.list"):
             return [
                 _transfer(t)
                 for t in self._pages(
@@ -125,8 +129,9 @@ class StripeGateway:
             ]
 
     def retrieve_transfer(self, transfer_id: str) -> StripeTransfer:
-        with self._translated_errors():
-            return _transfer(self._client.v1.transfers.retrieve(transfer_id))
+        with self._translated_errors("transfers.retrieve") as call:
+            call.result = self._client.v1.transfers.retrieve(transfer_id)
+        return _transfer(call.result)
 
     # ----- reversals ----------------------------------------------------------
 
@@ -138,8 +143,8 @@ class StripeGateway:
         metadata: Mapping[str, str],
         idempotency_key: str,
     ) -> StripeReversal:
-        with self._translated_errors():
-            created = self._client.v1.transfers.reversals.create(
+        with self._translated_errors("reversals.create") as call:
+            created = call.result = self._client.v1.transfers.reversals.create(
                 transfer_id,
                 params={"amount": amount, "metadata": dict(metadata)},
                 options={"idempotency_key": idempotency_key},
@@ -147,7 +152,7 @@ class StripeGateway:
         return _reversal(created)
 
     def reversals_of(self, transfer_id: str) -> Sequence[StripeReversal]:
-        with self._translated_errors():
+        with self._translated_errors("reversals.list"):
             return [
                 _reversal(r)
                 for r in self._pages(
@@ -172,12 +177,28 @@ class StripeGateway:
             after = data[-1]["id"]
 
     @contextmanager
-    def _translated_errors(self) -> Iterator[None]:
-        """stripe-python's exceptions leave as classified StripeCallFailed."""
+    def _translated_errors(self, endpoint: str) -> Iterator[_Call]:
+        """stripe-python's exceptions leave as classified StripeCallFailed.
+        Each call is counted and timed (by endpoint and outcome), and its Stripe
+        request id goes into the log context of the work being done."""
+        call = _Call()
+        started = time.monotonic()
         try:
-            yield
+            yield call
         except stripe.StripeError as error:
-            raise classify(error, self._secret) from None
+            failure = classify(error, self._secret)
+            note(stripe_request_id=failure.request_id)
+            self._observer.stripe_call(endpoint, failure.kind.value, time.monotonic() - started)
+            raise failure from None
+        response = getattr(call.result, "last_response", None)
+        note(stripe_request_id=getattr(response, "request_id", None))
+        self._observer.stripe_call(endpoint, "ok", time.monotonic() - started)
+
+
+class _Call:
+    """What a call returned, for its request id (lists leave it unset)."""
+
+    result: Any = None
 
 
 def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:

@@ -1,0 +1,290 @@
+"""`ledger health` and the daemon's scrape-time metrics: how the ledger is doing.
+
+`measure()` reads everything in a handful of cheap queries (the partial
+indexes serve the due-work ones), so a probe can run it every few seconds.
+`check()` turns the measurements into verdicts against thresholds taken from
+the environment:
+
+    LEDGER_HEALTH_MAX_LAG_EVENTS    events appended but not yet in seller_transfers (1000)
+    LEDGER_HEALTH_MAX_LAG_SECONDS   age of the oldest of those events (60)
+    LEDGER_HEALTH_MAX_DUE_SECONDS   how long the oldest due work has waited (300)
+    LEDGER_HEALTH_DAEMON_SECONDS    a daemon's last heartbeat at most this old (60)
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+from eventsourcing.persistence import PersistenceError
+
+from ledger.config import DatabaseConfig, env_number
+from ledger.errors import DatabaseUnavailable
+from ledger.migrate import available_migrations, pending_migrations
+from ledger.processing.clock import DatabaseClock
+from ledger.storage import Database
+from projections.seller_transfers import TRACKING_NAME
+
+# Parked work is reported on its own; it is not "waiting" for a daemon.
+_NOT_PARKED: Final = (
+    " AND NOT EXISTS (SELECT 1 FROM stripe_work w"
+    " WHERE w.transfer_id = s.id AND w.parked_at IS NOT NULL)"
+)
+# Each kind of due work (the daemon's due queries, DESIGN section 4) with the
+# time it became due. `?` is now.
+DUE_WORK_SQL: Final[Mapping[str, str]] = {
+    "reversal": (
+        "SELECT COUNT(*) AS n, MIN(COALESCE(s.next_retry_at, s.updated_at)) AS since"
+        " FROM seller_transfers s WHERE s.status = 'reversal_pending'"
+        " AND (s.next_retry_at IS NULL OR s.next_retry_at <= ?)" + _NOT_PARKED
+    ),
+    "payout_retry": (
+        "SELECT COUNT(*) AS n, MIN(s.next_retry_at) AS since"
+        " FROM seller_transfers s WHERE s.status = 'failed'"
+        " AND s.next_retry_at IS NOT NULL AND s.next_retry_at <= ?" + _NOT_PARKED
+    ),
+    "payout": (
+        "SELECT COUNT(*) AS n, MIN(s.created_at) AS since"
+        " FROM seller_transfers s WHERE s.status = 'pending' AND s.created_at <= ?" + _NOT_PARKED
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_lag_events: int = 1000
+    max_lag_seconds: float = 60.0
+    max_due_seconds: float = 300.0
+    daemon_seen_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Thresholds:
+        def number(name: str, default: float) -> float:
+            value = env_number(environ, name, default, minimum=0)
+            assert value is not None
+            return value
+
+        return cls(
+            max_lag_events=int(number("LEDGER_HEALTH_MAX_LAG_EVENTS", cls.max_lag_events)),
+            max_lag_seconds=number("LEDGER_HEALTH_MAX_LAG_SECONDS", cls.max_lag_seconds),
+            max_due_seconds=number("LEDGER_HEALTH_MAX_DUE_SECONDS", cls.max_due_seconds),
+            daemon_seen_seconds=number("LEDGER_HEALTH_DAEMON_SECONDS", cls.daemon_seen_seconds),
+        )
+
+
+@dataclass(frozen=True)
+class DueWork:
+    count: int
+    oldest_seconds: float  # 0 when nothing is due
+
+
+@dataclass(frozen=True)
+class DaemonSeen:
+    daemon_id: str
+    seen_seconds_ago: float
+    stopped: bool
+
+
+@dataclass(frozen=True)
+class Measurements:
+    log_position: int
+    projected_position: int
+    lag_events: int
+    lag_seconds: float
+    due: Mapping[str, DueWork]
+    parked: int
+    claims_held: int
+    daemons: list[DaemonSeen] = field(default_factory=list)
+
+
+def measure(db: Database, decode: Callable[[Any], Any], now: datetime) -> Measurements:
+    """Everything health and the metrics report, read in one snapshot."""
+    with db.transaction(write=False) as cursor:
+        cursor.execute(f"SELECT MAX({db.notification_id_column}) AS n FROM {db.events_table}")
+        row = cursor.fetchone()
+        log_position = int(row["n"] or 0) if row else 0
+        cursor.execute(
+            "SELECT position FROM projection_tracking WHERE name = ?", (TRACKING_NAME,)
+        )
+        row = cursor.fetchone()
+        projected = int(row["position"]) if row else 0
+        lag_events = db.count_events_between(cursor, projected, log_position)
+        lag_seconds = 0.0
+        if lag_events:
+            oldest = db.select_stored_events_after(cursor, projected, 1)
+            if oldest:
+                appended_at: datetime = decode(oldest[0][1]).timestamp
+                lag_seconds = max((now - appended_at).total_seconds(), 0.0)
+        due = {}
+        for kind, sql in DUE_WORK_SQL.items():
+            cursor.execute(sql, (db.to_db_time(now),))
+            row = cursor.fetchone()
+            since = db.from_db_time(row["since"]) if row else None
+            due[kind] = DueWork(
+                count=int(row["n"]) if row else 0,
+                oldest_seconds=max((now - since).total_seconds(), 0.0) if since else 0.0,
+            )
+        cursor.execute("SELECT COUNT(*) AS n FROM stripe_work WHERE parked_at IS NOT NULL")
+        row = cursor.fetchone()
+        parked = int(row["n"]) if row else 0
+        cursor.execute(
+            "SELECT COUNT(*) AS n FROM stripe_work"
+            " WHERE claimed_by IS NOT NULL AND claim_expires_at > ?",
+            (db.to_db_time(now),),
+        )
+        row = cursor.fetchone()
+        claims = int(row["n"]) if row else 0
+        cursor.execute(
+            "SELECT daemon_id, seen_at, stopped_at FROM daemon_heartbeats ORDER BY seen_at DESC"
+        )
+        daemons = []
+        for r in cursor.fetchall():
+            seen = db.from_db_time(r["seen_at"])
+            assert seen is not None
+            daemons.append(
+                DaemonSeen(
+                    daemon_id=str(r["daemon_id"]),
+                    seen_seconds_ago=max((now - seen).total_seconds(), 0.0),
+                    stopped=r["stopped_at"] is not None,
+                )
+            )
+    return Measurements(
+        log_position=log_position,
+        projected_position=projected,
+        lag_events=lag_events,
+        lag_seconds=lag_seconds,
+        due=due,
+        parked=parked,
+        claims_held=claims,
+        daemons=daemons,
+    )
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, **self.values}
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [c.as_json() for c in self.checks]}
+
+
+def health_report(url: str, thresholds: Thresholds) -> HealthReport:
+    """Every check, stopping early where the rest could not be read."""
+    # Imported here: the composition root imports this module's neighbours.
+    from ledger.bootstrap import Ledger  # noqa: PLC0415
+
+    config = DatabaseConfig.from_url(url)
+    if config.kind == "sqlite" and not Path(config.path).exists():
+        return HealthReport([Check("database", False, f"no ledger database at {config.path}")])
+    try:
+        ledger = Ledger(config)
+    except (DatabaseUnavailable, PersistenceError, psycopg.Error, sqlite3.Error) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return HealthReport([Check("database", False, f"unreachable: {first_line}")])
+    with ledger:
+        checks = [Check("database", True, f"{config.kind} answers")]
+        migrations = check_migrations(ledger.db)
+        checks.append(migrations)
+        if not migrations.ok:
+            return HealthReport(checks)
+        now = DatabaseClock(ledger.db)()
+        measured = measure(ledger.db, ledger.transfers.mapper.to_domain_event, now)
+        return HealthReport(checks + judge(measured, thresholds))
+
+
+def check_migrations(db: Database) -> Check:
+    pending = pending_migrations(db)
+    total = len(available_migrations(db.dialect))
+    if pending:
+        first = pending[0]
+        return Check(
+            "migrations",
+            False,
+            f"{len(pending)} pending, first {first.version:04d}_{first.name}: run `ledger migrate`",
+            {"pending": len(pending)},
+        )
+    return Check("migrations", True, f"all {total} applied", {"pending": 0})
+
+
+def judge(m: Measurements, t: Thresholds) -> list[Check]:
+    """The verdicts after the database and migrations checks passed."""
+    checks = []
+    lag_ok = m.lag_events <= t.max_lag_events and m.lag_seconds <= t.max_lag_seconds
+    checks.append(
+        Check(
+            "projection",
+            lag_ok,
+            (
+                "up to date"
+                if m.lag_events == 0
+                else f"{m.lag_events} event(s) behind, the oldest {m.lag_seconds:.0f} s old"
+            )
+            + ("" if lag_ok else f" (limits {t.max_lag_events} events, {t.max_lag_seconds:g} s)"),
+            {"lag_events": m.lag_events, "lag_seconds": round(m.lag_seconds, 3)},
+        )
+    )
+    oldest_kind = max(m.due, key=lambda k: m.due[k].oldest_seconds)
+    oldest = m.due[oldest_kind].oldest_seconds
+    due_count = sum(d.count for d in m.due.values())
+    due_ok = oldest <= t.max_due_seconds
+    checks.append(
+        Check(
+            "due work",
+            due_ok,
+            (
+                "nothing due"
+                if due_count == 0
+                else f"{due_count} due, the oldest ({oldest_kind}) waiting {oldest:.0f} s"
+            )
+            + ("" if due_ok else f" (limit {t.max_due_seconds:g} s)"),
+            {
+                "due": {k: d.count for k, d in m.due.items()},
+                "oldest_seconds": round(oldest, 3),
+            },
+        )
+    )
+    alive = [
+        d for d in m.daemons if not d.stopped and d.seen_seconds_ago <= t.daemon_seen_seconds
+    ]
+    checks.append(
+        Check(
+            "daemons",
+            bool(alive),
+            f"{len(alive)} seen in the last {t.daemon_seen_seconds:g} s"
+            if alive
+            else f"no daemon seen in the last {t.daemon_seen_seconds:g} s",
+            {"running": len(alive)},
+        )
+    )
+    checks.append(
+        Check(
+            "parked",
+            m.parked == 0,
+            "nothing parked"
+            if m.parked == 0
+            else f"{m.parked} parked: see `ledger parked list`",
+            {"parked": m.parked},
+        )
+    )
+    return checks

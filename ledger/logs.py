@@ -1,0 +1,131 @@
+"""The daemon's and the webhook server's logs: plain text for a person at a
+terminal, one JSON object per line for a log pipeline (`--log-format json`).
+
+Each line carries the time, level, component (the logger's name) and message,
+and, where known, the transfer id, the event (the kind of work, or the webhook
+event type) and the Stripe request id. Those come from `log_context(...)`,
+which the daemon's workers set around each transfer's handling, and from
+`note(...)`, which the Stripe adapter calls after each request.
+
+Secrets (the Stripe API key, the webhook secret) are scrubbed from every line
+as a last line of defence: no code path is meant to log them in the first place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Final, Literal, TextIO
+
+LogFormat = Literal["auto", "json", "text"]
+LOG_FORMATS: Final = ("auto", "json", "text")
+CONTEXT_FIELDS: Final = ("transfer_id", "event", "stripe_request_id")
+REDACTED: Final = "[redacted]"
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Per thread (each thread starts with an empty context): a worker's fields
+# never leak into another worker's lines.
+_context: ContextVar[dict[str, str]] = ContextVar("ledger_log_context", default={})  # noqa: B039 - never mutated, only replaced
+
+
+@contextmanager
+def log_context(**fields: str) -> Iterator[None]:
+    """Fields added to every line logged inside the block (on this thread)."""
+    token = _context.set({**_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def note(**fields: str | None) -> None:
+    """Add fields to the current block's context (e.g. the last Stripe request id)."""
+    _context.set({**_context.get(), **{k: v for k, v in fields.items() if v}})
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in _context.get().items():
+            if not hasattr(record, name):
+                setattr(record, name, value)
+        return True
+
+
+class _Redacting(logging.Formatter):
+    """Wraps a formatter and scrubs secrets from what it produces."""
+
+    def __init__(self, inner: logging.Formatter, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        # Longest first, so a secret containing another is scrubbed whole.
+        self.secrets = sorted((s for s in secrets if s), key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.inner.format(record)
+        for secret in self.secrets:
+            line = line.replace(secret, REDACTED)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "component": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                data[name] = str(value)
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = [
+            f"{name}={getattr(record, name)}"
+            for name in ("stripe_request_id",)
+            if getattr(record, name, None) and str(getattr(record, name)) not in line
+        ]
+        return f"{line} [{' '.join(extras)}]" if extras else line
+
+
+def configure(
+    log_format: LogFormat = "auto",
+    *,
+    secrets: Sequence[str] = (),
+    stream: TextIO | None = None,
+    level: int = logging.INFO,
+) -> None:
+    """Route the root logger to `stream` (stderr) in the chosen format. `auto`:
+    text on a terminal, JSON otherwise (a service manager, a container)."""
+    stream = stream or sys.stderr
+    if log_format == "auto":
+        log_format = "text" if stream.isatty() else "json"
+    inner: logging.Formatter = JsonFormatter() if log_format == "json" else TextFormatter()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_Redacting(inner, secrets))
+    handler.addFilter(_ContextFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # stripe-python logs each request at INFO; our own lines say what matters
+    # (transfer, outcome, Stripe request id), so keep its chatter out.
+    logging.getLogger("stripe").setLevel(logging.WARNING)
