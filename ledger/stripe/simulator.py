@@ -9,7 +9,8 @@ Endpoints (Stripe API v1 shapes, form-encoded bodies, JSON answers, a ``Request-
 every answer): ``POST``/``GET /v1/transfers``, ``GET /v1/transfers/{id}``,
 ``POST``/``GET /v1/transfers/{id}/reversals`` and ``GET /v1/transfers/{id}/reversals/{rid}``.
 Lists are newest first with ``limit`` (default 10, at most 100), ``starting_after`` and
-``ending_before``; ``GET /v1/transfers`` filters on ``destination`` and ``transfer_group``.
+``ending_before``; ``GET /v1/transfers`` filters on ``destination``, ``transfer_group`` and
+``created`` (a Unix time, or ``created[gt|gte|lt|lte]``).
 Any other ``/v1`` address answers 404 "Unrecognized request URL".
 
 Conventions, in the spirit of Stripe's magic test values:
@@ -58,8 +59,10 @@ a conflict or an error answer is left alone, and a scripted entry waits for the 
 
 Control, for tests, under ``/_sim`` with no key: ``GET /_sim/state``, ``POST /_sim/faults``,
 ``/_sim/reset``, ``/_sim/expire-idempotency-keys``, ``/_sim/accounts``,
-``/_sim/platform-balance``, and ``/_sim/reverse`` (a reversal made outside the ledger, as from
-the Dashboard). ``StripeSimulator`` offers the same in-process.
+``/_sim/platform-balance``, ``/_sim/reverse`` (a reversal made outside the ledger, as from
+the Dashboard), and ``POST /_sim/transfers/{id}`` with any of ``{"amount", "currency",
+"destination", "created"}`` (a stored transfer edited in place: a Stripe that drifted from the
+ledger, or a transfer made earlier). ``StripeSimulator`` offers the same in-process.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import operator
 import os
 import random
 import re
@@ -100,7 +104,8 @@ DESCRIPTION: Final = (
     "accepted. Faults (name=probability, comma-separated): 500_before (500, nothing done), "
     "500_after (done, 500 saved under the idempotency key), drop_after (done, connection "
     "closed unanswered), 429 (rate limited, nothing done), slow (done, answer delayed by "
-    "--slow-ms). Tests inspect and steer it under /_sim (state, faults, reset, accounts)."
+    "--slow-ms). Tests inspect and steer it under /_sim (state, faults, reset, accounts,"
+    " transfers)."
 )
 
 DEFAULT_PORT: Final = 12111
@@ -128,6 +133,7 @@ _TRANSFERS: Final = re.compile(r"/v1/transfers")
 _TRANSFER: Final = re.compile(r"/v1/transfers/([^/]+)")
 _REVERSALS: Final = re.compile(r"/v1/transfers/([^/]+)/reversals")
 _REVERSAL: Final = re.compile(r"/v1/transfers/([^/]+)/reversals/([^/]+)")
+_SIM_TRANSFER: Final = re.compile(r"/_sim/transfers/([^/]+)")
 
 
 def parse_faults(spec: str) -> dict[str, float]:
@@ -428,8 +434,24 @@ _REVERSAL_CREATE_PARAMS: Final = frozenset(
     {"amount", "description", "metadata", "refund_application_fee", "expand"}
 )
 _TRANSFER_LIST_PARAMS: Final = frozenset(
-    {"destination", "transfer_group", "limit", "starting_after", "ending_before", "expand"}
+    {
+        "destination",
+        "transfer_group",
+        "created",
+        "limit",
+        "starting_after",
+        "ending_before",
+        "expand",
+    }
 )
+# `created=T` compares for equality; `created[gte]=T` and friends bound it.
+_CREATED_COMPARISONS: Final[dict[str, Callable[[int, int], bool]]] = {
+    "": operator.eq,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
 _REVERSAL_LIST_PARAMS: Final = frozenset({"limit", "starting_after", "ending_before", "expand"})
 _RETRIEVE_PARAMS: Final = frozenset({"expand"})
 
@@ -465,6 +487,27 @@ def _validate_reversal_create(transfer_id: str, params: Mapping[str, Any]) -> _C
     if refund_fee is not None and refund_fee not in ("true", "false"):
         raise _invalid(f"Invalid boolean: {refund_fee}", param="refund_application_fee")
     return _CreateReversal(transfer_id=transfer_id, amount=amount, metadata=_metadata(params))
+
+
+def _created_filter(params: Mapping[str, Any]) -> Callable[[int], bool]:
+    """``created=T`` (exactly) or ``created[gte]=T`` and friends, as Stripe's list filters."""
+    value = params.get("created")
+    if value is None:
+        return lambda created: True
+    given = value if isinstance(value, dict) else {"": value}
+    bounds: list[tuple[Callable[[int, int], bool], int]] = []
+    for name, text in given.items():
+        param = f"created[{name}]" if name else "created"
+        if name not in _CREATED_COMPARISONS or (not name and isinstance(value, dict)):
+            raise _invalid(
+                f"Received unknown parameter: {param}", param=param, code="parameter_unknown"
+            )
+        if not isinstance(text, str) or not text.isascii() or not text.isdigit():
+            raise _invalid(
+                f"Invalid integer: {text!r}", param=param, code="parameter_invalid_integer"
+            )
+        bounds.append((_CREATED_COMPARISONS[name], int(text)))
+    return lambda created: all(compare(created, bound) for compare, bound in bounds)
 
 
 def _list_limit(params: Mapping[str, Any]) -> int:
@@ -776,6 +819,45 @@ class StripeSimulator:
         with self._lock:
             command = _CreateReversal(transfer_id=transfer_id, amount=amount, metadata={})
             return self._create_reversal(command, check_balance=False)
+
+    def edit_transfer(
+        self,
+        transfer_id: str,
+        *,
+        amount: int | None = None,
+        currency: str | None = None,
+        destination: str | None = None,
+        created: int | None = None,
+    ) -> dict[str, Any]:
+        """Change a stored transfer in place, as Stripe never would: for tests of a
+        Stripe that disagrees with the ledger (`ledger reconcile`), or of a transfer
+        made long ago (`created`, Unix seconds). None leaves a field as it is.
+
+        Raises StripeErrorResponse 404 for an unknown transfer."""
+        for name, value in (("amount", amount), ("created", created)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise InvalidInput(f"{name} must be a positive integer")
+        if currency is not None and (
+            not isinstance(currency, str) or not _CURRENCY.fullmatch(currency)
+        ):
+            raise InvalidInput("currency must be three letters")
+        if destination is not None and (
+            not isinstance(destination, str) or not _ACCOUNT_ID.fullmatch(destination)
+        ):
+            raise InvalidInput("destination must be an account id (acct_...)")
+        with self._lock:
+            transfer = self._transfer(transfer_id)
+            if amount is not None:
+                transfer.amount = amount
+            if currency is not None:
+                transfer.currency = currency.lower()
+            if destination is not None:
+                transfer.destination = destination
+            if created is not None:
+                transfer.created = created
+            return transfer.as_json()
 
     # --- the API ---
 
@@ -1089,11 +1171,13 @@ class StripeSimulator:
             _reject_unknown(params, _TRANSFER_LIST_PARAMS)
             destination = _string(params, "destination")
             group = _string(params, "transfer_group")
+            created = _created_filter(params)
             transfers = [
                 t
                 for t in self._transfers.values()
                 if (destination is None or t.destination == destination)
                 and (group is None or t.transfer_group == group)
+                and created(t.created)
             ]
             return self._page(transfers, params, "/v1/transfers", self._transfer_seq)
         if route.kind == "retrieve_transfer":
@@ -1208,6 +1292,9 @@ class StripeSimulator:
                 if not isinstance(transfer_id, str):
                     return _invalid('expected {"transfer": "tr_...", "amount": N}').response()
                 return ApiResponse(200, self.reverse_outside(transfer_id, payload.get("amount")))
+            if match := _SIM_TRANSFER.fullmatch(path):
+                edits = _transfer_edits(payload)
+                return ApiResponse(200, self.edit_transfer(unquote(match.group(1)), **edits))
             raise _unknown_control(method, path)
         except InvalidInput as error:
             return _invalid(str(error)).response()
@@ -1219,6 +1306,15 @@ def _unknown_control(method: str, path: str) -> StripeErrorResponse:
     return StripeErrorResponse(
         404, "invalid_request_error", f"Unrecognized stripe-sim control URL ({method}: {path})"
     )
+
+
+def _transfer_edits(payload: Mapping[str, Any]) -> dict[str, Any]:
+    fields = {"amount", "currency", "destination", "created"}
+    if not payload or set(payload) - fields:
+        raise InvalidInput(
+            'expected a JSON object with any of "amount", "currency", "destination", "created"'
+        )
+    return dict(payload)
 
 
 def _required_field(payload: Mapping[str, Any], name: str, shape: str) -> Any:

@@ -265,6 +265,70 @@ def test_a_reversal_outside_the_ledger_shows_on_the_transfer() -> None:
         assert [r["method"] for r in simulator.state()["requests"]] == ["POST", "GET", "GET"]
 
 
+def test_a_transfer_edited_at_the_simulator_answers_with_its_new_values() -> None:
+    with running_simulator() as (simulator, url):
+        client = stripe_client(url)
+        transfer = _create(client, amount=1000)
+        edited = sim_control(url, f"/_sim/transfers/{transfer.id}", {"amount": 900})
+        assert edited["amount"] == 900
+        after = client.v1.transfers.retrieve(transfer.id)
+        assert (after.amount, after.currency, after.destination) == (900, "usd", "acct_1Kettle")
+        simulator.edit_transfer(
+            transfer.id, currency="EUR", destination="acct_2Other", created=1_700_000_000
+        )
+        after = client.v1.transfers.retrieve(transfer.id)
+        assert (after.currency, after.destination, after.created) == (
+            "eur",
+            "acct_2Other",
+            1_700_000_000,
+        )
+        # Edits are not API requests.
+        assert [r["method"] for r in simulator.state()["requests"]] == ["POST", "GET", "GET"]
+
+        for payload in ({}, {"amount": 0}, {"amount": "5"}, {"colour": "red"}):
+            status, _, body = _raw_request(
+                f"{url}/_sim/transfers/{transfer.id}",
+                {},
+                method="POST",
+                data=json.dumps(payload).encode(),
+            )
+            assert status == 400, payload
+            assert body["error"]["type"] == "invalid_request_error"
+        status, _, body = _raw_request(
+            f"{url}/_sim/transfers/tr_nothere", {}, method="POST", data=b'{"amount": 5}'
+        )
+        assert status == 404
+        assert body["error"]["code"] == "resource_missing"
+        assert client.v1.transfers.retrieve(transfer.id).amount == 900
+
+
+def test_transfers_are_listed_by_creation_time() -> None:
+    with running_simulator() as (simulator, url):
+        client = stripe_client(url)
+        made = [_create(client, transfer_group=f"g{i}") for i in range(3)]
+        for transfer, created in zip(made, (1000, 2000, 3000), strict=True):
+            simulator.edit_transfer(transfer.id, created=created)
+
+        def listed(created: Any, **params: Any) -> list[str | None]:
+            found = client.v1.transfers.list(params={"created": created, **params})  # type: ignore[arg-type]
+            return [t.transfer_group for t in found.auto_paging_iter()]
+
+        assert listed({"gte": 2000}) == ["g2", "g1"]
+        assert listed({"gt": 2000}) == ["g2"]
+        assert listed({"lt": 2000}) == ["g0"]
+        assert listed({"gte": 1000, "lte": 2000}) == ["g1", "g0"]
+        assert listed(3000) == ["g2"]
+        # Paging by cursor within the filter.
+        assert listed({"gte": 1000}, limit=1) == ["g2", "g1", "g0"]
+        assert listed({"gte": 1000}, transfer_group="g1") == ["g1"]
+        with pytest.raises(stripe.InvalidRequestError) as bad:
+            listed({"gte": "yesterday"})
+        assert bad.value.param == "created[gte]"
+        with pytest.raises(stripe.InvalidRequestError) as unknown:
+            listed({"after": 5})
+        assert unknown.value.code == "parameter_unknown"
+
+
 def test_validation_errors_come_first_and_are_not_saved() -> None:
     with running_simulator() as (simulator, url):
         client = stripe_client(url)
