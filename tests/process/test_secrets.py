@@ -34,6 +34,9 @@ SECRET_KEY = "sk_test_51QzLedgerSecret0xKv93JdWq7Rt2Pm"
 # The simulator, like Stripe, masks a key in its errors to its last 4 characters.
 SECRET_TAIL = SECRET_KEY[-8:]
 OTHER_KEY = "sk_test_otherAccountKey0000aaaa1111"
+# Not the daemon's to use, but in its environment as it is in production's:
+# it must not leak either.
+WEBHOOK_SECRET = "whsec_ledgerWebhookSecret9Zq4"
 
 
 def test_the_api_key_is_in_no_log_line_event_stored_error_or_row(
@@ -48,7 +51,9 @@ def test_the_api_key_is_in_no_log_line_event_stored_error_or_row(
     with running_simulator(api_key=OTHER_KEY) as other_sim:
         refused_world = World(url=database_url, sim=other_sim, api_key=SECRET_KEY)
         waiting = refused_world.create("order-refused")
-        daemon = start_daemon(refused_world, log_path=refused_log)
+        daemon = start_daemon(
+            refused_world, log_path=refused_log, STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET
+        )
         assert finish(daemon, timeout=30) == 1, refused_log.read_text()
     assert refused_world.show(waiting).status == "pending"
 
@@ -70,6 +75,7 @@ def test_the_api_key_is_in_no_log_line_event_stored_error_or_row(
     for where, text in {"daemon output": output, **stored}.items():
         assert SECRET_KEY not in text, f"the API key is in the {where}"
         assert SECRET_TAIL not in text, f"the API key's last 8 characters are in the {where}"
+        assert WEBHOOK_SECRET not in text, f"the webhook secret is in the {where}"
 
 
 def run_every_kind_of_answer(world: World, log_dir: Path) -> list[Path]:
@@ -86,7 +92,7 @@ def run_every_kind_of_answer(world: World, log_dir: Path) -> list[Path]:
         params={"amount": 1, "currency": "usd", "destination": "acct_1Other"},
         options={"idempotency_key": idempotency_key("payout", payout_cause(poisoned), 1)},
     )
-    daemon = start_daemon(world, "--once", log_path=logs[0])
+    daemon = start_daemon(world, "--once", log_path=logs[0], STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET)
     assert finish(daemon, timeout=60) == 0, logs[0].read_text()
     assert world.show(poisoned).status == "pending"
 
@@ -95,7 +101,7 @@ def run_every_kind_of_answer(world: World, log_dir: Path) -> list[Path]:
     refused = world.create("order-unknown", seller="acct_unknownSeller")
     world.simulator.add_fault("429", path="/v1/transfers")
     world.simulator.add_fault("500_after", path="/v1/transfers")
-    daemon = start_daemon(world, "--once", log_path=logs[1])
+    daemon = start_daemon(world, "--once", log_path=logs[1], STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET)
     assert finish(daemon, timeout=60) == 0, logs[1].read_text()
     assert world.show(paid).status == "completed"
     assert world.show(also_paid).status == "completed"
@@ -103,7 +109,7 @@ def run_every_kind_of_answer(world: World, log_dir: Path) -> list[Path]:
 
     world.simulator.add_fault("500_after", path="/reversals")
     world.request_reversal(paid, amount=2000)
-    daemon = start_daemon(world, log_path=logs[2])
+    daemon = start_daemon(world, log_path=logs[2], STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET)
     try:
         wait_started(daemon, logs[2])
         wait_for(lambda: world.show(paid).status == "reversed", what="the reversal")

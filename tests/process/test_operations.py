@@ -1,0 +1,184 @@
+"""What an on-call engineer relies on: `ledger health`, the daemon's Prometheus
+metrics and its JSON log lines, each against a real daemon process, a real
+database and the simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+
+from ledger.cli import run
+from ledger.domain import Transfer, payout_cause
+from ledger.processing.effects import idempotency_key
+from tests.process.world import World, finish, kill, start_daemon, wait_started
+from tests.waiting import wait_for
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def health(url: str, capsys: pytest.CaptureFixture[str], **env: str) -> tuple[int, dict[str, Any]]:
+    """`ledger health --json`: the exit code and each check by name."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        code = run(["health", "--json", "--database-url", url])
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is (code == 0)
+    return code, {check["name"]: check for check in report["checks"]}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The metrics page as {'name{labels}': value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("ledger_"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_health_and_logs_follow_a_working_daemon(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = [world.create(f"order-{n}", amount=1000 + n) for n in range(3)]
+    code, checks = health(world.url, capsys)
+    assert code == 1
+    assert not checks["daemons"]["ok"], "no daemon has run yet"
+    assert checks["database"]["ok"] and checks["migrations"]["ok"] and checks["parked"]["ok"]
+    assert checks["due work"]["due"]["payout"] == 3
+
+    port = free_port()
+    log_path = tmp_path / "daemon.log"
+    daemon = start_daemon(
+        world, "--metrics-port", str(port), "--log-format", "json", log_path=log_path
+    )
+    try:
+        wait_started(daemon, log_path)
+        wait_for(lambda: all(world.show(t).status == "completed" for t in first), what="payouts")
+        created_ok = 'ledger_stripe_calls_total{endpoint="transfers.create",outcome="ok"}'
+        metrics = wait_for(
+            lambda: (m := scrape(port)).get(created_ok) == 3 and m, what="three payouts counted"
+        )
+        assert metrics['ledger_attempts_total{kind="payout"}'] == 3
+        assert metrics['ledger_stripe_call_seconds_count{endpoint="transfers.create"}'] == 3
+        assert metrics["ledger_events_projected_total"] >= 3
+        assert metrics["ledger_daemons_running"] == 1
+        assert metrics["ledger_parked_items"] == 0
+        code, checks = health(world.url, capsys)
+        assert code == 0, checks
+
+        # The figures move as more work is done.
+        more = [world.create(f"order-more-{n}") for n in range(2)]
+        wait_for(lambda: scrape(port).get(created_ok) == 5, what="five payouts counted")
+        wait_for(lambda: all(world.show(t).status == "completed" for t in more), what="payouts")
+        metrics = scrape(port)
+        assert metrics['ledger_due_work{kind="payout"}'] == 0
+        assert metrics["ledger_projection_lag_events"] == 0
+        # A label holding an id would make a time series per transfer.
+        for name in metrics:
+            assert not UUID_RE.search(name) and "tr_" not in name, name
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert finish(daemon) == 0, log_path.read_text()
+
+    # Stopped cleanly: it no longer counts as a running daemon.
+    code, checks = health(world.url, capsys)
+    assert code == 1 and not checks["daemons"]["ok"]
+
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert all({"time", "level", "component", "message"} <= line.keys() for line in lines)
+    payouts = [line for line in lines if line.get("event") == "payout"]
+    assert {line["transfer_id"] for line in payouts} == {str(t) for t in first + more}
+    assert all(line["stripe_request_id"].startswith("req_") for line in payouts)
+
+
+def test_health_fails_while_the_projection_is_held_behind(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with world.ledger() as ledger:
+        # Appended the way a writer that died before projecting leaves it.
+        transfer = Transfer.create(
+            seller_account_id="acct_1Seller",
+            order_ref="order-unprojected",
+            amount=700,
+            currency="usd",
+            actor="test",
+        )
+        ledger.transfers.create_transfer(transfer)
+    code, checks = health(world.url, capsys, LEDGER_HEALTH_MAX_LAG_EVENTS="0")
+    assert code == 1
+    assert not checks["projection"]["ok"]
+    assert checks["projection"]["lag_events"] == 1
+    # Within the default limits one event behind is not yet a problem.
+    _, checks = health(world.url, capsys)
+    assert checks["projection"]["ok"]
+
+
+def test_health_fails_while_work_is_parked(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    poisoned = world.create("order-poisoned")
+    # Another system used the ledger's idempotency key with other parameters:
+    # Stripe answers idempotency_error and the work is parked for a person.
+    client = stripe.StripeClient(world.api_key, base_addresses={"api": world.sim.base_url})
+    client.v1.transfers.create(
+        params={"amount": 1, "currency": "usd", "destination": "acct_1Other"},
+        options={"idempotency_key": idempotency_key("payout", payout_cause(poisoned), 1)},
+    )
+    world.run_daemon_once()
+    code, checks = health(world.url, capsys)
+    assert code == 1
+    assert not checks["parked"]["ok"] and checks["parked"]["parked"] == 1
+    # Parked work is not counted as waiting for a daemon.
+    assert checks["due work"]["due"]["payout"] == 0
+
+
+def test_a_daemon_killed_outright_stops_being_seen(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log_path = tmp_path / "daemon.log"
+    daemon = start_daemon(world, log_path=log_path)
+    try:
+        wait_started(daemon, log_path)
+        code, checks = health(world.url, capsys)
+        assert checks["daemons"]["running"] == 1, checks
+    finally:
+        kill(daemon)
+    # No clean stop was recorded: only the heartbeat's age tells.
+    code, checks = health(world.url, capsys, LEDGER_HEALTH_DAEMON_SECONDS="0")
+    assert code == 1 and checks["daemons"]["running"] == 0
+
+
+def test_health_of_a_database_that_is_missing_or_not_migrated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    code, checks = health(url, capsys)
+    assert code == 1 and not checks["database"]["ok"]
+    assert list(checks) == ["database"]
+
+
+def test_a_malformed_threshold_is_bad_input(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEDGER_HEALTH_MAX_LAG_SECONDS", "soon")
+        assert run(["health", "--database-url", world.url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "LEDGER_HEALTH_MAX_LAG_SECONDS" in err
