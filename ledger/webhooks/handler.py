@@ -1,0 +1,382 @@
+"""Stripe webhook deliveries, as one plain function any web framework can call.
+
+    response = handle_delivery(ledger, request_body, request.headers.get("Stripe-Signature"),
+                               secret)
+    return (response.body, response.status, {"Content-Type": response.content_type})
+
+A delivery is checked with stripe-python's own signature verification (a bad,
+stale or missing signature: 400, nothing saved anywhere), deduplicated by its
+Stripe event id (a redelivery appends nothing), and then:
+
+- `transfer.reversed`, and `transfer.updated` when it shows a reversal: each
+  reversal made outside the ledger (one without the ledger's `ledger_cause`
+  metadata, not yet recorded) is recorded on the transfer through the matrix
+  by `Transfer.record_external_reversal`, actor `system:stripe-webhook`,
+  caused by the Stripe event id;
+- anything else: ignored.
+
+Whatever became of it is saved in `stripe_webhook_events` (in the same
+transaction as the events it appended, if any), logged on one line, and
+counted in `ledger_webhook_deliveries_total{type,outcome}`. Deliveries the
+matrix refuses, and those for transfers the ledger does not know, are answered
+200 too (Stripe would otherwise redeliver them for days) and are listed by
+`ledger reconcile`. The signing secret is used for the check and nowhere else:
+it is in no log line, response or error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+from uuid import UUID
+
+import stripe
+from prometheus_client import Counter
+
+from ledger import values
+from ledger.bootstrap import Ledger
+from ledger.domain import Transfer
+from ledger.errors import InvalidInput, TransferNotFound, TransitionRefused
+from ledger.webhooks import deliveries
+from ledger.webhooks.deliveries import Delivery, Outcome
+
+log = logging.getLogger("ledger.webhooks")
+
+WEBHOOK_ACTOR: Final = "system:stripe-webhook"
+# Stripe's own default: a delivery signed longer ago than this is refused, so
+# that a captured delivery cannot be replayed later.
+DEFAULT_TOLERANCE_SECONDS: Final = 300
+REVERSAL_EVENT_TYPES: Final = frozenset({"transfer.reversed", "transfer.updated"})
+# What a `transfer.updated` changed, when it shows a reversal.
+_REVERSAL_ATTRIBUTES: Final = frozenset({"amount_reversed", "reversals", "reversed"})
+# Outcomes of deliveries that never reach the table, for logs and metrics only.
+DUPLICATE: Final = "duplicate"
+BAD_SIGNATURE: Final = "bad_signature"
+MALFORMED: Final = "malformed"
+ERROR: Final = "error"
+# Metric labels hold an event type only when it looks like one (Stripe's types
+# are a fixed, documented set); never an id or anything else from the body.
+_EVENT_TYPE_LABEL: Final = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+){1,3}")
+
+# On the default registry: a marketplace that mounts the handler in its own
+# app gets the figures on its existing /metrics endpoint.
+DELIVERIES: Final = Counter(
+    "ledger_webhook_deliveries",
+    "Stripe webhook deliveries received, by event type and what became of them",
+    ["type", "outcome"],
+)
+
+
+@dataclass(frozen=True)
+class WebhookResponse:
+    """What to answer Stripe: 200 once the delivery is dealt with (whatever
+    became of it), 400 when it is refused (signature, payload: Stripe's
+    redeliveries cannot fix those), 500 when the ledger could not deal with it
+    now (the database, say): Stripe then delivers it again later."""
+
+    status: int
+    # A small JSON object: {"id", "outcome"} or {"error"}.
+    body: bytes
+    # recorded, already_known, ignored, refused, unknown_transfer, duplicate,
+    # bad_signature, malformed or error: as logged and counted.
+    outcome: str
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class _Reversal:
+    """A reversal in the Transfer object of a delivery, as Stripe sent it."""
+
+    id: str
+    amount: int
+    created: datetime | None
+    made_by_ledger: bool
+
+
+class _Unreadable(Exception):
+    """The (signed) payload is not the event it says it is."""
+
+
+class _NothingNew(Exception):
+    """Every reversal in the delivery is recorded already: append nothing."""
+
+
+def handle_delivery(
+    ledger: Ledger,
+    payload: bytes,
+    signature_header: str | None,
+    secret: str,
+    *,
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
+) -> WebhookResponse:
+    """Deal with one Stripe webhook delivery: `payload` is the raw request body
+    (bytes exactly as received: the signature covers them), `signature_header`
+    the `Stripe-Signature` header (None when absent), `secret` the endpoint's
+    signing secret (`whsec_...`). Safe to call from several threads at once
+    with one `Ledger`; never raises for what Stripe sent."""
+    received_at = datetime.now(UTC)
+    try:
+        event = stripe.Webhook.construct_event(
+            payload, signature_header, secret, tolerance=tolerance_seconds
+        ).to_dict()
+    except stripe.SignatureVerificationError as error:
+        return _refused(BAD_SIGNATURE, _signature_problem(error), secret)
+    except Exception:  # Not UTF-8, or signed but not an event: nothing to read.
+        return _refused(MALFORMED, "the body is not a Stripe event", secret)
+    event_id, event_type = event.get("id"), event.get("type")
+    if not (isinstance(event_id, str) and event_id and isinstance(event_type, str)):
+        return _refused(MALFORMED, "the event has no id or type", secret)
+    try:
+        previous = deliveries.previous(ledger.db, event_id)
+        if previous is not None and previous.outcome not in deliveries.RECONSIDERED:
+            return _answered(previous, DUPLICATE)
+        if event_type in REVERSAL_EVENT_TYPES:
+            delivery = _record_reversals(ledger, event_id, event_type, event, received_at)
+        else:
+            delivery = Delivery(event_id, event_type, Outcome.IGNORED, received_at)
+        if delivery.outcome != Outcome.RECORDED and not deliveries.save_alone(ledger.db, delivery):
+            # Another delivery of this event got there first.
+            return _answered(delivery, DUPLICATE)
+        return _answered(delivery, delivery.outcome)
+    except Exception as error:
+        # Not Stripe's doing (the database is down, a bug): nothing was saved,
+        # so Stripe's redelivery will find it new.
+        log.error(  # noqa: TRY400 - one line; no traceback in logs
+            "delivery %s %s: not dealt with: %s",
+            event_id,
+            event_type,
+            _scrub(f"{type(error).__name__}: {error}", secret),
+            extra={"stripe_event_id": event_id, "event_type": event_type, "outcome": ERROR},
+        )
+        DELIVERIES.labels(_type_label(event_type), ERROR).inc()
+        return WebhookResponse(500, _json({"error": "not dealt with; deliver again"}), ERROR)
+
+
+# ----- reversals made outside the ledger ----------------------------------------
+
+
+def _record_reversals(
+    ledger: Ledger,
+    event_id: str,
+    event_type: str,
+    event: Mapping[str, Any],
+    received_at: datetime,
+) -> Delivery:
+    data = event.get("data")
+    if not isinstance(data, Mapping):
+        data = {}
+    obj = data.get("object")
+    if not (isinstance(obj, Mapping) and obj.get("object") == "transfer"):
+        return Delivery(
+            event_id, event_type, Outcome.IGNORED, received_at, detail="not about a transfer"
+        )
+    try:
+        stripe_transfer_id = _text(obj.get("id"), "id")
+        reversals = _reversals(obj)
+        at_stripe = _whole(obj.get("amount_reversed"), "amount_reversed")
+    except _Unreadable as unreadable:
+        return Delivery(event_id, event_type, Outcome.IGNORED, received_at, detail=str(unreadable))
+
+    def delivered(
+        result: Outcome, detail: str | None = None, transfer_id: UUID | None = None
+    ) -> Delivery:
+        return Delivery(
+            event_id,
+            event_type,
+            result,
+            received_at,
+            stripe_transfer_id=stripe_transfer_id,
+            transfer_id=transfer_id,
+            detail=detail,
+        )
+
+    if event_type == "transfer.updated" and not _shows_reversal(data):
+        return delivered(Outcome.IGNORED, "the update is not a reversal")
+    transfer = _find_transfer(ledger, obj, stripe_transfer_id)
+    if transfer is None:
+        return delivered(
+            Outcome.UNKNOWN_TRANSFER,
+            f"no ledger transfer for Stripe transfer {stripe_transfer_id}"
+            f" (transfer_group {obj.get('transfer_group')!r})",
+        )
+    if transfer.stripe_transfer_id not in (None, stripe_transfer_id):
+        return delivered(
+            Outcome.REFUSED,
+            f"transfer {transfer.id} was paid out as {transfer.stripe_transfer_id},"
+            f" not {stripe_transfer_id}",
+            transfer.id,
+        )
+    outside = [r for r in reversals if not r.made_by_ledger]
+    if not outside:
+        return delivered(Outcome.ALREADY_KNOWN, "the ledger's own reversal", transfer.id)
+
+    def record(current: Transfer) -> None:
+        # Oldest first: each one's amount_reversed adds to the one before.
+        recorded = [
+            current.record_external_reversal(
+                stripe_reversal_id=r.id,
+                amount=r.amount,
+                amount_reversed_at_stripe=at_stripe,
+                made_at=r.created,
+                actor=WEBHOOK_ACTOR,
+                caused_by=event_id,
+            )
+            for r in outside
+        ]
+        if not any(recorded):
+            raise _NothingNew
+
+    delivery = delivered(Outcome.RECORDED, None, transfer.id)
+    try:
+        ledger.transfers.change(
+            transfer.id, record, also_execute=[deliveries.save_statement(ledger.db, delivery)]
+        )
+    except _NothingNew:
+        return delivered(Outcome.ALREADY_KNOWN, "recorded before", transfer.id)
+    except (TransitionRefused, InvalidInput) as refusal:
+        # InvalidInput: Stripe's figures contradict the ledger's (more reversed
+        # than it has left): a person must look, as for the matrix's refusals.
+        # (ConcurrentUpdate goes up: a 500, and Stripe delivers it again later.)
+        return delivered(Outcome.REFUSED, str(refusal), transfer.id)
+    # The read table is current when the answer goes back, as after any command.
+    ledger.catch_up()
+    return delivery
+
+
+def _find_transfer(
+    ledger: Ledger, obj: Mapping[str, Any], stripe_transfer_id: str
+) -> Transfer | None:
+    """The ledger transfer this Stripe transfer belongs to: its transfer_group
+    (the ledger's id, which the payout manager sets), the ledger id in its
+    metadata, or else the read table's stripe_transfer_id (transfers imported
+    from the old table were grouped by whatever made them)."""
+    metadata = obj.get("metadata")
+    named = [
+        obj.get("transfer_group"),
+        metadata.get("ledger_transfer_id") if isinstance(metadata, Mapping) else None,
+    ]
+    for candidate in named:
+        try:
+            return ledger.transfers.get(values.transfer_id(candidate))
+        except (InvalidInput, TransferNotFound):
+            continue
+    ledger.ensure_current()
+    paid_as = deliveries.ledger_id_for_stripe_transfer(ledger.db, stripe_transfer_id)
+    return None if paid_as is None else ledger.transfers.get(paid_as)
+
+
+def _reversals(obj: Mapping[str, Any]) -> list[_Reversal]:
+    """The reversals embedded in a Transfer object, oldest first (Stripe lists
+    them newest first, the ten newest; older ones came in their own events)."""
+    listing = obj.get("reversals")
+    items = listing.get("data") if isinstance(listing, Mapping) else None
+    if not isinstance(items, list):
+        raise _Unreadable("the transfer has no reversals list")
+    found = []
+    for item in reversed(items):
+        if not isinstance(item, Mapping):
+            raise _Unreadable("a reversal is not an object")
+        metadata = item.get("metadata")
+        created = item.get("created")
+        found.append(
+            _Reversal(
+                id=_text(item.get("id"), "reversal id"),
+                amount=_whole(item.get("amount"), "reversal amount"),
+                created=(
+                    datetime.fromtimestamp(created, UTC)
+                    if isinstance(created, int) and not isinstance(created, bool)
+                    else None
+                ),
+                # The reversal manager's reversals name the event that asked for
+                # them; the daemon records those itself.
+                made_by_ledger=isinstance(metadata, Mapping) and bool(metadata.get("ledger_cause")),
+            )
+        )
+    return found
+
+
+def _shows_reversal(data: Mapping[str, Any]) -> bool:
+    """Whether a transfer.updated is about a reversal: what it changed says so
+    (and when it does not say what changed, it may be)."""
+    changed = data.get("previous_attributes")
+    if not isinstance(changed, Mapping):
+        return True
+    return bool(_REVERSAL_ATTRIBUTES.intersection(changed))
+
+
+def _text(value: object, name: str) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    raise _Unreadable(f"the {name} is missing")
+
+
+def _whole(value: object, name: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise _Unreadable(f"the {name} is not a whole number")
+
+
+# ----- answers ----------------------------------------------------------------------
+
+
+def _answered(delivery: Delivery, outcome: str) -> WebhookResponse:
+    """A delivery dealt with: one log line, one count, 200."""
+    transfer = str(delivery.transfer_id) if delivery.transfer_id else "-"
+    log.log(
+        logging.WARNING if outcome in (Outcome.REFUSED, Outcome.UNKNOWN_TRANSFER) else logging.INFO,
+        "delivery %s %s: transfer %s: %s%s",
+        delivery.stripe_event_id,
+        delivery.event_type,
+        transfer,
+        outcome,
+        f": {delivery.detail}" if delivery.detail else "",
+        extra={
+            "stripe_event_id": delivery.stripe_event_id,
+            "event_type": delivery.event_type,
+            "transfer_id": None if delivery.transfer_id is None else transfer,
+            "stripe_transfer_id": delivery.stripe_transfer_id,
+            "outcome": outcome,
+        },
+    )
+    DELIVERIES.labels(_type_label(delivery.event_type), outcome).inc()
+    return WebhookResponse(
+        200, _json({"id": delivery.stripe_event_id, "outcome": outcome}), outcome
+    )
+
+
+def _refused(outcome: str, problem: str, secret: str) -> WebhookResponse:
+    """A delivery refused before anything was read from it: 400."""
+    problem = _scrub(problem, secret)
+    log.warning("delivery refused: %s", problem, extra={"outcome": outcome})
+    DELIVERIES.labels("unverified", outcome).inc()
+    return WebhookResponse(400, _json({"error": problem}), outcome)
+
+
+def _signature_problem(error: stripe.SignatureVerificationError) -> str:
+    """stripe-python's reason, in a few words of our own."""
+    message = str(error.user_message or error)
+    if "No Stripe-Signature header" in message:
+        return "no Stripe-Signature header"
+    if "tolerance" in message:
+        return "the signature is too old (its timestamp is outside the tolerance)"
+    if "No webhook secret" in message:
+        return "no signing secret is configured"
+    return "the signature does not match"
+
+
+def _type_label(event_type: str) -> str:
+    return event_type if _EVENT_TYPE_LABEL.fullmatch(event_type) else "other"
+
+
+def _scrub(text: str, secret: str) -> str:
+    # Belt and braces: none of our messages is built from the secret.
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+def _json(data: Mapping[str, str]) -> bytes:
+    return json.dumps(data).encode()

@@ -1,0 +1,203 @@
+"""`ledger webhook serve`: `handle_delivery` served over HTTP by Starlette on uvicorn.
+
+    POST /stripe/webhooks   a Stripe delivery (the endpoint to register with Stripe)
+    GET  /healthz           200 when the database answers, else 503
+    GET  /metrics           Prometheus text: ledger_webhook_deliveries_total{type,outcome}
+
+A thin layer: it reads the raw body and the Stripe-Signature header, runs the
+handler on a worker thread (it talks to the database), and sends its answer
+back. SIGTERM or SIGINT stop it cleanly: uvicorn finishes the requests in
+flight, then the command exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import socket
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import anyio
+import anyio.to_thread
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ledger.bootstrap import Ledger
+from ledger.config import env_number
+from ledger.errors import InvalidInput, LedgerError
+from ledger.signals import stop_on_signals
+from ledger.webhooks.handler import DEFAULT_TOLERANCE_SECONDS, handle_delivery
+
+log = logging.getLogger("ledger.webhooks")
+
+WEBHOOK_PATH: Final = "/stripe/webhooks"
+# Stripe's payloads are a few kilobytes; this bounds what one request may make
+# the server hold in memory.
+MAX_BODY_BYTES: Final = 1024 * 1024
+# Deliveries handled at once: each holds a database connection while it runs.
+CONCURRENT_DELIVERIES: Final = 4
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    secret: str = field(repr=False)
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> WebhookSettings:
+        secret = environ.get("STRIPE_WEBHOOK_SECRET", "").strip()
+        if not secret:
+            raise InvalidInput(
+                "STRIPE_WEBHOOK_SECRET is not set: `ledger webhook serve` needs the"
+                " endpoint's signing secret (whsec_...) to check deliveries"
+            )
+        tolerance = env_number(
+            environ,
+            "STRIPE_WEBHOOK_TOLERANCE_SECONDS",
+            DEFAULT_TOLERANCE_SECONDS,
+            minimum=0,
+            exclusive=True,
+        )
+        assert tolerance is not None
+        return cls(secret=secret, tolerance_seconds=int(tolerance))
+
+
+def build_app(ledger: Ledger, settings: WebhookSettings) -> Starlette:
+    """The ASGI app; `ledger` stays open for as long as the app serves."""
+    limiter = anyio.CapacityLimiter(CONCURRENT_DELIVERIES)
+
+    async def receive(request: Request) -> Response:
+        body = await _body(request)
+        if body is None:
+            return JSONResponse({"error": "the body is too large"}, status_code=413)
+        answer = await anyio.to_thread.run_sync(
+            lambda: handle_delivery(
+                ledger,
+                body,
+                request.headers.get("stripe-signature"),
+                settings.secret,
+                tolerance_seconds=settings.tolerance_seconds,
+            ),
+            limiter=limiter,
+        )
+        return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
+
+    async def healthz(_request: Request) -> Response:
+        try:
+            await anyio.to_thread.run_sync(lambda: _ping(ledger), limiter=limiter)
+        except Exception as error:  # The probe's answer is the point.
+            return JSONResponse(
+                {"status": "unavailable", "error": type(error).__name__}, status_code=503
+            )
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route(WEBHOOK_PATH, receive, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
+
+
+async def _body(request: Request) -> bytes | None:
+    """The raw body, or None when it is larger than MAX_BODY_BYTES."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _ping(ledger: Ledger) -> None:
+    with ledger.db.transaction(write=False) as cursor:
+        cursor.execute("SELECT 1 AS ok")
+        cursor.fetchone()
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    # Configuration first: a missing secret or a bad port is bad input (exit 2)
+    # before anything is opened.
+    settings = WebhookSettings.from_env()
+    port = _port(args.port)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    listener = _listen(args.host, port)
+    stop = threading.Event()
+    with (
+        contextlib.closing(listener),
+        # uvicorn stops on these signals itself, then raises them again once
+        # it is done: this handler then takes them, and the command exits 0.
+        stop_on_signals(stop),
+        Ledger.open(args.database_url, pool_size=CONCURRENT_DELIVERIES + 1) as ledger,
+    ):
+        host, bound_port = listener.getsockname()[:2]
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_app(ledger, settings),
+                # The ledger's own log line per delivery says what matters;
+                # uvicorn's access lines would double it, and its dictConfig
+                # would replace ours.
+                log_config=None,
+                access_log=False,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        log.info(
+            "webhook server listening on http://%s:%d%s (%s)",
+            host,
+            bound_port,
+            WEBHOOK_PATH,
+            ledger.db.dialect,
+        )
+        server.run(sockets=[listener])
+        log.info("webhook server stopped")
+    return 0
+
+
+def _port(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit()) or not 0 <= int(raw) <= 65535:
+        raise InvalidInput(f"invalid --port {raw!r}: expected a whole number 0-65535")
+    return int(raw)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind before serving, so that the log line names the port really bound
+    (`--port 0` picks a free one) and connections wait in the backlog."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = info[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise LedgerError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(128)
+    except OSError as error:
+        listener.close()
+        raise LedgerError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return listener
