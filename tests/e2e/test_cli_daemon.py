@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,35 @@ def test_a_bad_concurrency_is_one_line_and_exit_2(cli: LedgerCli, concurrency: s
     result = cli.cli("daemon", "--once", "--concurrency", concurrency, "--database-url", cli.url)
     assert result.code == 2
     assert "--concurrency" in assert_one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--metrics-port", "0"), ("--metrics-port", "http"), ("--log-format", "xml")],
+)
+def test_a_bad_metrics_port_or_log_format_is_one_line_and_exit_2(
+    cli: LedgerCli, flag: str, value: str
+) -> None:
+    result = cli.cli("daemon", "--once", flag, value, "--database-url", cli.url)
+    assert result.code == 2
+    assert flag in assert_one_line_error(result)
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_1(
+    cli: LedgerCli, sim: SimulatorServer, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        process = run_script(
+            ["daemon", "--once", "--metrics-port", port, "--database-url", cli.url],
+            cwd=tmp_path,
+            env={"STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": sim.base_url},
+        )
+    result = script_result(process)
+    assert result.code == 1
+    assert "cannot serve metrics" in assert_one_line_error(result)
 
 
 def test_parked_list_is_empty_on_a_healthy_ledger(cli: LedgerCli) -> None:
