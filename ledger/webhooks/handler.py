@@ -366,6 +366,8 @@ def _signature_problem(error: stripe.SignatureVerificationError) -> str:
         return "the signature is too old (its timestamp is outside the tolerance)"
     if "No webhook secret" in message:
         return "no signing secret is configured"
+    if "Unable to extract" in message or "expected scheme" in message:
+        return "the Stripe-Signature header has no timestamp or no v1 signature"
     return "the signature does not match"
 
 
