@@ -151,7 +151,7 @@ def handle_delivery(
             event_id,
             event_type,
             _scrub(f"{type(error).__name__}: {error}", secret),
-            extra={"stripe_event_id": event_id, "event_type": event_type, "outcome": ERROR},
+            extra={"stripe_event_id": event_id, "event": event_type, "outcome": ERROR},
         )
         DELIVERIES.labels(_type_label(event_type), ERROR).inc()
         return WebhookResponse(500, _json({"error": "not dealt with; deliver again"}), ERROR)
@@ -337,7 +337,8 @@ def _answered(delivery: Delivery, outcome: str) -> WebhookResponse:
         f": {delivery.detail}" if delivery.detail else "",
         extra={
             "stripe_event_id": delivery.stripe_event_id,
-            "event_type": delivery.event_type,
+            # `event` and `transfer_id` are the fields JSON log lines carry.
+            "event": delivery.event_type,
             "transfer_id": None if delivery.transfer_id is None else transfer,
             "stripe_transfer_id": delivery.stripe_transfer_id,
             "outcome": outcome,

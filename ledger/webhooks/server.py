@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import socket
-import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ledger import logs
 from ledger.bootstrap import Ledger
 from ledger.config import env_number
 from ledger.errors import InvalidInput, LedgerError
@@ -139,10 +139,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
     # before anything is opened.
     settings = WebhookSettings.from_env()
     port = _port(args.port)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    # Text on a terminal, one JSON object per line otherwise, as the daemon's;
+    # both secrets scrubbed from every line as a last line of defence.
+    logs.configure(
+        getattr(args, "log_format", "auto"),
+        secrets=[settings.secret, os.environ.get("STRIPE_API_KEY", "")],
     )
     listener = _listen(args.host, port)
     stop = threading.Event()
