@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
 from ledger import values
@@ -46,6 +46,9 @@ from ledger.errors import (
     TransitionRefused,
 )
 from projections.seller_transfers import TransferView
+
+if TYPE_CHECKING:
+    from ledger.webhooks import WebhookResponse
 
 __all__ = [
     "API_ACTOR",
@@ -158,6 +161,18 @@ class TransferLedger:
     ) -> ImportResult:
         """Bulk-load transfers from an existing table (see `ledger.importing`)."""
         return self._core.import_transfers(records, actor=values.text(actor, "actor"))
+
+    def handle_stripe_webhook(
+        self, payload: bytes, signature_header: str | None, secret: str
+    ) -> WebhookResponse:
+        """One Stripe webhook delivery, for a marketplace that mounts the
+        handler in its own web framework: answer with the returned status,
+        body and content type. Never raises for what Stripe sent. See
+        `ledger.webhooks.handle_delivery`."""
+        # Imported here: stripe-python is for webhook handling only.
+        from ledger.webhooks import handle_delivery  # noqa: PLC0415
+
+        return handle_delivery(self._core, payload, signature_header, secret)
 
     # ----- reads ----------------------------------------------------------------
 

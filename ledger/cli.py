@@ -482,6 +482,15 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 # ----- parser -----------------------------------------------------------------
 
 
+def add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=logs.LOG_FORMATS,
+        default="auto",
+        help="json: one object per line; text; auto (default): text on a terminal, else json",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
@@ -558,12 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument(
         "--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)"
     )
-    daemon.add_argument(
-        "--log-format",
-        choices=logs.LOG_FORMATS,
-        default="auto",
-        help="json: one object per line; text; auto (default): text on a terminal, else json",
-    )
+    add_log_format(daemon)
 
     add(
         commands,
@@ -636,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     webhook_serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
+    add_log_format(webhook_serve)
 
     matrix_cmd = add(commands, "matrix", cmd_matrix, "print the transition matrix")
     matrix_cmd.add_argument("--format", choices=("table", "mermaid"), default="table")

@@ -120,3 +120,11 @@ def test_the_api_raises_the_errors_the_cli_maps_to_exit_codes(world: World) -> N
         [entry] = ledger.history(transfer.id, version=2).entries[1:]
         assert (entry.actor, entry.reason) == ("ops@example", "bank says account closed")
         assert isinstance(transfer.id, UUID)
+
+
+def test_the_webhook_handler_is_reachable_from_the_api(world: World) -> None:
+    """For a marketplace mounting it in its own framework: an unsigned
+    delivery is refused and nothing is recorded."""
+    with open_ledger(world.url) as ledger:
+        answer = ledger.handle_stripe_webhook(b'{"id": "evt_1"}', None, "whsec_test")
+    assert answer.status == 400
