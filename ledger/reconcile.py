@@ -124,7 +124,7 @@ class Checked:
     # Stripe transfers listed, and those among them that name no ledger
     # transfer (the platform's other business): those are left alone.
     stripe_transfers: int = 0
-    not_the_ledgers: int = 0
+    other_stripe_transfers: int = 0
     # Of the ledger transfers: how many had to be retrieved one by one (pass 2).
     retrieved: int = 0
     reversals: int = 0
@@ -168,7 +168,7 @@ class Report:
         checked = self.checked
         scope = (
             f"{checked.ledger_transfers:,} ledger transfers, {checked.stripe_transfers:,} Stripe"
-            f" transfers ({checked.not_the_ledgers:,} not the ledger's),"
+            f" transfers ({checked.other_stripe_transfers:,} not the ledger's),"
             f" {checked.reversals:,} reversals checked"
         )
         if self.since:
@@ -255,7 +255,7 @@ class Reconciliation:
             for transfer, ledger_id in named:
                 self.checked.stripe_transfers += 1
                 if ledger_id is None:
-                    self.checked.not_the_ledgers += 1
+                    self.checked.other_stripe_transfers += 1
                     continue
                 self._check_named(transfer, ledger_id, rows.get(ledger_id))
             self._show_progress()
@@ -330,7 +330,7 @@ class Reconciliation:
             note = (
                 f"Stripe has a transfer for this {row.status} ledger transfer that the ledger"
                 f" did not make ({_describe(transfer)}): the daemon's next attempt would pay"
-                " again; record it with `ledger transfer set-status` or reverse it at Stripe"
+                " it again"
             )
         elif row.status == Status.PERMANENTLY_FAILED:
             note = (

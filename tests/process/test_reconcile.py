@@ -377,6 +377,33 @@ def test_a_payout_and_a_reversal_between_stripe_and_the_ledger_may_be_in_flight(
     assert_clean(run_reconcile)
 
 
+def test_a_stripe_transfer_the_ledger_records_but_stripe_does_not_have_is_reported(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its own world: an imported row with a mistyped Stripe id stays wrong.
+    transfer_id = uuid.uuid4()
+    line = {
+        "id": str(transfer_id),
+        "seller_account_id": SELLER,
+        "order_ref": "legacy-typo",
+        "amount": 800,
+        "currency": "usd",
+        "status": "completed",
+        "stripe_transfer_id": "tr_mistyped",
+    }
+    with world.ledger() as ledger:
+        ledger.import_transfers(parse_lines([json.dumps(line)]))
+    monkeypatch.setenv("STRIPE_API_KEY", API_KEY)
+    monkeypatch.setenv("STRIPE_API_BASE", world.sim.base_url)
+    result = Cli(capsys)("reconcile", "--database-url", world.url, "--json")
+    assert result.code == 1
+    data = result.json()
+    assert [
+        (d["transfer_id"], d["field"], d["ledger"], d["stripe"]) for d in data["differences"]
+    ] == [(str(transfer_id), "transfer", "tr_mistyped", None)]
+    assert (data["checked"]["stripe_transfers"], data["checked"]["retrieved"]) == (0, 1)
+
+
 # ----- webhooks ---------------------------------------------------------------------
 
 
