@@ -188,12 +188,20 @@ class StripeReader:
         return tuple(reversed(found))
 
     def _call(self, what: str, request: Callable[[], T], *, missing_ok: bool = False) -> T:
-        for attempt in range(self._backoff.max_tries):
+        attempt = 0
+        while True:
             try:
                 return request()
             except stripe.RateLimitError:
                 self.rate_limited += 1
-                wait = self._backoff.delay(attempt)
+                attempt += 1
+                if attempt >= self._backoff.max_tries:
+                    raise StripeReadFailed(
+                        f"Stripe answered 429 (rate limited) {attempt} times in a row to"
+                        f" {what}: the account's rate limit is taken by other work; try again"
+                        " later"
+                    ) from None
+                wait = self._backoff.delay(attempt - 1)
                 # Which request and how long: no key, no header, nothing secret.
                 log.info("Stripe rate limit (429) on %s: waiting %.2f s", what, wait)
                 self._sleep(wait)
@@ -202,10 +210,6 @@ class StripeReader:
                     raise _Missing from None
                 failure = classify(error, self._secret)
                 raise StripeReadFailed(f"Stripe did not {what}: {failure.summary()}") from None
-        raise StripeReadFailed(
-            f"Stripe answered 429 (rate limited) {self._backoff.max_tries} times in a row to"
-            f" {what}: the account's read limit is taken by other work; try again later"
-        )
 
 
 class _Missing(Exception):

@@ -525,11 +525,12 @@ def test_rate_limits_while_listing_are_waited_out_with_growing_waits(paid: Paid)
 def test_reconcile_gives_up_when_stripe_keeps_rate_limiting(paid: Paid) -> None:
     world = paid.world
     world.simulator.add_fault("429", count=2, path="/v1/transfers", method="GET")
-    reader = StripeReader(
-        world.stripe_settings(), backoff=Backoff(max_tries=2), sleep=lambda _: None
-    )
+    waits: list[float] = []
+    reader = StripeReader(world.stripe_settings(), backoff=Backoff(max_tries=2), sleep=waits.append)
     with world.ledger() as ledger, pytest.raises(StripeReadFailed) as gave_up:
         reconcile(ledger, reader)
+    # Two tries, one wait between them: no wait after the last.
+    assert len(waits) == 1
     message = str(gave_up.value)
     assert "429 (rate limited) 2 times in a row to list transfers" in message
     assert "\n" not in message
