@@ -6,8 +6,12 @@
         transfer = ledger.create_transfer(
             seller="acct_1Nv0", amount=1250, currency="usd", order_ref="order-8812"
         )
+        print(transfer.status)  # pending: `ledger daemon` pays it out
+
+    # Later, once it is paid out (completed), the refund handler:
+    with open_ledger(url) as ledger:
         ledger.request_reversal(transfer.id, request_ref="re_3Pq", reason="customer refund")
-        print(ledger.get(transfer.id).status)  # reversal_pending
+        print(ledger.get(transfer.id).status)  # reversal_pending: the daemon reverses it
 
 Every call validates its arguments, goes through the transition matrix, and
 returns once its effect is visible in the `seller_transfers` read table. The
@@ -180,7 +184,7 @@ class TransferLedger:
         """The transfer's current state (its `seller_transfers` row)."""
         return self._core.show(values.transfer_id(transfer_id))
 
-    def list(self, status: str | None = None) -> list[TransferView]:
+    def list_transfers(self, status: str | None = None) -> list[TransferView]:
         """Rows of the read table, all or those in one status."""
         return self._core.list(values.status(status) if status is not None else None)
 

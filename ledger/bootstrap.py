@@ -275,5 +275,7 @@ def build_daemon(
     clock = DatabaseClock(ledger.db)
     gateway = StripeGateway(stripe, observer)
     manager = ProcessManager(ledger.transfers, work, gateway, policy, clock, observer=observer)
-    heartbeat = Heartbeat(ledger.db, work.owner, options.concurrency, clock)
+    heartbeat = Heartbeat(
+        ledger.db, work.owner, options.concurrency, clock, options.heartbeat_seconds
+    )
     return Daemon(ledger, manager, work, options, stop, heartbeat=heartbeat, observer=observer)

@@ -36,6 +36,7 @@ from ledger.errors import InvalidInput, LedgerError, TransferNotFound, Transitio
 from ledger.health import Thresholds, health_report
 from ledger.processing.clock import DatabaseClock
 from ledger.processing.daemon import DaemonOptions
+from ledger.processing.heartbeat import BEAT_SECONDS
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.policy import RetryPolicy
 from ledger.signals import stop_on_signals
@@ -138,7 +139,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     status = values.status(args.status) if args.status is not None else None
     with open_ledger(args.database_url) as ledger:
-        views = ledger.list(status)
+        views = ledger.list_transfers(status)
     if args.json:
         _print_json([v.as_json() for v in views])
     else:
@@ -356,6 +357,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     stripe_settings = StripeSettings.from_env()
     policy = RetryPolicy.from_env()
     claim_seconds = env_number(os.environ, "LEDGER_CLAIM_SECONDS", None, minimum=0, exclusive=True)
+    heartbeat_seconds = env_number(
+        os.environ, "LEDGER_HEARTBEAT_SECONDS", BEAT_SECONDS, minimum=0, exclusive=True
+    )
+    assert heartbeat_seconds is not None
+    thresholds = Thresholds.from_env()
     logs.configure(
         args.log_format,
         secrets=[stripe_settings.api_key, os.environ.get("STRIPE_WEBHOOK_SECRET", "")],
@@ -388,6 +394,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                     ledger.db,
                     ledger.transfers.mapper.to_domain_event,
                     DatabaseClock(ledger.db),
+                    daemon_seen_seconds=thresholds.daemon_seen_seconds,
                 )
             except OSError as error:
                 raise LedgerError(
@@ -400,7 +407,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             ledger,
             stripe_settings,
             policy,
-            DaemonOptions(concurrency=concurrency, once=args.once, claim_seconds=claim_seconds),
+            DaemonOptions(
+                concurrency=concurrency,
+                once=args.once,
+                claim_seconds=claim_seconds,
+                heartbeat_seconds=heartbeat_seconds,
+            ),
             stop,
             observer=observer,
         )

@@ -44,8 +44,16 @@ def log_context(**fields: str) -> Iterator[None]:
 
 
 def note(**fields: str | None) -> None:
-    """Add fields to the current block's context (e.g. the last Stripe request id)."""
-    _context.set({**_context.get(), **{k: v for k, v in fields.items() if v}})
+    """Set fields in the current block's context (e.g. the last Stripe request
+    id). None clears a field: a call that got no request id must not leave the
+    previous call's id on the lines that follow."""
+    context = dict(_context.get())
+    for name, value in fields.items():
+        if value:
+            context[name] = value
+        else:
+            context.pop(name, None)
+    _context.set(context)
 
 
 class _ContextFilter(logging.Filter):

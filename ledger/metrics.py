@@ -88,11 +88,16 @@ class LedgerCollector(Collector):
     """Gauges read from the database when Prometheus scrapes."""
 
     def __init__(
-        self, db: Database, decode: Callable[[Any], Any], clock: Callable[[], datetime]
+        self,
+        db: Database,
+        decode: Callable[[Any], Any],
+        clock: Callable[[], datetime],
+        daemon_seen_seconds: float,
     ) -> None:
         self.db = db
         self.decode = decode
         self.clock = clock
+        self.daemon_seen_seconds = daemon_seen_seconds
         # Two scrapes at once (two Prometheus servers) share one reading.
         self._lock = threading.Lock()
 
@@ -100,10 +105,16 @@ class LedgerCollector(Collector):
         with self._lock:
             try:
                 m = measure(self.db, self.decode, self.clock())
-            except Exception:
-                # A scrape must not take the daemon down; the gap in the series
-                # (and `ledger_up 0`) shows the database did not answer.
-                log.exception("metrics: reading the ledger's state failed")
+            except Exception as error:
+                # A scrape must not take the daemon down; `ledger_up 0` shows
+                # the database did not answer. One line: a scrape every 15 s
+                # while the database is down must not fill the log with tracebacks.
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                log.error(  # noqa: TRY400 - the failure is in the line
+                    "metrics: reading the ledger's state failed: %s: %s",
+                    type(error).__name__,
+                    first_line,
+                )
                 yield GaugeMetricFamily("ledger_up", "1 when the database answered.", value=0)
                 return
         yield GaugeMetricFamily("ledger_up", "1 when the database answered.", value=1)
@@ -142,8 +153,12 @@ class LedgerCollector(Collector):
         )
         yield GaugeMetricFamily(
             "ledger_daemons_running",
-            "Daemons whose heartbeat is under a minute old.",
-            value=sum(1 for d in m.daemons if not d.stopped and d.seen_seconds_ago <= 60),
+            "Daemons seen within LEDGER_HEALTH_DAEMON_SECONDS (as `ledger health` counts them).",
+            value=sum(
+                1
+                for d in m.daemons
+                if not d.stopped and d.seen_seconds_ago <= self.daemon_seen_seconds
+            ),
         )
 
 
@@ -157,10 +172,12 @@ class MetricsServer:
         db: Database,
         decode: Callable[[Any], Any],
         clock: Callable[[], datetime],
+        *,
+        daemon_seen_seconds: float,
     ) -> None:
         registry = CollectorRegistry()
         self.observer = PrometheusObserver(registry)
-        registry.register(LedgerCollector(db, decode, clock))
+        registry.register(LedgerCollector(db, decode, clock, daemon_seen_seconds))
         self._server, self._thread = start_http_server(port, addr=host, registry=registry)
 
     @property

@@ -40,7 +40,7 @@ from ledger.processing.effects import (
     OperatorProblem,
     ProcessManager,
 )
-from ledger.processing.heartbeat import Heartbeat
+from ledger.processing.heartbeat import BEAT_SECONDS, Heartbeat
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.work import Claim, WorkStore
 from projections.seller_transfers import (
@@ -89,6 +89,8 @@ class DaemonOptions:
     # How long a claim lasts before another daemon may take the work over.
     # None: longer than the longest Stripe call can take (see build_daemon).
     claim_seconds: float | None = None
+    # How often the loop writes its heartbeat (LEDGER_HEARTBEAT_SECONDS).
+    heartbeat_seconds: float = BEAT_SECONDS
 
 
 class Daemon:

@@ -116,7 +116,7 @@ def test_the_api_raises_the_errors_the_cli_maps_to_exit_codes(world: World) -> N
             transfer.id, "failed", actor="ops@example", reason="bank says account closed"
         )
         assert failed.status == "failed" and failed.version == 2
-        assert [t.id for t in ledger.list("failed")] == [transfer.id]
+        assert [t.id for t in ledger.list_transfers("failed")] == [transfer.id]
         [entry] = ledger.history(transfer.id, version=2).entries[1:]
         assert (entry.actor, entry.reason) == ("ops@example", "bank says account closed")
         assert isinstance(transfer.id, UUID)

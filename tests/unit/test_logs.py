@@ -51,6 +51,15 @@ def test_json_lines_carry_the_context_of_the_work_being_done() -> None:
     assert "transfer_id" not in second and second["level"] == "warning"
 
 
+def test_a_call_without_a_request_id_clears_the_previous_one() -> None:
+    stream = configured("json")
+    with logs.log_context(transfer_id="t"):
+        logs.note(stripe_request_id="req_1")
+        logs.note(stripe_request_id=None)  # e.g. a dropped connection: no request id
+        logging.getLogger("ledger.daemon").info("look-up failed")
+    assert "stripe_request_id" not in json.loads(stream.getvalue())
+
+
 def test_one_thread_s_context_never_reaches_another_s_lines() -> None:
     stream = configured("json")
     inside = threading.Event()
