@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, cast
@@ -25,7 +25,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from psycopg import Cursor as PgCursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier
 
 from ledger.errors import DatabaseUnavailable
@@ -40,6 +40,11 @@ EXCLUSIVE_WAIT_SECONDS = 600.0
 EXCLUSIVE_POLL_SECONDS = 0.1
 # Stay under old SQLite builds' limit of 999 bound parameters per statement.
 SQLITE_MAX_PARAMS = 900
+# Rows per chunk when streaming a whole table (Database.stream_rows).
+STREAM_CHUNK_ROWS = 1000
+# libpq 17 brought chunked results (many rows per fetch, one statement); older
+# libpq streams row by row, which is slower but as flat in memory.
+_LIBPQ_CHUNKED_ROWS = 170000
 Dialect = Literal["sqlite", "postgresql"]
 
 
@@ -338,6 +343,84 @@ class Database:
     def to_db_id(self, value: UUID) -> Any:
         return value if self.dialect == "postgresql" else str(value)
 
+    # ----- bulk reads and writes (rebuild, audit verify) ----------------------
+
+    def uuid_as_text(self, column: str) -> str:
+        """SQL for a UUID column as text: canonical on PostgreSQL (which sorts
+        uuids the way it sorts that text); as stored on SQLite."""
+        return f"{column}::text" if self.dialect == "postgresql" else column
+
+    def stream_rows(
+        self, sql: str, params: Sequence[Any] = (), *, chunk: int = STREAM_CHUNK_ROWS
+    ) -> Iterator[tuple[Any, ...]]:
+        """The rows of one query as plain tuples, in a read-only transaction of
+        their own, `chunk` rows at a time: memory stays flat however many rows,
+        and no dict is built per row. PostgreSQL sends results in binary (bytea
+        as bytes, times as datetimes) through libpq's chunked mode: one
+        statement, no server-side cursor round trips. Nothing may be written on
+        the connection meanwhile, so a caller that writes uses another one."""
+        if self.dialect == "sqlite":
+            with self._sqlite.get_connection(commit=False) as conn:
+                raw = conn.cursor().sqlite_cursor
+                raw.row_factory = None  # plain tuples
+                raw.execute("BEGIN")
+                try:
+                    raw.execute(sql, params)
+                    while rows := raw.fetchmany(chunk):
+                        yield from rows
+                finally:
+                    conn.rollback()
+            return
+        size = chunk if psycopg.pq.version() >= _LIBPQ_CHUNKED_ROWS else 1
+        with (
+            self._bulk_connection() as pg_conn,
+            pg_conn.transaction(force_rollback=True),
+            pg_conn.cursor(row_factory=tuple_row, binary=True) as cursor,
+        ):
+            yield from cursor.stream(sql.replace("?", "%s"), params or None, size=size)
+
+    def copy_rows_into(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        then: Callable[[Cursor], None] | None = None,
+    ) -> int:
+        """PostgreSQL only: COPY `rows` into `table` in one transaction, then run
+        `then(cursor)` in that same transaction; returns how many rows. The rows
+        may come from a generator: they are sent as they come, a buffer at a
+        time. Values go in COPY's text form, so a timestamptz column also
+        takes an ISO 8601 string."""
+        if self.dialect != "postgresql":
+            raise TypeError("copy_rows_into needs PostgreSQL")
+        count = 0
+        with (
+            self._bulk_connection() as pg_conn,
+            pg_conn.transaction(),
+            pg_conn.cursor() as cursor,
+        ):
+            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                write_row = copy.write_row
+                for row in rows:
+                    write_row(row)
+                    count += 1
+            if then is not None:
+                then(_PostgresCursor(cursor))
+        return count
+
+    def for_forked_child(self) -> Database:
+        """This database as a forked child process may use it (PostgreSQL: a
+        parallel rebuild's workers). The parent's pool, its sockets and its
+        threads do not survive a fork; the copy opens a connection of its own
+        for each `stream_rows` and `copy_rows_into`, and must use nothing else."""
+        return _ForkedChildDatabase(self)
+
+    @contextmanager
+    def _bulk_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._postgres.get_connection() as pg_conn:
+            yield pg_conn
+
     # ----- the event log ----------------------------------------------------
 
     def select_stored_events_after(
@@ -394,6 +477,22 @@ class Database:
             event = _stored_event(row)
             found[cast(UUID, event.originator_id)] = event  # _stored_event makes it a UUID
         return found
+
+
+class _ForkedChildDatabase(Database):
+    """See Database.for_forked_child."""
+
+    def __init__(self, parent: Database) -> None:
+        super().__init__(parent._recorder)
+        # The pool's own connection settings: host, port, user, password, dbname.
+        settings = parent._postgres.pool.kwargs
+        self._params: dict[str, Any] = dict(settings() if callable(settings) else settings or {})
+
+    @contextmanager
+    def _bulk_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        # Autocommit, as the pool's connections are: transactions are explicit.
+        with psycopg.connect(**self._params, autocommit=True) as pg_conn:
+            yield pg_conn
 
 
 def _stored_event(row: Row) -> StoredEvent:

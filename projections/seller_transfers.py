@@ -15,15 +15,17 @@ the aggregate cannot disagree about what an event means.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Final
 from uuid import UUID
 
 from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import resolve_topic
 
 from ledger.domain import STATE_FIELDS, Transfer
 from ledger.storage import Cursor, Database, Row
@@ -264,6 +266,130 @@ class SellerTransfersProjection:
                 row.updated_at = self.db.from_db_time(raw["updated_at"]) or row.updated_at
                 loaded[row.id] = row
         return loaded
+
+
+# ----- whole histories in bulk (rebuild, audit verify) ------------------------
+
+# How the JSON transcoder stores any encoded value, and a datetime in particular:
+# {"_type_":"datetime_iso","_data_":"2026-11-26T12:00:00.000001+00:00"}.
+_ENCODED: Final = b'"_type_"'
+_ENCODED_DATETIME: Final = b'{"_type_":"datetime_iso","_data_":"'
+# Where the read table's datetime columns are in COLUMNS.
+_DATETIME_COLUMNS: Final = tuple(
+    COLUMNS.index(name) for name in ("next_retry_at", "created_at", "updated_at")
+)
+# A TransferRow's values in COLUMNS order, read from its __dict__: a little
+# cheaper than _COLUMN_VALUES's attribute lookups, once per row of a rebuild.
+_ROW_VALUES: Final = itemgetter(*COLUMNS)
+
+
+class HistoryDecoder:
+    """Stored events to event objects, for replaying every history at once.
+
+    About twice as fast as the mapper's decode, which dominated rebuild and
+    verify: the state is parsed by plain `json.loads` (the mapper calls a
+    Python hook for every JSON object in it), the transfer id stays text, and a
+    datetime stays as stored, {"_type_": "datetime_iso", "_data_": ISO text}.
+    That is enough because the events' apply methods only move values into the
+    row, never compute with them: an encoded datetime lands in its column as
+    it is, and `copy_values` / `compared_values` decode it there. Anything
+    else goes through the full decode: a state holding another encoded type
+    (a UUID, a Decimal), one that is not a JSON object, an event class with a
+    class_version to upcast, a topic that does not resolve (the mapper then
+    raises its own error).
+    """
+
+    def __init__(self, decode: Callable[[StoredEvent], Any]) -> None:
+        self._decode = decode
+        # Per topic, the event class, or None: decode in full.
+        self._classes: dict[str, type | None] = {}
+        self._parse = json.JSONDecoder().raw_decode
+
+    def __call__(self, transfer_id: str, version: int, topic: str, state: bytes) -> Any:
+        try:
+            cls = self._classes[topic]
+        except KeyError:
+            cls = self._classes[topic] = _plain_event_class(topic)
+        if cls is not None and state.count(_ENCODED) == state.count(_ENCODED_DATETIME):
+            try:
+                # raw_decode: json.loads without its per-call wrappers (encoding
+                # detection, a regex for trailing space), measurably cheaper here.
+                text = state.decode()
+                fields, end = self._parse(text)
+            except ValueError:
+                fields, end = None, 0  # the full decode names the problem
+            if type(fields) is dict and end == len(text):
+                fields.pop("class_version", None)
+                fields["originator_id"] = transfer_id
+                fields["originator_version"] = version
+                # What the mapper does too: no __init__, the fields as they are.
+                event: Any = object.__new__(cls)
+                object.__setattr__(event, "__dict__", fields)
+                return event
+        return self._decode(StoredEvent(UUID(transfer_id), version, topic, state))
+
+
+def _plain_event_class(topic: str) -> type | None:
+    try:
+        cls = resolve_topic(topic)
+    except Exception:
+        return None
+    if not isinstance(cls, type) or getattr(cls, "class_version", 1) != 1:
+        return None
+    return cls
+
+
+def replay_history(events: Sequence[Any], *, strict: bool) -> TransferRow:
+    """The row one transfer's events (in version order) lead to, built as
+    `_apply` builds it. `strict` (a rebuild): a history that does not start
+    with Created or Imported, or skips a version, raises ProjectionError as
+    the live projection would. Not strict (an audit, which reports such
+    histories itself): every event is applied in turn."""
+    first = events[0]
+    if strict and not isinstance(first, (Transfer.Created, Transfer.Imported)):
+        raise ProjectionError(
+            f"{type(first).__qualname__} v{first.originator_version} of"
+            f" transfer {first.originator_id} has no row to apply to"
+        )
+    row = TransferRow(
+        id=first.originator_id,
+        created_at=first.timestamp,
+        version=first.originator_version - 1,
+    )
+    for event in events:
+        if strict and event.originator_version != row.version + 1:
+            raise ProjectionError(
+                f"transfer {event.originator_id}: row is at v{row.version},"
+                f" next event is v{event.originator_version}"
+            )
+        event.apply(row)
+        row.version = event.originator_version
+        row.updated_at = event.timestamp
+    return row
+
+
+def copy_values(row: TransferRow) -> list[Any]:
+    """The row's values in COLUMNS order for COPY's text form, where an
+    encoded datetime goes as its ISO text: PostgreSQL reads the same
+    timestamptz from it that psycopg would send for the datetime."""
+    values = list(_ROW_VALUES(row.__dict__))
+    for index in _DATETIME_COLUMNS:
+        value = values[index]
+        if type(value) is dict:
+            values[index] = value["_data_"]
+    return values
+
+
+def compared_values(row: TransferRow) -> tuple[Any, ...]:
+    """The row's values in COLUMNS order as plain Python values to compare
+    with a stored row: the id as canonical text, datetimes as datetimes."""
+    values = list(_ROW_VALUES(row.__dict__))
+    values[0] = str(values[0])
+    for index in _DATETIME_COLUMNS:
+        value = values[index]
+        if type(value) is dict:
+            values[index] = datetime.fromisoformat(value["_data_"])
+    return tuple(values)
 
 
 # ----- queries the CLI and the workers use ------------------------------------
