@@ -209,3 +209,86 @@ def verify_chain(
 
 def _canonical(transfer_id: str) -> str:
     return str(UUID(transfer_id))
+
+
+def check_chain(db: Database, recorded_head: bytes | None = None) -> ChainReport:
+    """The whole chain checked, with the same findings `verify_chain` makes:
+    on PostgreSQL by the database itself (`_CHECK_IN_POSTGRESQL`), which
+    neither sends every event's bytes over nor hashes them one by one in
+    Python; on SQLite, which has no sha256(), by `verify_chain`."""
+    if db.dialect != "postgresql":
+        return verify_chain(db.stream_stored_events(order="log"), stream_links(db), recorded_head)
+    report = ChainReport(findings=[])
+    if recorded_head is not None:
+        report.recorded_head_found = False
+    sql = _CHECK_IN_POSTGRESQL.format(events=db.events_table)
+    for row in db.stream_rows(sql, (GENESIS, recorded_head)):
+        kind, position, transfer_id, version, stored, sealed, unsealed, found, head_at = row
+        report.sealed, report.unsealed = int(sealed), int(unsealed)
+        if recorded_head is not None:
+            report.recorded_head_found = bool(found)
+        if kind in _SEALED and position == head_at:
+            report.head = Head(int(position), bytes(stored))
+        if kind in _PROBLEMS:
+            report.findings.append(
+                ChainFinding(int(position), str(transfer_id), int(version), _PROBLEMS[kind])
+            )
+    return report
+
+
+# What verify_chain says of each kind of position, in the same words.
+_PROBLEMS: Final = {
+    "deleted": "event deleted: its link has no event",
+    "inserted": "event inserted: no link at its position inside the sealed chain",
+    "edited": "event edited or moved: it does not match its link",
+}
+_SEALED: Final = ("sealed", "edited")
+
+# verify_chain in one statement. Each link is recomputed from the STORED link
+# before it (lag), exactly as verify_chain does, so no recursion is needed and
+# every tampered position shows on its own. `link` below is chain.link() in SQL:
+# int8send/int4send are the big-endian integers, uuid_send the id's 16 bytes.
+# Every position is one of: sealed (its link holds), edited (it does not),
+# deleted (a link without its event), inserted (an event without a link, before
+# the last link) or unsealed (an event after the last link). `checked` is
+# materialized: narrow rows, each hashed once. Only the problems come back, plus
+# the head's and the last position's rows, each with the counts.
+_CHECK_IN_POSTGRESQL: Final = """
+WITH links AS (
+    SELECT position, transfer_id, version, link,
+           coalesce(lag(link) OVER (ORDER BY position), ?) AS previous
+    FROM event_chain
+), checked AS MATERIALIZED (
+    SELECT coalesce(e.notification_id, l.position) AS position,
+           coalesce(e.originator_id, l.transfer_id)::text AS transfer_id,
+           coalesce(e.originator_version, l.version) AS version,
+           l.link,
+           CASE
+               WHEN e.notification_id IS NULL THEN 'deleted'
+               WHEN l.position IS NULL THEN
+                   CASE WHEN e.notification_id < (SELECT max(position) FROM event_chain)
+                        THEN 'inserted' ELSE 'unsealed' END
+               WHEN l.link = sha256(
+                   l.previous || int8send(e.notification_id) || uuid_send(e.originator_id)
+                   || int8send(e.originator_version)
+                   || int4send(octet_length(convert_to(e.topic, 'UTF8')))
+                   || convert_to(e.topic, 'UTF8') || int8send(octet_length(e.state)::bigint)
+                   || e.state
+               ) THEN 'sealed'
+               ELSE 'edited'
+           END AS kind
+    FROM links l FULL JOIN {events} e ON e.notification_id = l.position
+), summary AS (
+    SELECT count(*) FILTER (WHERE kind IN ('sealed', 'edited')) AS sealed,
+           count(*) FILTER (WHERE kind = 'unsealed') AS unsealed,
+           bool_or(kind IN ('sealed', 'edited') AND link = ?) AS recorded_found,
+           max(position) FILTER (WHERE kind IN ('sealed', 'edited')) AS head_at,
+           max(position) AS last_at
+    FROM checked
+)
+SELECT c.kind, c.position, c.transfer_id, c.version, c.link,
+       s.sealed, s.unsealed, s.recorded_found, s.head_at
+FROM checked c CROSS JOIN summary s
+WHERE c.kind IN ('deleted', 'inserted', 'edited') OR c.position IN (s.head_at, s.last_at)
+ORDER BY c.position
+"""

@@ -8,25 +8,41 @@
 3. The hash chain holds (ledger/audit/chain.py), and, given an operator's
    recorded head, contains it.
 
-Everything is streamed: memory holds one batch of histories and the set of
-transfer ids, however long the log.
+One pass does 1 and 2: the events, streamed by transfer and version, merged
+with the read table, streamed by id (PostgreSQL orders both by the uuid; on
+SQLite both are text that sorts the same way: lowercase hex, the table's with
+dashes at fixed places). Meanwhile, on PostgreSQL, the database checks the
+chain on a connection of its own (chain.check_chain). Memory holds one
+history and one row at a time, however long the log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 from uuid import UUID
 
-from ledger.audit.chain import ChainReport, stream_links, verify_chain
-from ledger.audit.history import histories, replay
+from ledger.audit.chain import ChainReport, check_chain
 from ledger.domain import Transfer
 from ledger.matrix import can_transition
 from ledger.storage import Database
-from projections.seller_transfers import COLUMNS, TABLE, TransferView
+from projections.seller_transfers import (
+    COLUMNS,
+    TABLE,
+    TRACKING_NAME,
+    HistoryDecoder,
+    compared_values,
+    replay_history,
+)
 
-ROWS_PER_BATCH: Final = 500
+# Where the read table's datetime columns are in COLUMNS (stored as text on SQLite).
+_DATETIME_COLUMNS: Final = tuple(
+    COLUMNS.index(name) for name in ("next_retry_at", "created_at", "updated_at")
+)
 
 
 @dataclass(frozen=True)
@@ -65,27 +81,15 @@ class VerifyReport:
 
 def verify(db: Database, decode: Any, recorded_head: bytes | None = None) -> VerifyReport:
     report = VerifyReport()
-    seen: set[UUID] = set()
-    batch: list[tuple[UUID, TransferView]] = []
-    for events in histories(_readable(db, decode, report)):
-        transfer_id = events[0].originator_id
-        seen.add(transfer_id)
-        report.transfers += 1
-        report.events += len(events)
-        report.findings += [f.as_json() for f in check_history(events)]
-        batch.append((transfer_id, replay(events)))
-        if len(batch) == ROWS_PER_BATCH:
-            report.findings += [f.as_json() for f in _compare_rows(db, batch)]
-            batch = []
-    report.findings += [f.as_json() for f in _compare_rows(db, batch)]
-    report.findings += [
-        Finding(str(row_id), "read table", "a row without events").as_json()
-        for row_id in _row_ids(db)
-        if row_id not in seen
-    ]
-    report.chain = verify_chain(
-        db.stream_stored_events(order="log"), stream_links(db), recorded_head
-    )
+    if db.dialect == "postgresql":
+        # The chain is the database's work: it runs while this thread replays.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-chain") as pool:
+            chain = pool.submit(check_chain, db, recorded_head)
+            _check_histories_and_rows(db, decode, report)
+            report.chain = chain.result()
+    else:
+        _check_histories_and_rows(db, decode, report)
+        report.chain = check_chain(db, recorded_head)
     report.findings += [f.as_json() for f in report.chain.findings]
     if report.chain.recorded_head_found is False:
         report.findings.append(
@@ -98,21 +102,110 @@ def verify(db: Database, decode: Any, recorded_head: bytes | None = None) -> Ver
     return report
 
 
-def _readable(db: Database, decode: Any, report: VerifyReport) -> Iterator[Any]:
-    """Decoded events by transfer and version; one that cannot be decoded is a
-    finding (an edited event's bytes), not a crash."""
-    for position, stored in db.stream_stored_events(order="transfer"):
+def _check_histories_and_rows(db: Database, decode: Any, report: VerifyReport) -> None:
+    """Checks 1 and 2, transfer by transfer, in id order."""
+    with closing(_table_rows(db)) as rows:
+        # The read table's tracking position comes with its first row, read in
+        # the same snapshot: the events are read up to there, so a transfer that
+        # changes while verify runs is compared as the table has it, not flagged.
+        first = next(rows, None)
+        upto = None if first is None else first[0]
+        row = None if first is None else first[1]
+        with closing(_histories(db, decode, report, upto)) as histories:
+            for transfer_id, events in histories:
+                while row is not None and row[0] < transfer_id:
+                    _row_without_events(report, row[0])
+                    row = next(rows, (None, None))[1]
+                report.transfers += 1
+                report.events += len(events)
+                expected = _replayed(report, transfer_id, events)
+                if row is None or row[0] != transfer_id:
+                    report.findings.append(
+                        Finding(transfer_id, "read table", "events without a row").as_json()
+                    )
+                    continue
+                if expected is not None and expected != row:
+                    report.findings += [
+                        f.as_json() for f in _differences(transfer_id, expected, row)
+                    ]
+                row = next(rows, (None, None))[1]
+        while row is not None:
+            _row_without_events(report, row[0])
+            row = next(rows, (None, None))[1]
+
+
+def _replayed(report: VerifyReport, transfer_id: str, events: list[Any]) -> tuple[Any, ...] | None:
+    """Check 1 for one history, and the row it leads to (None: it cannot be
+    replayed, which is a finding of its own)."""
+    try:
+        for finding in check_history(events):
+            report.findings.append(finding.as_json())
+        return compared_values(replay_history(events, strict=False))
+    except Exception as error:  # an event whose fields were edited away
+        report.findings.append(
+            Finding(transfer_id, "history", f"cannot be replayed: {type(error).__name__}").as_json()
+        )
+        return None
+
+
+def _row_without_events(report: VerifyReport, transfer_id: str) -> None:
+    report.findings.append(Finding(transfer_id, "read table", "a row without events").as_json())
+
+
+def _table_rows(db: Database) -> Generator[tuple[int | None, tuple[Any, ...]], None, None]:
+    """(the table's tracking position, a row as compared_values gives it), by id."""
+    others = ", ".join(COLUMNS[1:])
+    query = db.stream_rows(
+        "SELECT (SELECT position FROM projection_tracking WHERE name = ?),"
+        f" {db.uuid_as_text('id')}, {others} FROM {TABLE} ORDER BY id",
+        (TRACKING_NAME,),
+    )
+    if db.dialect == "postgresql":
+        for upto, *values in query:
+            yield upto, tuple(values)
+        return
+    for upto, *values in query:
+        for index in _DATETIME_COLUMNS:
+            values[index] = db.from_db_time(values[index])
+        yield upto, tuple(values)
+
+
+def _histories(
+    db: Database, decode: Any, report: VerifyReport, upto: int | None
+) -> Generator[tuple[str, list[Any]], None, None]:
+    """(canonical transfer id, its decoded events in version order), by id.
+    An event that cannot be decoded (an edited event's bytes) is a finding,
+    not a crash, and its history goes on without it."""
+    position = db.notification_id_column
+    where = "" if upto is None else f" WHERE {position} <= ?"
+    stored = db.stream_rows(
+        f"SELECT {position}, {db.uuid_as_text('originator_id')}, originator_version, topic,"
+        f" state FROM {db.events_table}{where} ORDER BY originator_id, originator_version",
+        () if upto is None else (upto,),
+    )
+    decoder = HistoryDecoder(decode)
+    # SQLite stores the ids as bare hex; PostgreSQL's text is canonical already.
+    canonical = db.dialect != "postgresql"
+    current = ""
+    events: list[Any] = []
+    for at, stored_id, version, topic, state in stored:
+        transfer_id = str(UUID(stored_id)) if canonical else stored_id
+        if transfer_id != current:
+            if events:
+                yield current, events
+            current, events = transfer_id, []
         try:
-            yield decode(stored)
+            events.append(decoder(transfer_id, version, topic, state))
         except Exception as error:
             report.findings.append(
                 Finding(
-                    str(UUID(str(stored.originator_id))),
+                    transfer_id,
                     "history",
-                    f"version {stored.originator_version} (position {position}) cannot be"
-                    f" read: {type(error).__name__}",
+                    f"version {version} (position {at}) cannot be read: {type(error).__name__}",
                 ).as_json()
             )
+    if events:
+        yield current, events
 
 
 def check_history(events: Sequence[Any]) -> Iterator[Finding]:
@@ -152,51 +245,20 @@ def check_history(events: Sequence[Any]) -> Iterator[Finding]:
         status = to_status
 
 
-def _compare_rows(db: Database, batch: Sequence[tuple[UUID, TransferView]]) -> Iterable[Finding]:
-    if not batch:
-        return []
-    ids = [transfer_id for transfer_id, _ in batch]
-    with db.transaction(write=False) as cursor:
-        cursor.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE id IN ({', '.join('?' * len(ids))})",
-            [db.to_db_id(i) for i in ids],
-        )
-        rows = {
-            view.id: view for view in (TransferView.from_row(db, row) for row in cursor.fetchall())
-        }
-    findings = []
-    for transfer_id, expected in batch:
-        actual = rows.get(transfer_id)
-        if actual is None:
-            findings.append(Finding(str(transfer_id), "read table", "events without a row"))
-            continue
-        want, have = expected.as_json(), actual.as_json()
-        for column in COLUMNS:
-            if want[column] != have[column]:
-                findings.append(
-                    Finding(
-                        str(transfer_id),
-                        "read table",
-                        f"{column} is {have[column]!r} in the table, {want[column]!r} by the"
-                        " events",
-                    )
-                )
-    return findings
-
-
-def _row_ids(db: Database, page: int = 5000) -> Iterator[UUID]:
-    """Every read-table id, a page at a time along the primary key."""
-    after = UUID(int=0)
-    while True:
-        with db.transaction(write=False) as cursor:
-            cursor.execute(
-                f"SELECT id FROM {TABLE} WHERE id > ? ORDER BY id LIMIT ?",
-                (db.to_db_id(after), page),
+def _differences(
+    transfer_id: str, expected: tuple[Any, ...], actual: tuple[Any, ...]
+) -> Iterator[Finding]:
+    for column, want, have in zip(COLUMNS, expected, actual, strict=True):
+        if want != have:
+            yield Finding(
+                transfer_id,
+                "read table",
+                f"{column} is {_shown(have)!r} in the table, {_shown(want)!r} by the events",
             )
-            ids = [
-                r["id"] if isinstance(r["id"], UUID) else UUID(r["id"]) for r in cursor.fetchall()
-            ]
-        yield from ids
-        if len(ids) < page:
-            return
-        after = ids[-1]
+
+
+def _shown(value: Any) -> Any:
+    """A value as `transfer show --json` shows it."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,10 +18,13 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from ledger.audit.chain import check_chain, stream_links, verify_chain
+from ledger.audit.verify import verify as verify_ledger
 from ledger.bootstrap import Ledger, migrate_database
 from ledger.cli import run
 from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
+from tests.integration.test_audit_export import import_pending
 
 
 @contextmanager
@@ -61,6 +65,10 @@ def q(url: str, sql: str) -> str:
 
 @pytest.fixture
 def ledger_url(database_url: str) -> str:
+    return three_transfers(database_url)
+
+
+def three_transfers(database_url: str) -> str:
     """Three transfers with histories of 1, 2 and 3 events, all sealed."""
     migrate_database(database_url)
     with Ledger.open(database_url) as ledger:
@@ -276,3 +284,97 @@ def test_a_row_without_events_and_events_without_a_row_are_found(
     assert code == 1
     assert problems_of(report, victim) == ["read table: events without a row"], report
     assert problems_of(report, stray) == ["read table: a row without events"], report
+
+
+def test_the_database_checks_the_chain_as_verify_chain_does(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL recomputes the chain in SQL; SQLite (and this test) walk it
+    in Python. Both must find the same things, with the same words."""
+    url = three_transfers(postgres_url)
+    recorded = head(capsys, url)
+    edited, deleted = transfer_of_order(url, "o-2"), transfer_of_order(url, "o-3")
+    at_edit, at_delete = position_of(url, edited, 2), position_of(url, deleted, 2)
+    at_unlinked = position_of(url, deleted, 1)
+    with dba(url) as conn:
+        (state,) = conn.execute(
+            "SELECT state FROM transfers_events WHERE notification_id = %s", (at_edit,)
+        ).fetchone()
+        conn.execute(
+            "UPDATE transfers_events SET state = %s WHERE notification_id = %s",
+            (bytes(state).replace(b"alice", b"malor"), at_edit),
+        )
+        conn.execute("DELETE FROM transfers_events WHERE notification_id = %s", (at_delete,))
+        # An event whose link is gone inside the chain reads as one inserted there.
+        conn.execute("DELETE FROM event_chain WHERE position = %s", (at_unlinked,))
+    with Ledger.open(url) as ledger:
+        ledger.create_transfer(  # after the last seal: not sealed yet
+            seller_account_id="acct_1A", order_ref="o-4", amount=400, currency="usd"
+        )
+        db = ledger.db
+        for recorded_head in (None, bytes.fromhex(recorded), bytes(32)):
+            in_sql = check_chain(db, recorded_head)
+            in_python = verify_chain(
+                db.stream_stored_events(order="log"), stream_links(db), recorded_head
+            )
+            assert in_sql == in_python
+    assert [(f.transfer_id, f.problem.split(":")[0]) for f in in_sql.findings] == [
+        (edited, "event edited or moved"),
+        (deleted, "event inserted"),
+        (deleted, "event deleted"),
+    ]
+    assert (in_sql.sealed, in_sql.unsealed) == (4, 1)
+
+
+def test_the_table_is_compared_at_its_own_position(ledger_url: str) -> None:
+    """An event appended but not projected yet (a writer between its commit and
+    its catch-up) is not a difference: the table is compared with the events
+    up to the position it has reached, and the rest waits for the next run."""
+    victim = UUID(transfer_of_order(ledger_url, "o-1"))
+    with Ledger.open(ledger_url) as ledger:
+        ledger.transfers.set_status(victim, "completed", actor="alice", reason="paid by hand")
+        report = verify_ledger(ledger.db, ledger.transfers.mapper.to_domain_event)
+    assert report.ok, report.findings
+    assert (report.transfers, report.events) == (3, 6)
+
+
+def test_an_event_whose_fields_were_edited_away_is_a_finding(
+    ledger_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = transfer_of_order(ledger_url, "o-2")
+    table, position = events_table(ledger_url)
+    at = position_of(ledger_url, victim, 2)
+    with dba(ledger_url) as conn:
+        conn.execute(
+            q(ledger_url, f"UPDATE {table} SET state = ? WHERE {position} = ?"),
+            (b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-11-26T12:00:00+00:00"}}', at),
+        )
+    code, report = verify(capsys, ledger_url)
+    assert code == 1
+    assert "history: cannot be replayed: AttributeError" in problems_of(report, victim), report
+
+
+def peak_memory_verifying(url: str) -> int:
+    with Ledger.open(url) as ledger:
+        tracemalloc.start()
+        try:
+            report = verify_ledger(ledger.db, ledger.transfers.mapper.to_domain_event)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert report.ok, report.findings[:5]
+    return peak
+
+
+def test_verify_memory_stays_flat_as_the_log_grows(postgres_url: str) -> None:
+    """PostgreSQL's one pass. (SQLite walks the chain as before: a batch of
+    links at a time.)"""
+    migrate_database(postgres_url)
+    with Ledger.open(postgres_url) as ledger:
+        import_pending(ledger, 1500, "small")
+    small = peak_memory_verifying(postgres_url)
+    with Ledger.open(postgres_url) as ledger:
+        import_pending(ledger, 10500, "more")
+    large = peak_memory_verifying(postgres_url)
+    # Eight times the transfers; one history and one row at a time.
+    assert large < small * 1.5 + 256 * 1024, (small, large)
