@@ -99,6 +99,12 @@ class TransferLedger:
     def close(self) -> None:
         self._core.close()
 
+    @property
+    def core(self) -> Ledger:
+        """The `ledger.bootstrap.Ledger` underneath: for the ledger's own
+        modules (`ledger.webhooks.handle_delivery` takes either)."""
+        return self._core
+
     # ----- changes --------------------------------------------------------------
 
     def create_transfer(
@@ -167,16 +173,26 @@ class TransferLedger:
         return self._core.import_transfers(records, actor=values.text(actor, "actor"))
 
     def handle_stripe_webhook(
-        self, payload: bytes, signature_header: str | None, secret: str
+        self,
+        payload: bytes,
+        signature_header: str | None,
+        secret: str,
+        *,
+        # ledger.webhooks.DEFAULT_TOLERANCE_SECONDS, written out: importing it
+        # would load stripe-python for every API user. A test keeps them equal.
+        tolerance_seconds: int = 300,
     ) -> WebhookResponse:
         """One Stripe webhook delivery, for a marketplace that mounts the
         handler in its own web framework: answer with the returned status,
-        body and content type. Never raises for what Stripe sent. See
+        body and content type. A delivery signed more than `tolerance_seconds`
+        ago is refused. Never raises for what Stripe sent. See
         `ledger.webhooks.handle_delivery`."""
         # Imported here: stripe-python is for webhook handling only.
         from ledger.webhooks import handle_delivery  # noqa: PLC0415
 
-        return handle_delivery(self._core, payload, signature_header, secret)
+        return handle_delivery(
+            self._core, payload, signature_header, secret, tolerance_seconds=tolerance_seconds
+        )
 
     # ----- reads ----------------------------------------------------------------
 

@@ -26,14 +26,18 @@ class Outcome(StrEnum):
 
     # Events were appended on the transfer.
     RECORDED = "recorded"
-    # The ledger had it already: its own reversal, or one recorded before.
+    # The ledger had it already: its own reversal, or one recorded before (or
+    # the transfer shows no reversal at all).
     ALREADY_KNOWN = "already_known"
-    # An event type (or an update) the ledger does not act on.
+    # An event type (or an update) the ledger does not act on, or a Stripe
+    # transfer naming no ledger transfer (one of the platform's others).
     IGNORED = "ignored"
-    # The matrix (or the transfer's state) refused the change: nothing
-    # appended; `ledger reconcile` lists it for a person.
+    # The matrix (or the transfer's state) refused the change, or the ledger
+    # transfer was not paid out as this Stripe transfer (or records no Stripe
+    # transfer): nothing appended; `ledger reconcile` lists it for a person.
     REFUSED = "refused"
-    # No ledger transfer matches the Stripe transfer: listed too.
+    # The Stripe transfer names a ledger transfer the ledger does not have (or
+    # several ledger transfers record it): listed too.
     UNKNOWN_TRANSFER = "unknown_transfer"
 
 
@@ -129,11 +133,11 @@ def save_alone(db: Database, delivery: Delivery) -> bool:
     return bool(rows)
 
 
-def ledger_id_for_stripe_transfer(db: Database, stripe_transfer_id: str) -> UUID | None:
-    """The ledger transfer the read table says was paid out as this Stripe
+def ledger_ids_for_stripe_transfer(db: Database, stripe_transfer_id: str) -> list[UUID]:
+    """The ledger transfers the read table says were paid out as this Stripe
     transfer (transfers imported from the old table carry whatever
-    transfer_group the old system gave them). None when none, or when several
-    claim it, which only a person can sort out.
+    transfer_group the old system gave them): none, one, or (at most two of)
+    several, which only a person can sort out.
 
     The column has no index: this runs only for deliveries whose
     transfer_group and metadata name no ledger transfer."""
@@ -143,7 +147,4 @@ def ledger_id_for_stripe_transfer(db: Database, stripe_transfer_id: str) -> UUID
             (stripe_transfer_id,),
         )
         rows = cursor.fetchall()
-    if len(rows) != 1:
-        return None
-    found = rows[0]["id"]
-    return found if isinstance(found, UUID) else UUID(str(found))
+    return [row["id"] if isinstance(row["id"], UUID) else UUID(str(row["id"])) for row in rows]

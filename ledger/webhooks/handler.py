@@ -10,18 +10,21 @@ Stripe event id (a redelivery appends nothing), and then:
 
 - `transfer.reversed`, and `transfer.updated` when it shows a reversal: each
   reversal made outside the ledger (one without the ledger's `ledger_cause`
-  metadata, not yet recorded) is recorded on the transfer through the matrix
-  by `Transfer.record_external_reversal`, actor `system:stripe-webhook`,
-  caused by the Stripe event id;
-- anything else: ignored.
+  metadata, not yet recorded) is recorded through the matrix by
+  `Transfer.record_external_reversal`, actor `system:stripe-webhook`, caused
+  by the Stripe event id, on the ledger transfer the Stripe transfer names,
+  and only if the ledger records that very Stripe transfer as its payout;
+- a Stripe transfer naming no ledger transfer (one of the platform's others),
+  and anything else: ignored.
 
 Whatever became of it is saved in `stripe_webhook_events` (in the same
 transaction as the events it appended, if any), logged on one line, and
-counted in `ledger_webhook_deliveries_total{type,outcome}`. Deliveries the
-matrix refuses, and those for transfers the ledger does not know, are answered
-200 too (Stripe would otherwise redeliver them for days) and are listed by
-`ledger reconcile`. The signing secret is used for the check and nowhere else:
-it is in no log line, response or error.
+counted in `ledger_webhook_deliveries_total{type,outcome}`. Deliveries refused
+(by the matrix, or because the ledger transfer was paid out as another Stripe
+transfer or none), and those naming a ledger transfer the ledger does not
+have, are answered 200 too (Stripe would otherwise redeliver them for days)
+and are listed by `ledger reconcile`. The signing secret is used for the
+check and nowhere else: it is in no log line, response or error.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 
 import stripe
@@ -44,6 +47,10 @@ from ledger.domain import Transfer
 from ledger.errors import InvalidInput, TransferNotFound, TransitionRefused
 from ledger.webhooks import deliveries
 from ledger.webhooks.deliveries import Delivery, Outcome
+
+if TYPE_CHECKING:
+    # Not imported when running: ledger.api imports this module.
+    from ledger.api import TransferLedger
 
 log = logging.getLogger("ledger.webhooks")
 
@@ -103,11 +110,17 @@ class _Unreadable(Exception):
 
 
 class _NothingNew(Exception):
-    """Every reversal in the delivery is recorded already: append nothing."""
+    """Every reversal in the delivery is known already: append nothing. The
+    message says why, for the delivery's row."""
+
+
+class _NotThisMoney(Exception):
+    """The delivery's Stripe transfer is not the one the ledger transfer was
+    paid out as (or the ledger records none): refused, nothing appended."""
 
 
 def handle_delivery(
-    ledger: Ledger,
+    ledger: Ledger | TransferLedger,
     payload: bytes,
     signature_header: str | None,
     secret: str,
@@ -117,8 +130,13 @@ def handle_delivery(
     """Deal with one Stripe webhook delivery: `payload` is the raw request body
     (bytes exactly as received: the signature covers them), `signature_header`
     the `Stripe-Signature` header (None when absent), `secret` the endpoint's
-    signing secret (`whsec_...`). Safe to call from several threads at once
-    with one `Ledger`; never raises for what Stripe sent."""
+    signing secret (`whsec_...`). `ledger` is the Python API's `TransferLedger`
+    (from `ledger.api.open_ledger`) or a `ledger.bootstrap.Ledger`. Safe to
+    call from several threads at once with one ledger; never raises for what
+    Stripe sent."""
+    # Outside the catch-all below: a wrong object is the caller's bug, to be
+    # raised now, not answered 500 to Stripe for ever.
+    core = ledger if isinstance(ledger, Ledger) else ledger.core
     received_at = datetime.now(UTC)
     try:
         event = stripe.Webhook.construct_event(
@@ -132,14 +150,14 @@ def handle_delivery(
     if not (isinstance(event_id, str) and event_id and isinstance(event_type, str)):
         return _refused(MALFORMED, "the event has no id or type", secret)
     try:
-        previous = deliveries.previous(ledger.db, event_id)
+        previous = deliveries.previous(core.db, event_id)
         if previous is not None and previous.outcome not in deliveries.RECONSIDERED:
             return _answered(previous, DUPLICATE)
         if event_type in REVERSAL_EVENT_TYPES:
-            delivery = _record_reversals(ledger, event_id, event_type, event, received_at)
+            delivery = _record_reversals(core, event_id, event_type, event, received_at)
         else:
             delivery = Delivery(event_id, event_type, Outcome.IGNORED, received_at)
-        if delivery.outcome != Outcome.RECORDED and not deliveries.save_alone(ledger.db, delivery):
+        if delivery.outcome != Outcome.RECORDED and not deliveries.save_alone(core.db, delivery):
             # Another delivery of this event got there first.
             return _answered(delivery, DUPLICATE)
         return _answered(delivery, delivery.outcome)
@@ -197,25 +215,34 @@ def _record_reversals(
 
     if event_type == "transfer.updated" and not _shows_reversal(data):
         return delivered(Outcome.IGNORED, "the update is not a reversal")
-    transfer = _find_transfer(ledger, obj, stripe_transfer_id)
-    if transfer is None:
-        return delivered(
-            Outcome.UNKNOWN_TRANSFER,
-            f"no ledger transfer for Stripe transfer {stripe_transfer_id}"
-            f" (transfer_group {obj.get('transfer_group')!r})",
-        )
-    if transfer.stripe_transfer_id not in (None, stripe_transfer_id):
-        return delivered(
-            Outcome.REFUSED,
-            f"transfer {transfer.id} was paid out as {transfer.stripe_transfer_id},"
-            f" not {stripe_transfer_id}",
-            transfer.id,
-        )
+    found = _find_transfer(ledger, obj, stripe_transfer_id)
+    if isinstance(found, _NotFound):
+        return delivered(found.outcome, found.detail)
+    transfer_id = found
     outside = [r for r in reversals if not r.made_by_ledger]
-    if not outside:
-        return delivered(Outcome.ALREADY_KNOWN, "the ledger's own reversal", transfer.id)
 
     def record(current: Transfer) -> None:
+        # Nothing to record, whoever was paid by this Stripe transfer (checked
+        # once the ledger transfer is known to exist).
+        if not reversals:
+            raise _NothingNew("the transfer shows no reversals")
+        if not outside:
+            raise _NothingNew("every reversal is the ledger's own")
+        # Checked here, on the aggregate `change()` has just loaded (and loads
+        # again after a conflict), never on an earlier copy: the daemon may
+        # record the payout between the two, and a reversal of another Stripe
+        # transfer (a duplicate payout, say) must not be booked against it.
+        # With no Stripe id recorded (an admin's `set-status completed`), the
+        # ledger cannot tell it is the same money either.
+        if current.stripe_transfer_id != stripe_transfer_id:
+            raise _NotThisMoney(
+                f"transfer {current.id} ({current.status}) was paid out as"
+                f" {current.stripe_transfer_id}, not {stripe_transfer_id}"
+                if current.stripe_transfer_id is not None
+                else f"transfer {current.id} ({current.status}): the ledger records no"
+                f" Stripe transfer for it, and cannot tell that {stripe_transfer_id} is its"
+                " money"
+            )
         # Oldest first: each one's amount_reversed adds to the one before. A
         # delivery is recorded whole or not at all: one refusal refuses it.
         recorded = [
@@ -230,20 +257,26 @@ def _record_reversals(
             for r in outside
         ]
         if not any(recorded):
-            raise _NothingNew
+            raise _NothingNew("recorded before")
 
-    delivery = delivered(Outcome.RECORDED, None, transfer.id)
+    delivery = delivered(Outcome.RECORDED, None, transfer_id)
     try:
         ledger.transfers.change(
-            transfer.id, record, also_execute=[deliveries.save_statement(ledger.db, delivery)]
+            transfer_id, record, also_execute=[deliveries.save_statement(ledger.db, delivery)]
         )
-    except _NothingNew:
-        return delivered(Outcome.ALREADY_KNOWN, "recorded before", transfer.id)
-    except (TransitionRefused, InvalidInput) as refusal:
+    except TransferNotFound:
+        return delivered(
+            Outcome.UNKNOWN_TRANSFER,
+            f"Stripe transfer {stripe_transfer_id} names ledger transfer {transfer_id},"
+            " which the ledger does not have",
+        )
+    except _NothingNew as known:
+        return delivered(Outcome.ALREADY_KNOWN, str(known), transfer_id)
+    except (_NotThisMoney, TransitionRefused, InvalidInput) as refusal:
         # InvalidInput: Stripe's figures contradict the ledger's (more reversed
         # than it has left): a person must look, as for the matrix's refusals.
         # (ConcurrentUpdate goes up: a 500, and Stripe delivers it again later.)
-        return delivered(Outcome.REFUSED, str(refusal), transfer.id)
+        return delivered(Outcome.REFUSED, str(refusal), transfer_id)
     # The read table is current when the answer goes back, as after any command.
     try:
         ledger.catch_up()
@@ -259,26 +292,62 @@ def _record_reversals(
     return delivery
 
 
+@dataclass(frozen=True)
+class _NotFound:
+    """Why a delivery's Stripe transfer is no ledger transfer's."""
+
+    outcome: Outcome
+    detail: str
+
+
 def _find_transfer(
     ledger: Ledger, obj: Mapping[str, Any], stripe_transfer_id: str
-) -> Transfer | None:
-    """The ledger transfer this Stripe transfer belongs to: its transfer_group
-    (the ledger's id, which the payout manager sets), the ledger id in its
-    metadata, or else the read table's stripe_transfer_id (transfers imported
-    from the old table were grouped by whatever made them)."""
-    metadata = obj.get("metadata")
-    named = [
-        obj.get("transfer_group"),
-        metadata.get("ledger_transfer_id") if isinstance(metadata, Mapping) else None,
-    ]
-    for candidate in named:
-        try:
-            return ledger.transfers.get(values.transfer_id(candidate))
-        except (InvalidInput, TransferNotFound):
-            continue
+) -> UUID | _NotFound:
+    """The id of the ledger transfer this Stripe transfer belongs to, found as
+    `ledger reconcile` finds it: the ledger id it names (`_named_ledger_id`);
+    when it names none, the read table's stripe_transfer_id (transfers
+    imported from the old table were grouped by whatever made them). Whether
+    it is the money the ledger recorded is checked later, on the transfer as
+    it is when the change is made."""
+    named = _named_ledger_id(obj)
+    if named is not None:
+        # Whether the ledger has it is found when the change loads it.
+        return named
     ledger.ensure_current()
-    paid_as = deliveries.ledger_id_for_stripe_transfer(ledger.db, stripe_transfer_id)
-    return None if paid_as is None else ledger.transfers.get(paid_as)
+    paid_as = deliveries.ledger_ids_for_stripe_transfer(ledger.db, stripe_transfer_id)
+    if not paid_as:
+        # One of the platform's other Stripe transfers: not the ledger's
+        # business, and nothing for `ledger reconcile` to list.
+        return _NotFound(Outcome.IGNORED, "names no ledger transfer")
+    if len(paid_as) > 1:
+        return _NotFound(
+            Outcome.UNKNOWN_TRANSFER,
+            f"several ledger transfers record Stripe transfer {stripe_transfer_id}"
+            f" ({', '.join(str(i) for i in paid_as)}): only a person can tell which",
+        )
+    return paid_as[0]
+
+
+def _named_ledger_id(obj: Mapping[str, Any]) -> UUID | None:
+    """The ledger id the Stripe transfer names, in the order
+    `ledger.stripe.listing.ListedTransfer.ledger_transfer_id` uses (so that the
+    webhook and `ledger reconcile` never disagree on whose it is):
+    `metadata.ledger_transfer_id` first (a key only the ledger sets), then
+    `transfer_group` (the payout manager sets it to the ledger id too, but
+    other systems on the platform use it for their own grouping). A value that
+    is not a transfer id names nothing."""
+    metadata = obj.get("metadata")
+    candidates = (
+        metadata.get("ledger_transfer_id") if isinstance(metadata, Mapping) else None,
+        obj.get("transfer_group"),
+    )
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate:
+            try:
+                return values.transfer_id(candidate)
+            except InvalidInput:
+                continue
+    return None
 
 
 def _reversals(obj: Mapping[str, Any]) -> list[_Reversal]:

@@ -4,6 +4,9 @@ daemon paying out and reversing at the simulator, on both databases."""
 
 from __future__ import annotations
 
+import inspect
+import json
+import time
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
@@ -16,6 +19,14 @@ from ledger.api import (
     TransferNotFound,
     TransitionRefused,
     open_ledger,
+)
+from ledger.webhooks import DEFAULT_TOLERANCE_SECONDS
+from tests.process.test_webhooks import (
+    SECRET,
+    delivery_row,
+    event_of,
+    stripe_signature,
+    stripe_transfer,
 )
 from tests.process.world import World
 
@@ -123,8 +134,42 @@ def test_the_api_raises_the_errors_the_cli_maps_to_exit_codes(world: World) -> N
 
 
 def test_the_webhook_handler_is_reachable_from_the_api(world: World) -> None:
-    """For a marketplace mounting it in its own framework: an unsigned
-    delivery is refused and nothing is recorded."""
+    """For a marketplace mounting it in its own framework: an unsigned or
+    stale delivery is refused and nothing is recorded; a signed one is."""
     with open_ledger(world.url) as ledger:
-        answer = ledger.handle_stripe_webhook(b'{"id": "evt_1"}', None, "whsec_test")
-    assert answer.status == 400
+        transfer = ledger.create_transfer(
+            seller="acct_1Seller", amount=5000, currency="usd", order_ref="order-web"
+        )
+    world.run_daemon_once()
+    paid_as = world.show(transfer.id).stripe_transfer_id
+    assert paid_as is not None
+    world.simulator.reverse_outside(paid_as, 800)
+    event_id, payload = event_of(stripe_transfer(world, paid_as))
+    stale = stripe_signature(payload, SECRET, signed_at=int(time.time()) - 400)
+
+    with open_ledger(world.url) as ledger:
+        unsigned = ledger.handle_stripe_webhook(payload, None, SECRET)
+        too_old = ledger.handle_stripe_webhook(payload, stale, SECRET)
+        assert (unsigned.status, too_old.status) == (400, 400)
+        assert ledger.get(transfer.id).version == 2
+        assert [type(e).__name__ for e in world.events(transfer.id)] == [
+            "Created",
+            "PayoutSucceeded",
+        ]
+        with ledger.core.db.transaction(write=False) as cursor:
+            cursor.execute("SELECT COUNT(*) AS n FROM stripe_webhook_events")
+            assert cursor.fetchone() == {"n": 0}
+
+        # A longer tolerance lets the same signature through.
+        answer = ledger.handle_stripe_webhook(payload, stale, SECRET, tolerance_seconds=600)
+        assert (answer.status, answer.outcome) == (200, "recorded")
+        assert json.loads(answer.body) == {"id": event_id, "outcome": "recorded"}
+        after = ledger.get(transfer.id)
+    assert (after.status, after.amount_reversed, after.version) == ("reversed", 800, 4)
+    row = delivery_row(world, event_id)
+    assert row is not None and row["outcome"] == "recorded"
+
+
+def test_the_apis_webhook_tolerance_defaults_to_the_handlers() -> None:
+    default = inspect.signature(TransferLedger.handle_stripe_webhook).parameters
+    assert default["tolerance_seconds"].default == DEFAULT_TOLERANCE_SECONDS

@@ -30,9 +30,11 @@ from uuid import UUID
 
 import pytest
 
+from ledger.api import open_ledger
 from ledger.audit.verify import verify
 from ledger.stripe.simulator import SimulatorServer
 from ledger.webhooks import deliveries, handle_delivery
+from ledger.webhooks import handler as handler_module
 from tests.postgres_server import create_database, drop_database
 from tests.process.world import (
     LEDGER_SCRIPT,
@@ -398,15 +400,83 @@ def test_the_ledgers_own_reversal_arriving_as_a_webhook_appends_nothing(
     assert (status, body["outcome"]) == (200, "already_known")
     assert event_types(world, transfer_id) == before
     row = delivery_row(world, event_id)
-    assert row is not None and row["outcome"] == "already_known"
+    assert row is not None
+    assert (row["outcome"], row["detail"]) == (
+        "already_known",
+        "every reversal is the ledger's own",
+    )
+
+
+def test_a_transfer_update_showing_no_reversal_at_all_appends_nothing(
+    endpoint: Endpoint,
+) -> None:
+    """An update that does not say what it changed may be a reversal: looked
+    at, and found to have none."""
+    world = endpoint.world
+    transfer_id, paid = paid_transfer(world)
+    event_id, payload = event_of(stripe_transfer(world, paid["id"]), "transfer.updated")
+
+    assert endpoint.deliver(payload)[1]["outcome"] == "already_known"
+    assert event_types(world, transfer_id) == ["Created", "PayoutSucceeded"]
+    row = delivery_row(world, event_id)
+    assert row is not None
+    assert (row["outcome"], row["detail"]) == ("already_known", "the transfer shows no reversals")
 
 
 def test_a_reversal_the_matrix_refuses_is_recorded_nowhere_but_reported(
     endpoint: Endpoint,
 ) -> None:
+    """The ledger's own reversal request is waiting (reversal_pending) when
+    someone reverses part of the transfer in the Dashboard: settling the
+    request with that reversal would leave the refund's own never made, so
+    the change is refused."""
+    world = endpoint.world
+    transfer_id, paid = paid_transfer(world, amount=5_000)
+    world.request_reversal(transfer_id, amount=1_000)
+    reverse_outside(world, paid["id"], 700)
+    event_id, payload = event_of(stripe_transfer(world, paid["id"]))
+    before = event_types(world, transfer_id)
+
+    status, body = endpoint.deliver(payload)
+
+    assert (status, body["outcome"]) == (200, "refused")
+    assert event_types(world, transfer_id) == before
+    row = delivery_row(world, event_id)
+    assert row is not None
+    assert (row["outcome"], row["transfer_id"]) == ("refused", str(transfer_id))
+    assert "reversal_pending -> reversed" in row["detail"]
+    assert "still pending" in row["detail"]
+    [entry] = wait_for(lambda: endpoint.log_entries(event_id), what="the refusal's log line")
+    assert entry["level"] == "warning" and "refused" in entry["message"]
+    assert entry["transfer_id"] == str(transfer_id)
+    # Delivered again while nothing changed: still refused, still nothing appended.
+    assert endpoint.deliver(payload)[1]["outcome"] == "refused"
+    assert event_types(world, transfer_id) == before
+
+    # Once the daemon has made the ledger's own reversal, the transfer is where
+    # the matrix allows it, and Stripe's resend records the Dashboard's too.
+    world.run_daemon_once()
+    assert world.show(transfer_id).status == "reversed"
+
+    assert endpoint.deliver(payload)[1]["outcome"] == "recorded"
+    last = world.events(transfer_id)[-1]
+    assert (type(last).__name__, last.from_status, last.to_status) == (
+        "Reversed",
+        "reversed",
+        "reversed",
+    )
+    assert (last.caused_by, last.amount_reversed) == (event_id, 1_700)
+    row = delivery_row(world, event_id)
+    assert row is not None and (row["outcome"], row["detail"]) == ("recorded", None)
+
+
+def test_a_reversal_of_a_stripe_transfer_the_ledger_has_not_recorded_is_refused(
+    endpoint: Endpoint,
+) -> None:
     """The ledger still says pending (say, a daemon died after Stripe paid and
-    before recording it) when a reversal made outside arrives: pending ->
-    reversal_pending is not in the matrix."""
+    before recording it), or an admin set it completed by hand: either way it
+    records no Stripe transfer, so it cannot tell that the one reversed is its
+    money, and nothing is booked against it until the payout is recorded."""
     world = endpoint.world
     transfer_id = world.create(f"order-{uuid.uuid4().hex[:12]}")
     paid = _stripe_transfer_for(world, transfer_id)  # Stripe's side, as the daemon left it
@@ -420,22 +490,92 @@ def test_a_reversal_the_matrix_refuses_is_recorded_nowhere_but_reported(
     row = delivery_row(world, event_id)
     assert row is not None
     assert (row["outcome"], row["transfer_id"]) == ("refused", str(transfer_id))
-    assert "pending -> reversal_pending" in row["detail"]
-    [entry] = wait_for(lambda: endpoint.log_entries(event_id), what="the refusal's log line")
-    assert entry["level"] == "warning" and "refused" in entry["message"]
-    assert entry["transfer_id"] == str(transfer_id)
-    # Delivered again while nothing changed: still refused, still nothing appended.
-    assert endpoint.deliver(payload)[1]["outcome"] == "refused"
-    assert event_types(world, transfer_id) == ["Created"]
+    assert "the ledger records no Stripe transfer for it" in row["detail"]
+    assert paid["id"] in row["detail"]
 
-    # Once the transfer is where the matrix allows it, Stripe's resend records it.
+    # Completed by an admin: still no Stripe id, still refused.
     with world.ledger() as ledger:
         ledger.set_status(transfer_id, "completed", actor="alice@ops", reason="paid, OPS-9")
+    assert endpoint.deliver(payload)[1]["outcome"] == "refused"
+    assert event_types(world, transfer_id) == ["Created", "StatusSetByAdmin"]
+    row = delivery_row(world, event_id)
+    assert row is not None
+    assert "the ledger records no Stripe transfer for it" in row["detail"]
+
+
+def test_a_reversal_of_a_duplicate_payout_is_not_booked_on_the_transfer_paid_meanwhile(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A duplicate payout tr_B is in the ledger transfer's group at Stripe (made
+    by hand, say), and is reversed in the Dashboard. Its delivery finds the
+    transfer still pending, and the daemon records its own payout tr_A before
+    the delivery's change is made: the change must see tr_A and refuse."""
+    world = endpoint.world
+    transfer_id = world.create(f"order-{uuid.uuid4().hex[:12]}")
+    duplicate = _stripe_transfer_for(world, transfer_id)
+    reverse_outside(world, duplicate["id"])
+    event_id, payload = event_of(stripe_transfer(world, duplicate["id"]))
+    found = handler_module._find_transfer
+
+    def daemon_pays_meanwhile(*args: Any) -> Any:
+        named = found(*args)
+        world.run_daemon_once()
+        return named
+
+    monkeypatch.setattr(handler_module, "_find_transfer", daemon_pays_meanwhile)
+    with world.ledger() as ledger:
+        answer = handle_delivery(ledger, payload, stripe_signature(payload, SECRET), SECRET)
+
+    assert (answer.status, answer.outcome) == (200, "refused")
+    payout = world.show(transfer_id).stripe_transfer_id
+    assert payout not in (None, duplicate["id"])
+    assert event_types(world, transfer_id) == ["Created", "PayoutSucceeded"]
+    row = delivery_row(world, event_id)
+    assert row is not None
+    assert (row["outcome"], row["transfer_id"]) == ("refused", str(transfer_id))
+    assert f"was paid out as {payout}, not {duplicate['id']}" in row["detail"]
+
+
+def test_a_stripe_transfer_naming_no_ledger_transfer_is_ignored(endpoint: Endpoint) -> None:
+    """One of the platform's other Stripe transfers: not the ledger's business,
+    and nothing `ledger reconcile` should list."""
+    world = endpoint.world
+    _, paid = paid_transfer(world)
+    foreign = {
+        **paid,
+        "id": f"tr_platformOwn{secrets.token_hex(6)}",
+        "transfer_group": "ORDER_77",
+        "metadata": {"order": "77"},
+    }
+    event_id, payload = event_of(foreign)
+
+    assert endpoint.deliver(payload) == (200, {"id": event_id, "outcome": "ignored"})
+    row = delivery_row(world, event_id)
+    assert row is not None
+    assert (row["outcome"], row["transfer_id"], row["detail"]) == (
+        "ignored",
+        None,
+        "names no ledger transfer",
+    )
+
+
+def test_the_ledger_id_in_the_metadata_is_read_before_the_transfer_group(
+    endpoint: Endpoint,
+) -> None:
+    """As `ledger reconcile` reads it: metadata.ledger_transfer_id is set only
+    by the ledger; a transfer_group may be anyone's grouping."""
+    world = endpoint.world
+    transfer_id, paid = paid_transfer(world)
+    other_id, _ = paid_transfer(world)
+    reverse_outside(world, paid["id"], 400)
+    grouped_elsewhere = {**stripe_transfer(world, paid["id"]), "transfer_group": str(other_id)}
+    event_id, payload = event_of(grouped_elsewhere)
 
     assert endpoint.deliver(payload)[1]["outcome"] == "recorded"
-    assert event_types(world, transfer_id)[-2:] == ["ReversalRequested", "Reversed"]
+    assert world.show(transfer_id).amount_reversed == 400
+    assert event_types(world, other_id) == ["Created", "PayoutSucceeded"]
     row = delivery_row(world, event_id)
-    assert row is not None and (row["outcome"], row["detail"]) == ("recorded", None)
+    assert row is not None and row["transfer_id"] == str(transfer_id)
 
 
 def test_concurrent_deliveries_of_one_event_record_it_once_and_all_get_200(
@@ -529,6 +669,22 @@ def test_the_handler_is_a_plain_function_a_marketplace_can_call_in_process(
     assert (again.status, again.outcome) == (200, "duplicate")
     assert (unsigned.status, unsigned.outcome) == (400, "bad_signature")
     assert world.show(transfer_id).amount_reversed == 900
+
+
+def test_the_handler_takes_the_python_apis_ledger_too(endpoint: Endpoint) -> None:
+    """The README's marketplace code holds the object `open_ledger` returns."""
+    world = endpoint.world
+    transfer_id, paid = paid_transfer(world)
+    reverse_outside(world, paid["id"], 600)
+    event_id, payload = event_of(stripe_transfer(world, paid["id"]))
+
+    with open_ledger(world.url) as ledger:
+        answer = handle_delivery(ledger, payload, stripe_signature(payload, SECRET), SECRET)
+
+    assert (answer.status, answer.outcome) == (200, "recorded")
+    assert world.show(transfer_id).amount_reversed == 600
+    row = delivery_row(world, event_id)
+    assert row is not None and row["outcome"] == "recorded"
 
 
 def test_a_delivery_the_ledger_cannot_deal_with_now_is_answered_500_and_saved_nowhere(
