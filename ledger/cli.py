@@ -635,7 +635,11 @@ def build_parser() -> argparse.ArgumentParser:
         "compare every transfer Stripe knows of with Stripe; exit 1 with the differences",
     )
     reconcile_cmd.add_argument(
-        "--since", help="only ledger transfers changed, and Stripe transfers made, at or after TIME"
+        "--since",
+        help="only ledger transfers changed, and Stripe transfers made, at or after TIME; a"
+        " reversal made at Stripe after TIME on an older transfer whose webhook was lost is"
+        " not seen: a full run (no --since) also catches reversals made at Stripe later on"
+        " older transfers",
     )
 
     webhook = commands.add_parser("webhook", help="Stripe webhook deliveries")
