@@ -345,20 +345,33 @@ class Database:
 
     # ----- bulk reads and writes (rebuild, audit verify) ----------------------
 
-    def uuid_as_text(self, column: str) -> str:
-        """SQL for a UUID column as text: canonical on PostgreSQL (which sorts
-        uuids the way it sorts that text); as stored on SQLite."""
-        return f"{column}::text" if self.dialect == "postgresql" else column
+    def uuid_as_text(self, column: str, alias: str) -> str:
+        """SQL for a UUID column as text named `alias`: canonical on PostgreSQL
+        (which orders uuids as it would that text); as stored on SQLite. The
+        alias must differ from the column's name, or an ORDER BY on the column
+        would sort this text instead, without the column's index."""
+        text = f"{column}::text" if self.dialect == "postgresql" else column
+        return f"{text} AS {alias}"
 
     def stream_rows(
-        self, sql: str, params: Sequence[Any] = (), *, chunk: int = STREAM_CHUNK_ROWS
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        chunk: int = STREAM_CHUNK_ROWS,
+        index_order: bool = False,
     ) -> Iterator[tuple[Any, ...]]:
         """The rows of one query as plain tuples, in a read-only transaction of
         their own, `chunk` rows at a time: memory stays flat however many rows,
         and no dict is built per row. PostgreSQL sends results in binary (bytea
         as bytes, times as datetimes) through libpq's chunked mode: one
         statement, no server-side cursor round trips. Nothing may be written on
-        the connection meanwhile, so a caller that writes uses another one."""
+        the connection meanwhile, so a caller that writes uses another one.
+
+        `index_order` (PostgreSQL), for a whole table read in the order of one
+        of its indexes by a consumer slower than the scan: plan it without a
+        sort. Left to itself the planner sorts the table (in parallel workers,
+        spilling to disk), which costs more CPU and sends nothing until done."""
         if self.dialect == "sqlite":
             with self._sqlite.get_connection(commit=False) as conn:
                 raw = conn.cursor().sqlite_cursor
@@ -377,6 +390,8 @@ class Database:
             pg_conn.transaction(force_rollback=True),
             pg_conn.cursor(row_factory=tuple_row, binary=True) as cursor,
         ):
+            if index_order:
+                cursor.execute("SET LOCAL enable_sort = off")
             yield from cursor.stream(sql.replace("?", "%s"), params or None, size=size)
 
     def copy_rows_into(

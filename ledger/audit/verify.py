@@ -157,8 +157,9 @@ def _table_rows(db: Database) -> Generator[tuple[int | None, tuple[Any, ...]], N
     others = ", ".join(COLUMNS[1:])
     query = db.stream_rows(
         "SELECT (SELECT position FROM projection_tracking WHERE name = ?),"
-        f" {db.uuid_as_text('id')}, {others} FROM {TABLE} ORDER BY id",
+        f" {db.uuid_as_text('id', 'transfer_id')}, {others} FROM {TABLE} ORDER BY id",
         (TRACKING_NAME,),
+        index_order=True,
     )
     if db.dialect == "postgresql":
         for upto, *values in query:
@@ -179,9 +180,11 @@ def _histories(
     position = db.notification_id_column
     where = "" if upto is None else f" WHERE {position} <= ?"
     stored = db.stream_rows(
-        f"SELECT {position}, {db.uuid_as_text('originator_id')}, originator_version, topic,"
-        f" state FROM {db.events_table}{where} ORDER BY originator_id, originator_version",
+        f"SELECT {position}, {db.uuid_as_text('originator_id', 'transfer_id')},"
+        f" originator_version, topic, state FROM {db.events_table}{where}"
+        " ORDER BY originator_id, originator_version",
         () if upto is None else (upto,),
+        index_order=True,
     )
     decoder = HistoryDecoder(decode)
     # SQLite stores the ids as bare hex; PostgreSQL's text is canonical already.
