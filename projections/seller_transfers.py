@@ -288,9 +288,9 @@ class HistoryDecoder:
     """Stored events to event objects, for replaying every history at once.
 
     About twice as fast as the mapper's decode, which dominated rebuild and
-    verify: the state is parsed by plain `json.loads` (the mapper calls a
-    Python hook for every JSON object in it), the transfer id stays text, and a
-    datetime stays as stored, {"_type_": "datetime_iso", "_data_": ISO text}.
+    verify: the state is parsed as plain JSON (the mapper calls a Python hook
+    for every JSON object in it), the transfer id stays text, and a datetime
+    stays as stored, {"_type_": "datetime_iso", "_data_": ISO text}.
     That is enough because the events' apply methods only move values into the
     row, never compute with them: an encoded datetime lands in its column as
     it is, and `copy_values` / `compared_values` decode it there. Anything
