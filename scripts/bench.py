@@ -25,13 +25,16 @@ latency    With a daemon idle and the simulator answering at once, reversals are
 rebuild    `ledger rebuild` of a database of N imported transfers (one event each),
            timed as a whole process (start-up included), against a raw psycopg COPY of
            the same N read-table rows (all 16 columns, seller_transfers' column types;
-           no keys, no indexes) into a plain table, one transaction, same server, best
-           of 3. Rate = rows / elapsed. Target: ratio >= 0.30. Also N transfers with
-           three events each (Imported, PayoutSucceeded, ReversalRequested): reported.
+           no keys, no indexes) into a plain table, one transaction, same server. Both
+           best of 3 (each rebuild after the first rebuilds the table the one before
+           switched in: the same work); the first run's ratio is shown too. Rate = rows
+           / elapsed. Target: ratio >= 0.30. Also N transfers with three events each
+           (Imported, PayoutSucceeded, ReversalRequested), one run: reported.
 verify     `ledger audit verify --head` (a whole process) of the same N-transfer
            database, sealed first, against a raw SELECT of its events (client-side
            cursor, in the transfer-and-version order verify replays them in) plus
-           `json.loads` of each state, best of 3; events/s both. Target: ratio >= 0.25.
+           `json.loads` of each state; both best of 3, events/s both. Target: ratio
+           >= 0.25.
            The eventsourcing mapper's decoding in place of json.loads is shown too.
 history    `ledger audit ID` of one transfer of that database, a whole command
            (start-up included), run 10 times. Target: median < 0.3 s.
@@ -134,6 +137,9 @@ READ_TABLE_COLUMNS: Final = (
 # The rebuild's and verify's ceilings take well under a second, where one run's
 # noise is tens of percent: the best of a few is what the machine can do.
 CEILING_TRIES: Final = 3
+# The ledger's side of those ratios takes about a second, and its noise is as large
+# (other processes on a 2-core machine): measured as the ceilings are.
+LEDGER_TRIES: Final = 3
 # Transfers loaded, changed and saved per append in the three-event setup.
 SETUP_BATCH: Final = 2000
 
@@ -805,9 +811,11 @@ def bench_rebuild(databases: AuditDatabases) -> list[Target]:
     rows, ceiling = measure_copy_ceiling(url)
     if rows != count:
         raise SystemExit(f"bench: read table has {rows} rows, expected {count}")
-    elapsed = measure_rebuild(url, count, count)
+    runs = [measure_rebuild(url, count, count) for _ in range(LEDGER_TRIES)]
+    elapsed = min(runs)
     rate = count / elapsed
     ratio = rate / ceiling
+    first_ratio = count / runs[0] / ceiling
     verdict = "meets" if ratio >= REBUILD_TARGET_RATIO else "BELOW"
     print(f"transfers:  {count:,} imported (one event each), PostgreSQL (fsync on)")
     print(f"ceiling:    {ceiling:,.0f} rows/s  raw psycopg COPY of the read table's rows, plain")
@@ -815,8 +823,14 @@ def bench_rebuild(databases: AuditDatabases) -> list[Target]:
         f"            table (same 16 column types, no keys/indexes), 1 transaction;"
         f" best of {CEILING_TRIES}"
     )
-    print(f"ledger:     {rate:,.0f} rows/s  `ledger rebuild`, a new process: {elapsed:.2f} s")
-    print(f"ratio:      {ratio:.3f}  ({verdict} the target of {REBUILD_TARGET_RATIO:.2f})")
+    print(
+        f"ledger:     {rate:,.0f} rows/s  `ledger rebuild`, a new process: {elapsed:.2f} s,"
+        f" best of {LEDGER_TRIES} ({', '.join(f'{run:.2f}' for run in runs)} s)"
+    )
+    print(
+        f"ratio:      {ratio:.3f}  ({verdict} the target of {REBUILD_TARGET_RATIO:.2f});"
+        f" the first run alone: {first_ratio:.3f}"
+    )
 
     events = 3 * count
     elapsed = measure_rebuild(databases.three_events(), count, events)
@@ -873,13 +887,19 @@ def bench_verify(databases: AuditDatabases) -> list[Target]:
                 )
             ),
         )
-    elapsed, answer = timed_ledger(
-        "audit", "verify", "--head", recorded_head, "--database-url", url
-    )
-    if not answer.get("ok") or answer.get("events") != events or answer.get("unsealed") != 0:
-        raise SystemExit(f"bench: verify answered {answer}, expected {events} events, clean")
+    runs = []
+    for _ in range(LEDGER_TRIES):
+        elapsed, answer = timed_ledger(
+            "audit", "verify", "--head", recorded_head, "--database-url", url
+        )
+        ok = answer.get("ok") and answer.get("unsealed") == 0
+        if not ok or answer.get("events") != events:
+            raise SystemExit(f"bench: verify answered {answer}, expected {events} events, clean")
+        runs.append(elapsed)
+    elapsed = min(runs)
     rate = events / elapsed
     ratio = rate / ceiling
+    first_ratio = events / runs[0] / ceiling
     verdict = "meets" if ratio >= VERIFY_TARGET_RATIO else "BELOW"
     print(f"events:     {events:,} of {count:,} transfers, sealed, PostgreSQL (fsync on)")
     print(
@@ -889,9 +909,12 @@ def bench_verify(databases: AuditDatabases) -> list[Target]:
     print(f"            (with the eventsourcing mapper's to_domain_event instead: {mapper:,.0f}/s)")
     print(
         f"ledger:     {rate:,.0f} events/s  `ledger audit verify --head`, a new process:"
-        f" {elapsed:.2f} s"
+        f" {elapsed:.2f} s, best of {LEDGER_TRIES} ({', '.join(f'{run:.2f}' for run in runs)} s)"
     )
-    print(f"ratio:      {ratio:.3f}  ({verdict} the target of {VERIFY_TARGET_RATIO:.2f})")
+    print(
+        f"ratio:      {ratio:.3f}  ({verdict} the target of {VERIFY_TARGET_RATIO:.2f});"
+        f" the first run alone: {first_ratio:.3f}"
+    )
     return [
         Target(
             "verify",
