@@ -7,8 +7,8 @@
    is folded into its final row, and the rows are COPYed straight in (see
    `_bulk_load`); SQLite projects batch after batch, as the live projection
    does.
-2. Build the workers' partial indexes on it after the bulk load (PostgreSQL;
-   SQLite builds them in the switch, where it can name them).
+2. Build the due queries' partial indexes on it after the bulk load
+   (PostgreSQL; SQLite builds them in the switch, where it can name them).
 3. Catch up with the events that arrived meanwhile.
 4. Switch in ONE transaction that holds the live projection's tracking row:
    a last catch-up, the `--verify` comparison, then the old table dropped and
@@ -183,8 +183,10 @@ def _bulk_load(
     database's side already overlaps it through the sockets' buffers.)
     """
     mine, *theirs = [_Share(upto, low, high) for low, high in _id_ranges(workers)]
-    others = [_Worker(db, decode, share) for share in theirs]
+    others: list[_Worker] = []
     try:
+        for share in theirs:
+            others.append(_Worker(db, decode, share))
 
         def show(done: int) -> None:
             report.show(done + sum(worker.done.value for worker in others))
@@ -262,7 +264,8 @@ def _load_share(
 
 def _build_indexes(db: Database, statements: list[str]) -> None:
     """Two at a time, each on a connection of its own: building an index is
-    the database's work alone (a scan and a sort), and it has two CPUs."""
+    the database's work alone (a scan and a sort), and this process has
+    nothing else to do meanwhile."""
 
     def build(statement: str) -> None:
         with db.transaction(write=True) as cursor:
