@@ -68,3 +68,24 @@ def database_url(request: pytest.FixtureRequest) -> str:
     else:
         url = request.getfixturevalue("sqlite_url")
     return url
+
+
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+)
+def module_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One fresh database per backend shared by a whole test module, for
+    modules whose tests build on one expensive world (a paid-out ledger)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('module') / 'ledger.db'}"
+        return
+    admin_url: str = request.getfixturevalue("postgres_admin_url")
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = create_database(admin_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(admin_url, name)

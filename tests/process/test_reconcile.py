@@ -33,7 +33,6 @@ from ledger.reconcile import reconcile
 from ledger.stripe.listing import Backoff, StripeReader, StripeReadFailed
 from ledger.stripe.simulator import SimulatorServer
 from tests.e2e.support import Cli, CliResult, assert_one_line_error
-from tests.postgres_server import create_database, drop_database
 from tests.process.world import API_KEY, World, new_world, running_simulator
 from tests.stripe_sim import stripe_client
 
@@ -60,22 +59,9 @@ class Paid:
         return stripe_client(self.sim.base_url, api_key=API_KEY)
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def shared_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('reconcile') / 'ledger.db'}"
-        return
-    admin_url: str = request.getfixturevalue("postgres_admin_url")
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    url = create_database(admin_url, name)
-    try:
-        yield url
-    finally:
-        drop_database(admin_url, name)
+@pytest.fixture(scope="module")
+def shared_url(module_database_url: str) -> str:
+    return module_database_url
 
 
 @pytest.fixture(scope="module")

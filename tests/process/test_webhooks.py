@@ -35,7 +35,6 @@ from ledger.audit.verify import verify
 from ledger.stripe.simulator import SimulatorServer
 from ledger.webhooks import deliveries, handle_delivery
 from ledger.webhooks import handler as handler_module
-from tests.postgres_server import create_database, drop_database
 from tests.process.world import (
     LEDGER_SCRIPT,
     World,
@@ -105,25 +104,6 @@ def _send(request: urllib.request.Request) -> tuple[int, dict[str, Any]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-@pytest.fixture(
-    scope="module",
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-)
-def module_database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('webhooks') / 'ledger.db'}"
-        return
-    admin_url: str = request.getfixturevalue("postgres_admin_url")
-    name = f"test_webhooks_{uuid.uuid4().hex[:12]}"
-    url = create_database(admin_url, name)
-    try:
-        yield url
-    finally:
-        drop_database(admin_url, name)
 
 
 @pytest.fixture(scope="module")
