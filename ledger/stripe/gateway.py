@@ -76,16 +76,23 @@ class StripeSettings:
         return (self.timeout_seconds + 5.0) * (self.network_retries + 1)
 
 
+def stripe_client(settings: StripeSettings) -> stripe.StripeClient:
+    """stripe-python's client as the ledger uses it everywhere: this base
+    address, this timeout, and stripe-python's own retries of connection
+    errors and 5xx (with the same idempotency key, so never a second payout)."""
+    base = {"api": settings.api_base} if settings.api_base else None
+    return stripe.StripeClient(
+        settings.api_key,
+        base_addresses=base,  # type: ignore[arg-type]
+        max_network_retries=settings.network_retries,
+        http_client=stripe.RequestsClient(timeout=settings.timeout_seconds),
+    )
+
+
 class StripeGateway:
     def __init__(self, settings: StripeSettings, observer: Observer = NO_OBSERVER) -> None:
         self._observer = observer
-        base = {"api": settings.api_base} if settings.api_base else None
-        self._client = stripe.StripeClient(
-            settings.api_key,
-            base_addresses=base,  # type: ignore[arg-type]
-            max_network_retries=settings.network_retries,
-            http_client=stripe.RequestsClient(timeout=settings.timeout_seconds),
-        )
+        self._client = stripe_client(settings)
         # Only to scrub it from messages: never printed, never stored elsewhere.
         self._secret = settings.api_key
 

@@ -29,7 +29,7 @@ from stripe.params import TransferListParams, TransferReversalListParams
 
 from ledger import values
 from ledger.errors import InvalidInput, LedgerError
-from ledger.stripe.gateway import StripeSettings, classify
+from ledger.stripe.gateway import StripeSettings, classify, stripe_client
 
 # Stripe's largest page.
 PAGE_SIZE: Final = 100
@@ -115,16 +115,9 @@ class StripeReader:
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        # The client is built as StripeGateway builds its own (gateway.py keeps
-        # its client private): the same base address, timeout and
-        # stripe-python retries of connection errors and 5xx, harmless on reads.
-        base = {"api": settings.api_base} if settings.api_base else None
-        self._client = stripe.StripeClient(
-            settings.api_key,
-            base_addresses=base,  # type: ignore[arg-type]
-            max_network_retries=settings.network_retries,
-            http_client=stripe.RequestsClient(timeout=settings.timeout_seconds),
-        )
+        # The daemon's client: stripe-python's retries of connection errors
+        # and 5xx are harmless on reads too.
+        self._client = stripe_client(settings)
         # Only to scrub it from messages: never printed, never stored elsewhere.
         self._secret = settings.api_key
         self._backoff = backoff or Backoff()
