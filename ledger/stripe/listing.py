@@ -78,16 +78,24 @@ class ListedTransfer:
     reversals: tuple[ListedReversal, ...] | None
 
     def ledger_transfer_id(self) -> UUID | None:
-        """The ledger transfer this Stripe transfer names, if any: the metadata
-        the payout manager sets, else a transfer_group that is a transfer id
-        (transfer_group is the ledger transfer id on every payout it makes)."""
-        for candidate in (self.metadata_transfer_id, self.transfer_group):
-            if candidate:
-                try:
-                    return values.transfer_id(candidate)
-                except InvalidInput:
-                    continue
-        return None
+        """The ledger transfer this Stripe transfer names, if any."""
+        return ledger_id_named(self.metadata_transfer_id, self.transfer_group)
+
+
+def ledger_id_named(metadata_transfer_id: object, transfer_group: object) -> UUID | None:
+    """The ledger transfer a Stripe transfer names, by the one rule that both
+    `ledger reconcile` and the webhook handler use, so they never disagree on
+    whose it is: `metadata.ledger_transfer_id` first (a key only the ledger
+    sets), then `transfer_group` (the payout manager sets it to the ledger id
+    too, but other systems on the platform use it for their own grouping). A
+    value that is not a transfer id names nothing."""
+    for candidate in (metadata_transfer_id, transfer_group):
+        if isinstance(candidate, str) and candidate:
+            try:
+                return values.transfer_id(candidate)
+            except InvalidInput:
+                continue
+    return None
 
 
 @dataclass(frozen=True)

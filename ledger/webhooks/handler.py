@@ -41,10 +41,10 @@ from uuid import UUID
 import stripe
 from prometheus_client import Counter
 
-from ledger import values
 from ledger.bootstrap import Ledger
 from ledger.domain import Transfer
 from ledger.errors import InvalidInput, TransferNotFound, TransitionRefused
+from ledger.stripe.listing import ledger_id_named
 from ledger.webhooks import deliveries
 from ledger.webhooks.deliveries import Delivery, Outcome
 
@@ -329,25 +329,11 @@ def _find_transfer(
 
 
 def _named_ledger_id(obj: Mapping[str, Any]) -> UUID | None:
-    """The ledger id the Stripe transfer names, in the order
-    `ledger.stripe.listing.ListedTransfer.ledger_transfer_id` uses (so that the
-    webhook and `ledger reconcile` never disagree on whose it is):
-    `metadata.ledger_transfer_id` first (a key only the ledger sets), then
-    `transfer_group` (the payout manager sets it to the ledger id too, but
-    other systems on the platform use it for their own grouping). A value that
-    is not a transfer id names nothing."""
     metadata = obj.get("metadata")
-    candidates = (
+    return ledger_id_named(
         metadata.get("ledger_transfer_id") if isinstance(metadata, Mapping) else None,
         obj.get("transfer_group"),
     )
-    for candidate in candidates:
-        if isinstance(candidate, str) and candidate:
-            try:
-                return values.transfer_id(candidate)
-            except InvalidInput:
-                continue
-    return None
 
 
 def _reversals(obj: Mapping[str, Any]) -> list[_Reversal]:
