@@ -32,7 +32,13 @@ from ledger.audit.rebuild import rebuild
 from ledger.audit.verify import verify
 from ledger.bootstrap import CLI_ACTOR, Ledger, build_daemon, migrate_database, work_store
 from ledger.config import database_url, env_number
-from ledger.errors import InvalidInput, LedgerError, TransferNotFound, TransitionRefused
+from ledger.errors import (
+    InvalidInput,
+    LedgerError,
+    TransferNotFound,
+    TransitionRefused,
+    first_line,
+)
 from ledger.health import Thresholds, health_report
 from ledger.processing.clock import DatabaseClock
 from ledger.processing.daemon import DaemonOptions
@@ -682,21 +688,17 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error), EXIT_FAILURE)
     except (PersistenceError, sqlite3.Error, psycopg.Error) as error:
         # The message is the driver's; it names the problem, never the password.
-        return _fail(f"database error: {_first_line(str(error))}", EXIT_FAILURE)
+        return _fail(f"database error: {first_line(str(error))}", EXIT_FAILURE)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_FAILURE)
     except Exception as error:
         if os.environ.get("LEDGER_DEBUG"):
             traceback.print_exc()
-        return _fail(f"internal error: {type(error).__name__}: {_first_line(str(error))}", 1)
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "(no message)"
+        return _fail(f"internal error: {type(error).__name__}: {first_line(str(error))}", 1)
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"ledger: error: {_first_line(message)}", file=sys.stderr)
+    print(f"ledger: error: {first_line(message)}", file=sys.stderr)
     return code
 
 

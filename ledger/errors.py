@@ -6,6 +6,12 @@ The CLI maps them to the contract's exit codes; nothing here knows about exit co
 from __future__ import annotations
 
 
+def first_line(text: str) -> str:
+    """An error's message as one line for stderr or a log: drivers' messages
+    (psycopg's, sqlite3's) run over several lines of detail."""
+    return text.strip().splitlines()[0] if text.strip() else "(no message)"
+
+
 class LedgerError(Exception):
     """Base of every error the ledger raises on purpose."""
 

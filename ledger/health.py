@@ -25,7 +25,7 @@ import psycopg
 from eventsourcing.persistence import PersistenceError
 
 from ledger.config import DatabaseConfig, env_number
-from ledger.errors import DatabaseUnavailable
+from ledger.errors import DatabaseUnavailable, first_line
 from ledger.migrate import available_migrations, pending_migrations
 from ledger.processing.clock import DatabaseClock
 from ledger.storage import Database
@@ -109,9 +109,7 @@ def measure(db: Database, decode: Callable[[Any], Any], now: datetime) -> Measur
         cursor.execute(f"SELECT MAX({db.notification_id_column}) AS n FROM {db.events_table}")
         row = cursor.fetchone()
         log_position = int(row["n"] or 0) if row else 0
-        cursor.execute(
-            "SELECT position FROM projection_tracking WHERE name = ?", (TRACKING_NAME,)
-        )
+        cursor.execute("SELECT position FROM projection_tracking WHERE name = ?", (TRACKING_NAME,))
         row = cursor.fetchone()
         projected = int(row["position"]) if row else 0
         lag_events = db.count_events_between(cursor, projected, log_position)
@@ -200,8 +198,7 @@ def health_report(url: str, thresholds: Thresholds) -> HealthReport:
     try:
         ledger = Ledger(config)
     except (DatabaseUnavailable, PersistenceError, psycopg.Error, sqlite3.Error) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return HealthReport([Check("database", False, f"unreachable: {first_line}")])
+        return HealthReport([Check("database", False, f"unreachable: {first_line(str(error))}")])
     with ledger:
         checks = [Check("database", True, f"{config.kind} answers")]
         migrations = check_migrations(ledger.db)
@@ -264,9 +261,7 @@ def judge(m: Measurements, t: Thresholds) -> list[Check]:
             },
         )
     )
-    alive = [
-        d for d in m.daemons if not d.stopped and d.seen_seconds_ago <= t.daemon_seen_seconds
-    ]
+    alive = [d for d in m.daemons if not d.stopped and d.seen_seconds_ago <= t.daemon_seen_seconds]
     checks.append(
         Check(
             "daemons",
@@ -281,9 +276,7 @@ def judge(m: Measurements, t: Thresholds) -> list[Check]:
         Check(
             "parked",
             m.parked == 0,
-            "nothing parked"
-            if m.parked == 0
-            else f"{m.parked} parked: see `ledger parked list`",
+            "nothing parked" if m.parked == 0 else f"{m.parked} parked: see `ledger parked list`",
             {"parked": m.parked},
         )
     )

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ledger.errors import first_line
 from ledger.health import measure
 from ledger.processing.observer import Observer
 from ledger.storage import Database
@@ -109,11 +110,10 @@ class LedgerCollector(Collector):
                 # A scrape must not take the daemon down; `ledger_up 0` shows
                 # the database did not answer. One line: a scrape every 15 s
                 # while the database is down must not fill the log with tracebacks.
-                first_line = (str(error).strip().splitlines() or [""])[0]
                 log.error(  # noqa: TRY400 - the failure is in the line
                     "metrics: reading the ledger's state failed: %s: %s",
                     type(error).__name__,
-                    first_line,
+                    first_line(str(error)),
                 )
                 yield GaugeMetricFamily("ledger_up", "1 when the database answered.", value=0)
                 return
