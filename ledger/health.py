@@ -29,30 +29,27 @@ from ledger.errors import DatabaseUnavailable, first_line
 from ledger.migrate import available_migrations, pending_migrations
 from ledger.processing.clock import DatabaseClock
 from ledger.storage import Database
-from projections.seller_transfers import TRACKING_NAME
-
-# Parked work is reported on its own; it is not "waiting" for a daemon.
-_NOT_PARKED: Final = (
-    " AND NOT EXISTS (SELECT 1 FROM stripe_work w"
-    " WHERE w.transfer_id = s.id AND w.parked_at IS NOT NULL)"
+from projections.seller_transfers import (
+    DUE_PAYOUT_RETRY_WHERE,
+    DUE_PAYOUT_WHERE,
+    DUE_REVERSAL_WHERE,
+    TRACKING_NAME,
 )
-# Each kind of due work (the daemon's due queries, DESIGN section 4) with the
-# time it became due. `?` is now.
+
+# Each kind of due work (the daemon's due queries' conditions) with the
+# expression for when it became due.
+_DUE_SINCE: Final = (
+    ("reversal", DUE_REVERSAL_WHERE, "COALESCE(s.next_retry_at, s.updated_at)"),
+    ("payout_retry", DUE_PAYOUT_RETRY_WHERE, "s.next_retry_at"),
+    ("payout", DUE_PAYOUT_WHERE, "s.created_at"),
+)
+# How many are due and since when, `?` being now. Parked work is reported on
+# its own: it is not waiting for a daemon.
 DUE_WORK_SQL: Final[Mapping[str, str]] = {
-    "reversal": (
-        "SELECT COUNT(*) AS n, MIN(COALESCE(s.next_retry_at, s.updated_at)) AS since"
-        " FROM seller_transfers s WHERE s.status = 'reversal_pending'"
-        " AND (s.next_retry_at IS NULL OR s.next_retry_at <= ?)" + _NOT_PARKED
-    ),
-    "payout_retry": (
-        "SELECT COUNT(*) AS n, MIN(s.next_retry_at) AS since"
-        " FROM seller_transfers s WHERE s.status = 'failed'"
-        " AND s.next_retry_at IS NOT NULL AND s.next_retry_at <= ?" + _NOT_PARKED
-    ),
-    "payout": (
-        "SELECT COUNT(*) AS n, MIN(s.created_at) AS since"
-        " FROM seller_transfers s WHERE s.status = 'pending' AND s.created_at <= ?" + _NOT_PARKED
-    ),
+    kind: f"SELECT COUNT(*) AS n, MIN({since}) AS since FROM seller_transfers s"
+    f" WHERE {where} AND NOT EXISTS (SELECT 1 FROM stripe_work w"
+    " WHERE w.transfer_id = s.id AND w.parked_at IS NOT NULL)"
+    for kind, where, since in _DUE_SINCE
 }
 
 

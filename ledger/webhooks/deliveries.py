@@ -131,20 +131,3 @@ def save_alone(db: Database, delivery: Delivery) -> bool:
         _SAVE_SQL + " RETURNING stripe_event_id", delivery.params(db), returning=True
     )
     return bool(rows)
-
-
-def ledger_ids_for_stripe_transfer(db: Database, stripe_transfer_id: str) -> list[UUID]:
-    """The ledger transfers the read table says were paid out as this Stripe
-    transfer (transfers imported from the old table carry whatever
-    transfer_group the old system gave them): none, one, or (at most two of)
-    several, which only a person can sort out.
-
-    The column has no index: this runs only for deliveries whose
-    transfer_group and metadata name no ledger transfer."""
-    with db.transaction(write=False) as cursor:
-        cursor.execute(
-            "SELECT id FROM seller_transfers WHERE stripe_transfer_id = ? LIMIT 2",
-            (stripe_transfer_id,),
-        )
-        rows = cursor.fetchall()
-    return [row["id"] if isinstance(row["id"], UUID) else UUID(str(row["id"])) for row in rows]

@@ -47,6 +47,7 @@ from ledger.errors import InvalidInput, TransferNotFound, TransitionRefused
 from ledger.stripe.listing import ledger_id_named
 from ledger.webhooks import deliveries
 from ledger.webhooks.deliveries import Delivery, Outcome
+from projections.seller_transfers import find_by_stripe_transfer_ids
 
 if TYPE_CHECKING:
     # Not imported when running: ledger.api imports this module.
@@ -314,7 +315,10 @@ def _find_transfer(
         # Whether the ledger has it is found when the change loads it.
         return named
     ledger.ensure_current()
-    paid_as = deliveries.ledger_ids_for_stripe_transfer(ledger.db, stripe_transfer_id)
+    # Transfers imported from the old table carry whatever transfer_group the
+    # old system gave them: the read table knows them by their Stripe id.
+    recording = find_by_stripe_transfer_ids(ledger.db, [stripe_transfer_id])
+    paid_as = [row.id for row in recording.get(stripe_transfer_id, [])]
     if not paid_as:
         # One of the platform's other Stripe transfers: not the ledger's
         # business, and nothing for `ledger reconcile` to list.
