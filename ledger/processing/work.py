@@ -46,6 +46,18 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class WorkState:
+    """A row as an operator's tool reads it (`ledger reconcile` says what the
+    daemons are doing about a difference that may be in flight)."""
+
+    attempts: int
+    outcome_unknown: bool
+    claimed_by: str | None
+    claim_expires_at: datetime | None
+    parked_at: datetime | None
+
+
+@dataclass(frozen=True)
 class ParkedWork:
     transfer_id: UUID
     kind: str
@@ -227,6 +239,25 @@ class WorkStore:
             row["parked_at"] is not None
             or (claim_expires_at is not None and claim_expires_at > now)
             or (not_before is not None and not_before > now)
+        )
+
+    def state(self, transfer_id: UUID, kind: str) -> WorkState | None:
+        """The row for this work, or None when no daemon has taken it yet."""
+        with self.db.transaction(write=False) as cursor:
+            cursor.execute(
+                "SELECT attempts, outcome_unknown, claimed_by, claim_expires_at, parked_at"
+                " FROM stripe_work WHERE transfer_id = ? AND kind = ?",
+                self._key(transfer_id, kind),
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        return WorkState(
+            attempts=int(row["attempts"]),
+            outcome_unknown=bool(row["outcome_unknown"]),
+            claimed_by=row["claimed_by"],
+            claim_expires_at=self.db.from_db_time(row["claim_expires_at"]),
+            parked_at=self.db.from_db_time(row["parked_at"]),
         )
 
     # ----- parked work (`ledger parked ...`) ------------------------------------
