@@ -24,6 +24,7 @@ from typing import Any, Final
 import psycopg
 from eventsourcing.persistence import PersistenceError
 
+from ledger.bootstrap import Ledger
 from ledger.config import DatabaseConfig, env_number
 from ledger.errors import DatabaseUnavailable, first_line
 from ledger.migrate import available_migrations, pending_migrations
@@ -186,9 +187,6 @@ class HealthReport:
 
 def health_report(url: str, thresholds: Thresholds) -> HealthReport:
     """Every check, stopping early where the rest could not be read."""
-    # Imported here: the composition root imports this module's neighbours.
-    from ledger.bootstrap import Ledger  # noqa: PLC0415
-
     config = DatabaseConfig.from_url(url)
     if config.kind == "sqlite" and not Path(config.path).exists():
         return HealthReport([Check("database", False, f"no ledger database at {config.path}")])
