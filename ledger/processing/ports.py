@@ -50,13 +50,25 @@ class StripeCallFailed(Exception):
 
     def summary(self) -> str:
         """One line for `last_error`: what Stripe said, and where to look it up."""
-        parts = [f"{self.http_status or 'no response'}"]
+        parts = [str(self.http_status)] if self.http_status else []
         if self.code:
             parts.append(self.code)
         parts.append(str(self))
         if self.request_id:
             parts.append(f"({self.request_id})")
         return " ".join(parts)
+
+    def after_unknown_tries(self, earlier: Sequence[StripeCallFailed]) -> StripeCallFailed:
+        """This (last) answer of a call whose earlier tries may have reached
+        Stripe: the call's outcome is unknown, whatever this answer says."""
+        tries = "; ".join(f.summary() for f in earlier)
+        return StripeCallFailed(
+            FailureKind.UNKNOWN,
+            f"an earlier try may have reached Stripe ({tries}), then: {self.summary()}",
+            code=self.code,
+            http_status=self.http_status,
+            request_id=self.request_id,
+        )
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ every message that leaves; it is in no repr, log line or error.
 from __future__ import annotations
 
 import os
+import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, TypeVar
 
 import stripe
 
@@ -31,10 +32,18 @@ from ledger.processing.ports import (
 # Explicit, because stripe-python's default is 80 s and no retries: a stuck
 # call would hold a transfer's claim for over a minute.
 DEFAULT_TIMEOUT_SECONDS: Final = 15.0
-# stripe-python retries connection errors, timeouts, 409 and 5xx itself, with
-# the SAME idempotency key: when the first try committed, Stripe replays its
-# saved answer, so these retries never move money twice.
+# A call is tried again after a connection error, a timeout, a 409 or a 5xx
+# (unless Stripe says `Stripe-Should-Retry: false`), and after a 429 only when
+# Stripe says `Stripe-Should-Retry: true`: stripe-python's own rules. Every try
+# of one call uses the SAME idempotency key, so when an earlier try committed,
+# Stripe replays its saved answer and no retry moves money twice. The gateway
+# makes the tries itself (stripe-python's client makes one), because it must
+# remember every try's answer, not only the last one's: see `_tries`.
 DEFAULT_NETWORK_RETRIES: Final = 2
+# Between tries: stripe-python's backoff (half a second, doubling, at most 5 s,
+# each wait drawn between half of that and all of it, never under half a second).
+RETRY_INITIAL_DELAY_SECONDS: Final = 0.5
+RETRY_MAX_DELAY_SECONDS: Final = 5.0
 PAGE_SIZE: Final = 100
 _REDACTED: Final = "[redacted]"
 # A 400 about one of these is Stripe refusing the transfer or reversal itself.
@@ -76,23 +85,36 @@ class StripeSettings:
         return (self.timeout_seconds + 5.0) * (self.network_retries + 1)
 
 
-def stripe_client(settings: StripeSettings) -> stripe.StripeClient:
+def stripe_client(settings: StripeSettings, *, retries: int | None = None) -> stripe.StripeClient:
     """stripe-python's client as the ledger uses it everywhere: this base
-    address, this timeout, and stripe-python's own retries of connection
-    errors and 5xx (with the same idempotency key, so never a second payout)."""
+    address and this timeout. `retries`: stripe-python's own retries (default
+    the settings'); the gateway asks for none and makes its tries itself."""
     base = {"api": settings.api_base} if settings.api_base else None
     return stripe.StripeClient(
         settings.api_key,
         base_addresses=base,  # type: ignore[arg-type]
-        max_network_retries=settings.network_retries,
+        max_network_retries=settings.network_retries if retries is None else retries,
         http_client=stripe.RequestsClient(timeout=settings.timeout_seconds),
     )
 
 
+T = TypeVar("T")
+
+
 class StripeGateway:
-    def __init__(self, settings: StripeSettings, observer: Observer = NO_OBSERVER) -> None:
+    def __init__(
+        self,
+        settings: StripeSettings,
+        observer: Observer = NO_OBSERVER,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         self._observer = observer
-        self._client = stripe_client(settings)
+        self._client = stripe_client(settings, retries=0)
+        self._tries_per_call = settings.network_retries + 1
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         # Only to scrub it from messages: never printed, never stored elsewhere.
         self._secret = settings.api_key
 
@@ -111,8 +133,9 @@ class StripeGateway:
         metadata: Mapping[str, str],
         idempotency_key: str,
     ) -> StripeTransfer:
-        with self._translated_errors("transfers.create") as call:
-            created = call.result = self._client.v1.transfers.create(
+        created = self._tries(
+            "transfers.create",
+            lambda: self._client.v1.transfers.create(
                 params={
                     "amount": amount,
                     "currency": currency,
@@ -121,24 +144,30 @@ class StripeGateway:
                     "metadata": dict(metadata),
                 },
                 options={"idempotency_key": idempotency_key},
-            )
+            ),
+            moves_money=True,
+        )
         return _transfer(created)
 
     def transfers_in_group(self, transfer_group: str) -> Sequence[StripeTransfer]:
-        with self._translated_errors("transfers.list"):
-            return [
-                _transfer(t)
-                for t in self._pages(
-                    lambda after: self._client.v1.transfers.list(
-                        params=_page({"transfer_group": transfer_group}, after)  # type: ignore[arg-type]
-                    )
-                )
-            ]
+        return [
+            _transfer(t)
+            for t in self._pages(
+                "transfers.list",
+                lambda after: self._client.v1.transfers.list(
+                    params=_page({"transfer_group": transfer_group}, after)  # type: ignore[arg-type]
+                ),
+            )
+        ]
 
     def retrieve_transfer(self, transfer_id: str) -> StripeTransfer:
-        with self._translated_errors("transfers.retrieve") as call:
-            call.result = self._client.v1.transfers.retrieve(transfer_id)
-        return _transfer(call.result)
+        return _transfer(
+            self._tries(
+                "transfers.retrieve",
+                lambda: self._client.v1.transfers.retrieve(transfer_id),
+                moves_money=False,
+            )
+        )
 
     # ----- reversals ----------------------------------------------------------
 
@@ -150,62 +179,109 @@ class StripeGateway:
         metadata: Mapping[str, str],
         idempotency_key: str,
     ) -> StripeReversal:
-        with self._translated_errors("reversals.create") as call:
-            created = call.result = self._client.v1.transfers.reversals.create(
+        created = self._tries(
+            "reversals.create",
+            lambda: self._client.v1.transfers.reversals.create(
                 transfer_id,
                 params={"amount": amount, "metadata": dict(metadata)},
                 options={"idempotency_key": idempotency_key},
-            )
+            ),
+            moves_money=True,
+        )
         return _reversal(created)
 
     def reversals_of(self, transfer_id: str) -> Sequence[StripeReversal]:
-        with self._translated_errors("reversals.list"):
-            return [
-                _reversal(r)
-                for r in self._pages(
-                    lambda after: self._client.v1.transfers.reversals.list(
-                        transfer_id,
-                        params=_page({}, after),  # type: ignore[arg-type]
-                    )
-                )
-            ]
+        return [
+            _reversal(r)
+            for r in self._pages(
+                "reversals.list",
+                lambda after: self._client.v1.transfers.reversals.list(
+                    transfer_id,
+                    params=_page({}, after),  # type: ignore[arg-type]
+                ),
+            )
+        ]
 
     # ----- plumbing -----------------------------------------------------------
 
-    @staticmethod
-    def _pages(fetch: Any) -> Iterator[Any]:
+    def _pages(self, endpoint: str, fetch: Callable[[str | None], Any]) -> Iterator[Any]:
         after: str | None = None
         while True:
-            page = fetch(after)
+            page = self._tries(endpoint, partial(fetch, after), moves_money=False)
             data = list(page["data"])
             yield from data
             if not page["has_more"] or not data:
                 return
             after = data[-1]["id"]
 
-    @contextmanager
-    def _translated_errors(self, endpoint: str) -> Iterator[_Call]:
-        """stripe-python's exceptions leave as classified StripeCallFailed.
-        Each call is counted and timed (by endpoint and outcome), and its Stripe
-        request id goes into the log context of the work being done."""
-        call = _Call()
-        started = time.monotonic()
-        try:
-            yield call
-        except stripe.StripeError as error:
-            failure = classify(error, self._secret)
-            note(stripe_request_id=failure.request_id)
-            self._observer.stripe_call(endpoint, failure.kind.value, time.monotonic() - started)
-            raise failure from None
-        response = getattr(call.result, "last_response", None)
-        note(stripe_request_id=getattr(response, "request_id", None))
-        self._observer.stripe_call(endpoint, "ok", time.monotonic() - started)
+    def _tries(self, endpoint: str, send: Callable[[], T], *, moves_money: bool) -> T:
+        """One call, made in up to `network_retries + 1` tries under the same
+        idempotency key; returns what the successful try returned, or raises
+        the call's StripeCallFailed.
+
+        The call's failure is decided by EVERY try, never by the last answer
+        alone: once a try of a money-moving call may have reached Stripe (a
+        dropped connection, a timeout, a 5xx, a 409 for a key in use), the
+        call's outcome is unknown whatever the later tries answered. A later
+        429 or 400 says nothing about what the earlier try did; only a look-up
+        can (DESIGN section 5). Each try is counted and timed by endpoint and
+        outcome, and its Stripe request id goes into the log context."""
+        reached: list[StripeCallFailed] = []
+        for number in range(1, self._tries_per_call + 1):
+            started = time.monotonic()
+            try:
+                result = send()
+            except stripe.StripeError as error:
+                failure = classify(error, self._secret)
+                note(stripe_request_id=failure.request_id)
+                self._observer.stripe_call(endpoint, failure.kind.value, time.monotonic() - started)
+                if moves_money and may_have_reached_stripe(error):
+                    reached.append(failure)
+                if number < self._tries_per_call and should_try_again(error):
+                    self._sleep(self._retry_delay(number))
+                    continue
+                if reached and failure.kind != FailureKind.UNKNOWN:
+                    raise failure.after_unknown_tries(reached) from None
+                raise failure from None
+            response = getattr(result, "last_response", None)
+            note(stripe_request_id=getattr(response, "request_id", None))
+            self._observer.stripe_call(endpoint, "ok", time.monotonic() - started)
+            return result
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    def _retry_delay(self, failed_tries: int) -> float:
+        ceiling = min(
+            RETRY_INITIAL_DELAY_SECONDS * 2 ** (failed_tries - 1), RETRY_MAX_DELAY_SECONDS
+        )
+        return float(max(RETRY_INITIAL_DELAY_SECONDS, ceiling * (0.5 + self._rng.random() / 2)))
 
 
-class _Call:
-    """What a call returned, for its request id (lists leave it unset)."""
+def may_have_reached_stripe(error: stripe.StripeError) -> bool:
+    """Could this try have changed something at Stripe? A connection that
+    failed or timed out may have carried the request (conservatively: any);
+    a 5xx may come after Stripe committed (and is then saved under the key);
+    a 409 says another request with this key is executing right now. A 429 is
+    answered before anything runs (Stripe's limiter comes first), and every
+    other 4xx is Stripe's definite, saved answer to this key."""
+    if isinstance(error, stripe.APIConnectionError):
+        return True
+    status = error.http_status or 0
+    return status >= 500 or status == 409
 
-    result: Any = None
+
+def should_try_again(error: stripe.StripeError) -> bool:
+    """stripe-python's rules for trying the same request again: Stripe's
+    `Stripe-Should-Retry` header first; else connection errors it deems
+    retryable, 409 and 5xx."""
+    if isinstance(error, stripe.APIConnectionError):
+        return bool(getattr(error, "should_retry", False))
+    advice = (error.headers or {}).get("stripe-should-retry")
+    if advice == "false":
+        return False
+    if advice == "true":
+        return True
+    status = error.http_status or 0
+    return status == 409 or status >= 500
 
 
 def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:

@@ -90,16 +90,90 @@ def test_a_connection_dropped_after_commit_records_the_transfer_once(world: Worl
     assert len(world.stripe_transfers(transfer_id)) == 1
 
 
-def test_a_500_before_executing_is_retried_under_a_new_key_and_pays_once(world: World) -> None:
+def test_a_500_before_executing_is_tried_again_under_the_same_key_and_pays_once(
+    world: World,
+) -> None:
     world.simulator.add_fault("500_before", path="/v1/transfers")
     transfer_id = world.create("order-6")
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "completed" and view.retry_count == 0
+    assert len(world.stripe_transfers(transfer_id)) == 1
+    keys = [r["idempotency_key"] for r in world.money_posts()]
+    first = idempotency_key("payout", payout_cause(transfer_id), 1)
+    assert keys == [first, first]
+
+
+def test_a_call_whose_every_try_failed_is_looked_up_then_made_under_a_new_key(
+    world: World,
+) -> None:
+    world.simulator.add_fault("500_before", count=3, path="/v1/transfers")
+    transfer_id = world.create("order-6b")
     world.run_daemon_once()
     view = world.show(transfer_id)
     assert view.status == "completed" and view.retry_count == 1
     assert len(world.stripe_transfers(transfer_id)) == 1
     keys = [r["idempotency_key"] for r in world.money_posts()]
     cause = payout_cause(transfer_id)
-    assert keys == [idempotency_key("payout", cause, 1), idempotency_key("payout", cause, 2)]
+    first, second = idempotency_key("payout", cause, 1), idempotency_key("payout", cause, 2)
+    assert keys == [first, first, first, second]
+    # Between the two keys, the ledger looked for what the first may have made.
+    gets = [r["path"] for r in world.simulator.state()["requests"] if r["method"] == "GET"]
+    assert gets and all(path.startswith("/v1/transfers") for path in gets)
+
+
+@pytest.mark.parametrize("unknown", ["drop_after", "500_after", "500_before"])
+def test_a_payout_whose_first_try_may_have_reached_stripe_is_not_paid_twice_after_a_429(
+    world: World, unknown: str
+) -> None:
+    """Red-team F1: the first try's outcome is unknown (the connection dropped
+    after Stripe committed, or a 500), and the client's own retry under the
+    same key meets a 429. The 429 says nothing about the first try: the call's
+    outcome is unknown, and the ledger looks it up before any new key."""
+    world.simulator.add_fault(unknown, path="/v1/transfers")
+    world.simulator.add_fault("429", path="/v1/transfers")
+    transfer_id = world.create("order-f1")
+    world.run_daemon_once()
+    world.run_daemon_once()
+    made = world.stripe_transfers(transfer_id)
+    assert len(made) == 1
+    view = world.show(transfer_id)
+    assert view.status == "completed" and view.stripe_transfer_id == made[0]["id"]
+    assert ledger_matches_stripe(world, [transfer_id]) == []
+
+
+@pytest.mark.parametrize("unknown", ["drop_after", "500_after"])
+def test_a_reversal_whose_first_try_may_have_reached_stripe_is_not_made_twice_after_a_429(
+    world: World, unknown: str
+) -> None:
+    transfer_id = world.create("order-f1r", amount=6000)
+    world.run_daemon_once()
+    world.simulator.add_fault(unknown, path="/reversals")
+    world.simulator.add_fault("429", path="/reversals")
+    world.request_reversal(transfer_id, amount=2500)
+    world.run_daemon_once()
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "reversed" and view.amount_reversed == 2500
+    assert [r["amount"] for r in world.stripe_reversals(view.stripe_transfer_id or "")] == [2500]
+    assert ledger_matches_stripe(world, [transfer_id]) == []
+
+
+def test_random_faults_with_the_client_retrying_never_move_money_twice(
+    database_url: str,
+) -> None:
+    """Red-team F1's random run: 22 transfers against 500_after, drop_after,
+    429 and 500_before at 0.15/0.15/0.15/0.1 with seed 7 paid 3 of them twice."""
+    faults = {"500_after": 0.15, "drop_after": 0.15, "429": 0.15, "500_before": 0.1}
+    with running_simulator(faults=faults, seed=7) as faulty:
+        world = new_world(database_url, faulty, max_attempts=20)
+        transfer_ids = [world.create(f"order-r{n}", amount=1000 + n) for n in range(22)]
+        for _ in range(20):
+            world.run_daemon_once()
+            if all(world.show(t).status == "completed" for t in transfer_ids):
+                break
+        assert [world.show(t).status for t in transfer_ids] == ["completed"] * 22
+        assert ledger_matches_stripe(world, transfer_ids) == []
 
 
 def test_429_is_a_failed_attempt_retried_later(world: World) -> None:
@@ -225,7 +299,8 @@ def test_while_a_payouts_outcome_is_unknown_the_ledger_never_gives_up_on_its_own
     means "not paid"). It parks the work for a person; once Stripe answers
     again, `parked retry` finds the one transfer."""
     world.simulator.add_fault("500_after", path="/v1/transfers", method="POST")
-    lookups = world.max_attempts  # one per attempt: all of them fail
+    # One look-up per attempt, each made in three tries: all of them fail.
+    lookups = world.max_attempts * 3
     world.simulator.add_fault("500_before", count=lookups, path="/v1/transfers", method="GET")
     transfer_id = world.create("order-unknown")
     world.run_daemon_once()
@@ -236,11 +311,17 @@ def test_while_a_payouts_outcome_is_unknown_the_ledger_never_gives_up_on_its_own
     assert parked.transfer_id == transfer_id
     assert "outcome unknown" in (parked.last_failure or "")
     assert len(world.stripe_transfers(transfer_id)) == 1
-    assert len([r for r in world.money_posts() if r["path"] == "/v1/transfers"]) == 1
+    assert len(payout_keys(world)) == 1
 
     with world.ledger() as ledger:
         work_store(ledger).unpark(transfer_id, datetime.now(UTC))
     world.run_daemon_once()
     assert world.show(transfer_id).status == "completed"
     assert ledger_matches_stripe(world, [transfer_id]) == []
-    assert len([r for r in world.money_posts() if r["path"] == "/v1/transfers"]) == 1
+    assert len(payout_keys(world)) == 1
+
+
+def payout_keys(world: World) -> set[str]:
+    """The idempotency keys of every payout request: one per call, whatever
+    its tries."""
+    return {r["idempotency_key"] for r in world.money_posts() if r["path"] == "/v1/transfers"}

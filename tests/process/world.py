@@ -3,6 +3,8 @@
 Everything is real: the database (SQLite file or PostgreSQL), the stripe-python
 client over HTTP on 127.0.0.1, the simulator's idempotency semantics. Only the
 retry policy is shortened, so that "retry later" is due again at once.
+The Stripe client keeps its defaults: a call is tried up to three times under
+one idempotency key, as in production.
 """
 
 from __future__ import annotations
@@ -59,7 +61,6 @@ class World:
             api_key=self.api_key,
             api_base=self.sim.base_url,
             timeout_seconds=self.timeout_seconds,
-            network_retries=0,
         )
 
     def policy(self) -> RetryPolicy:

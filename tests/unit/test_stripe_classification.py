@@ -12,7 +12,12 @@ import pytest
 import stripe
 
 from ledger.processing.ports import FailureKind
-from ledger.stripe.gateway import StripeSettings, classify
+from ledger.stripe.gateway import (
+    StripeSettings,
+    classify,
+    may_have_reached_stripe,
+    should_try_again,
+)
 
 KEY = "sk_test_51SecretKeyThatMustNotLeak"
 
@@ -86,3 +91,59 @@ def test_settings_never_show_the_key() -> None:
 def test_settings_need_a_key() -> None:
     with pytest.raises(ValueError, match="STRIPE_API_KEY"):
         StripeSettings.from_env({})
+
+
+@pytest.mark.parametrize(
+    ("error", "reached"),
+    [
+        (stripe.APIConnectionError("connection dropped", should_retry=True), True),
+        (stripe.APIError("internal error", http_status=500), True),
+        (stripe.APIError("unavailable", http_status=503), True),
+        (stripe.IdempotencyError("key in use", http_status=409), True),
+        (stripe.RateLimitError("Too many requests", http_status=429), False),
+        (stripe.InvalidRequestError("bad", "amount", "amount_too_large", http_status=400), False),
+        (stripe.AuthenticationError("Invalid API Key provided", http_status=401), False),
+    ],
+)
+def test_a_try_may_have_reached_stripe_after_a_connection_error_a_5xx_or_a_409(
+    error: stripe.StripeError, reached: bool
+) -> None:
+    assert may_have_reached_stripe(error) is reached
+
+
+@pytest.mark.parametrize(
+    ("error", "again"),
+    [
+        (stripe.APIConnectionError("timed out", should_retry=True), True),
+        (stripe.APIConnectionError("bad certificate", should_retry=False), False),
+        (stripe.APIError("internal error", http_status=500), True),
+        (
+            stripe.APIError(
+                "internal error", http_status=500, headers={"stripe-should-retry": "false"}
+            ),
+            False,
+        ),
+        (stripe.IdempotencyError("key in use", http_status=409), True),
+        (stripe.RateLimitError("Too many requests", http_status=429), False),
+        (
+            stripe.RateLimitError(
+                "lock timeout", http_status=429, headers={"stripe-should-retry": "true"}
+            ),
+            True,
+        ),
+        (stripe.InvalidRequestError("bad", "amount", None, http_status=400), False),
+    ],
+)
+def test_a_call_is_tried_again_by_stripe_pythons_rules(
+    error: stripe.StripeError, again: bool
+) -> None:
+    assert should_try_again(error) is again
+
+
+def test_a_definite_answer_after_an_unknown_try_leaves_the_outcome_unknown() -> None:
+    dropped = classify(stripe.APIConnectionError("connection dropped", should_retry=True))
+    limited = classify(stripe.RateLimitError("Too many requests", http_status=429))
+    assert limited.kind == FailureKind.RETRY_LATER
+    combined = limited.after_unknown_tries([dropped])
+    assert combined.kind == FailureKind.UNKNOWN
+    assert "may have reached Stripe" in str(combined) and "429" in combined.summary()
