@@ -122,10 +122,10 @@ class TransferLedger:
         nothing; with other values it raises IdempotencyConflict."""
         transfer_id, _created = self._core.create_transfer(
             seller_account_id=values.seller_account_id(seller),
-            order_ref=values.text(order_ref, "order"),
+            order_ref=values.order_ref(order_ref),
             amount=values.amount(amount),
             currency=values.currency(currency),
-            actor=values.text(actor, "actor"),
+            actor=values.actor(actor),
         )
         return self._core.show(transfer_id)
 
@@ -145,10 +145,10 @@ class TransferLedger:
         transfer_id = values.transfer_id(transfer_id)
         recorded = self._core.request_reversal(
             transfer_id,
-            request_ref=values.text(request_ref, "request"),
+            request_ref=values.request_ref(request_ref),
             amount=values.amount(amount) if amount is not None else None,
-            reason=values.text(reason, "reason"),
-            actor=values.text(actor, "actor"),
+            reason=values.reason(reason),
+            actor=values.actor(actor),
         )
         return ReversalRequest(recorded=recorded, transfer=self._core.show(transfer_id))
 
@@ -161,8 +161,8 @@ class TransferLedger:
         self._core.set_status(
             transfer_id,
             values.status(status),
-            actor=values.text(actor, "actor"),
-            reason=values.text(reason, "reason"),
+            actor=values.actor(actor),
+            reason=values.reason(reason),
         )
         return self._core.show(transfer_id)
 
@@ -170,13 +170,13 @@ class TransferLedger:
         self, records: Sequence[ImportRecord], *, actor: str = API_ACTOR
     ) -> ImportResult:
         """Bulk-load transfers from an existing table (see `ledger.importing`)."""
-        return self._core.import_transfers(records, actor=values.text(actor, "actor"))
+        return self._core.import_transfers(records, actor=values.actor(actor))
 
     def handle_stripe_webhook(
         self,
         payload: bytes,
         signature_header: str | None,
-        secret: str,
+        secret: str | Sequence[str],
         *,
         # ledger.webhooks.DEFAULT_TOLERANCE_SECONDS, written out: importing it
         # would load stripe-python for every API user. A test keeps them equal.

@@ -16,10 +16,11 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.utils import Environment, EnvType
 
 from ledger.domain import STATE_FIELDS, Transfer
 from ledger.errors import IdempotencyConflict, LedgerError, TransferNotFound
-from ledger.storage import Statement
+from ledger.storage import Statement, is_version_conflict
 
 T = TypeVar("T")
 
@@ -65,6 +66,14 @@ class Transfers(Application[UUID]):
     # Names the PostgreSQL events table: transfers_events.
     name = "Transfers"
 
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        """The library's settings as the ledger gives them, and nothing from the
+        process environment: the library would otherwise read its variables
+        (POSTGRES_ENABLE_DB_FUNCTIONS, PERSISTENCE_MODULE, CIPHER_TOPIC, ...)
+        from os.environ, and one of them set for another program could change
+        how the ledger appends (DatabaseConfig.eventsourcing_env pins them all)."""
+        return Environment(name, {**type(self).env, **(env or {})})
+
     def get(self, transfer_id: UUID) -> Transfer:
         try:
             transfer: object = self.repository.get(transfer_id)
@@ -91,14 +100,34 @@ class Transfers(Application[UUID]):
         for _ in range(SAVE_CONFLICT_RETRIES):
             transfer = self.get(transfer_id)
             result = command(transfer)
+            pending = list(transfer.pending_events)
             try:
                 self.save(transfer, also_execute=also_execute)
-            except IntegrityError:
+            except IntegrityError as error:
+                # Only another writer's events at these versions are a conflict
+                # to re-run the command for; any other constraint (one of
+                # `also_execute`'s) is an error of its own.
+                if not is_version_conflict(error):
+                    raise
+                if self.stored_already(transfer_id, pending):
+                    # This very append committed, and only its answer was lost
+                    # (the library tries an append again after a dropped
+                    # connection): it is done, and must not be done twice.
+                    return result
                 continue
             return result
         raise ConcurrentUpdate(
             f"transfer {transfer_id} kept changing under this command; try again"
         )
+
+    def stored_already(self, transfer_id: UUID, pending: Sequence[Any]) -> bool:
+        """True when the log holds exactly these events (timestamps included):
+        an append that committed although its caller saw it fail."""
+        if not pending:
+            return False
+        first = pending[0].originator_version
+        stored = list(self.events.get(transfer_id, gt=first - 1, lte=first + len(pending) - 1))
+        return stored == pending
 
     def create_transfer(self, transfer: Transfer) -> tuple[UUID, bool]:
         """Save a newly created transfer; returns (id, created). The same order

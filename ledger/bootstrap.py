@@ -24,7 +24,7 @@ from eventsourcing.persistence import IntegrityError
 from ledger.application import ImportRecord, Transfers, check_same_order, chunks
 from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
-from ledger.errors import IdempotencyConflict, NotMigrated, TransferNotFound
+from ledger.errors import IdempotencyConflict, InvalidInput, NotMigrated, TransferNotFound
 from ledger.migrate import Migration, apply_migrations, require_migrated
 from ledger.processing.clock import DatabaseClock
 from ledger.processing.daemon import Daemon, DaemonOptions
@@ -57,6 +57,8 @@ class Ledger:
     def __init__(self, config: DatabaseConfig, *, pool_size: int = 2) -> None:
         if config.kind == "postgresql":
             check_postgres_reachable(config.libpq_params())
+        elif Path(config.path).is_dir():
+            raise InvalidInput(f"invalid database URL: {config.path} is a directory, not a file")
         else:
             use_sqlite_wal(config.path)
         self.config = config

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import psycopg
 from eventsourcing.persistence import PersistenceError
@@ -46,6 +46,7 @@ from ledger.processing.heartbeat import BEAT_SECONDS
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.policy import RetryPolicy
 from ledger.signals import stop_on_signals
+from ledger.storage import describe_database_error
 from ledger.stripe import simulator
 from projections.seller_transfers import TransferView
 
@@ -62,9 +63,27 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     # argparse prints usage plus an error and exits; the contract wants one line
-    # and exit 2, raised so main() reports it like every other bad input.
+    # and exit 2, raised so main() reports it like every other bad input. The
+    # line starts "ledger: error:" once: only the subcommand is named here.
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("ledger").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
+
+
+class _PrintableOutput:
+    """Standard output that never carries a raw control character to the
+    terminal: text the ledger prints may hold values stored before the ledger
+    refused them, or Stripe's words; each such character is written escaped
+    (\\x1b). JSON output is already escaped by the encoder."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write("\n".join(values.printable(line) for line in text.split("\n")))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _print_json(data: Any) -> None:
@@ -156,7 +175,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_reverse(args: argparse.Namespace) -> int:
     transfer_id = values.transfer_id(args.id)
     amount = values.amount(args.amount) if args.amount is not None else None
-    reason = values.text(args.reason, "reason")
+    reason = values.reason(args.reason)
     with open_ledger(args.database_url) as ledger:
         request_ref = args.request
         if request_ref is None:
@@ -182,8 +201,8 @@ def cmd_reverse(args: argparse.Namespace) -> int:
 def cmd_set_status(args: argparse.Namespace) -> int:
     transfer_id = values.transfer_id(args.id)
     status = values.status(args.status)
-    actor = values.text(args.actor, "actor")
-    reason = values.text(args.reason, "reason")
+    actor = values.actor(args.actor)
+    reason = values.reason(args.reason)
     with open_ledger(args.database_url) as ledger:
         view = ledger.set_status(transfer_id, status, actor=actor, reason=reason)
     if args.json:
@@ -362,15 +381,22 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     )
     stripe_settings = StripeSettings.from_env()
     policy = RetryPolicy.from_env()
-    claim_seconds = env_number(os.environ, "LEDGER_CLAIM_SECONDS", None, minimum=0, exclusive=True)
+    claim_seconds = env_number(
+        os.environ, "LEDGER_CLAIM_SECONDS", None, minimum=0, exclusive=True, maximum=86400
+    )
     heartbeat_seconds = env_number(
-        os.environ, "LEDGER_HEARTBEAT_SECONDS", BEAT_SECONDS, minimum=0, exclusive=True
+        os.environ,
+        "LEDGER_HEARTBEAT_SECONDS",
+        BEAT_SECONDS,
+        minimum=0,
+        exclusive=True,
+        maximum=3600,
     )
     assert heartbeat_seconds is not None
     thresholds = Thresholds.from_env()
     logs.configure(
         args.log_format,
-        secrets=[stripe_settings.api_key, os.environ.get("STRIPE_WEBHOOK_SECRET", "")],
+        secrets=[stripe_settings.api_key, *os.environ.get("STRIPE_WEBHOOK_SECRET", "").split(",")],
     )
     log = logging.getLogger("ledger.daemon")
     # Workers spend their time waiting on sockets (Stripe, the database) and
@@ -670,6 +696,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    stdout = sys.stdout
+    sys.stdout = _PrintableOutput(stdout)
+    try:
+        return _run(argv)
+    finally:
+        sys.stdout = stdout
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.database_url is None:
@@ -688,7 +723,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error), EXIT_FAILURE)
     except (PersistenceError, sqlite3.Error, psycopg.Error) as error:
         # The message is the driver's; it names the problem, never the password.
-        return _fail(f"database error: {first_line(str(error))}", EXIT_FAILURE)
+        return _fail(describe_database_error(error), EXIT_FAILURE)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_FAILURE)
     except Exception as error:
@@ -698,7 +733,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"ledger: error: {first_line(message)}", file=sys.stderr)
+    print(f"ledger: error: {values.printable(first_line(message))}", file=sys.stderr)
     return code
 
 

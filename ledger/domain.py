@@ -283,7 +283,7 @@ class Transfer(Aggregate):
         currency: str,
         actor: str,
     ) -> Transfer:
-        order_ref = values.text(order_ref, "order")
+        order_ref = values.order_ref(order_ref)
         return cls._create(
             cls.Created,
             id=transfer_id_for_order(order_ref),
@@ -291,7 +291,7 @@ class Transfer(Aggregate):
             order_ref=order_ref,
             amount=values.amount(amount),
             currency=values.currency(currency),
-            actor=values.text(actor, "actor"),
+            actor=values.actor(actor),
             reason=None,
             caused_by=None,
         )
@@ -326,24 +326,28 @@ class Transfer(Aggregate):
             reversal_amount=reversal_amount,
         )
         if reversal_request_ref is not None:
-            reversal_request_ref = values.text(reversal_request_ref, "reversal_request_ref")
+            reversal_request_ref = values.request_ref(reversal_request_ref, "reversal_request_ref")
         return cls._create(
             cls.Imported,
             id=transfer_id,
             seller_account_id=values.seller_account_id(seller_account_id),
-            order_ref=values.text(order_ref, "order_ref"),
+            order_ref=values.order_ref(order_ref, "order_ref"),
             amount=amount,
             currency=values.currency(currency),
             status=status,
             retry_count=values.non_negative_int(retry_count, "retry_count"),
             next_retry_at=next_retry_at,
-            stripe_transfer_id=stripe_transfer_id,
+            stripe_transfer_id=(
+                None
+                if stripe_transfer_id is None
+                else values.stripe_id(stripe_transfer_id, "stripe_transfer_id")
+            ),
             amount_reversed=amount_reversed,
-            last_error=last_error,
+            last_error=None if last_error is None else values.text(last_error, "last_error"),
             reversal_request_ref=reversal_request_ref,
             reversal_amount=reversal_amount,
             source_updated_at=source_updated_at,
-            actor=values.text(actor, "actor"),
+            actor=values.actor(actor),
             reason=None,
             caused_by=None,
         )
@@ -361,7 +365,7 @@ class Transfer(Aggregate):
             applies_to=_AWAITING_PAYOUT,
             actor=actor,
             caused_by=caused_by,
-            stripe_transfer_id=values.text(stripe_transfer_id, "stripe transfer id"),
+            stripe_transfer_id=values.stripe_id(stripe_transfer_id, "stripe transfer id"),
         )
 
     def record_payout_failed(
@@ -409,11 +413,11 @@ class Transfer(Aggregate):
     ) -> bool:
         """Ask for (part of) the transfer back. Returns False when this exact
         request was already recorded (nothing appended), True when recorded now."""
-        request_ref = values.text(request_ref, "request")
+        request_ref = values.request_ref(request_ref)
         if amount is not None:
             amount = values.amount(amount)
         if reason is not None:
-            reason = values.text(reason, "reason")
+            reason = values.reason(reason)
         if self.reversal_request_ref == request_ref:
             # The same request again (a retried refund handler): nothing to do,
             # unless it now names another amount, which is a caller's bug.
@@ -475,7 +479,7 @@ class Transfer(Aggregate):
             applies_to=_AWAITING_REVERSAL,
             actor=actor,
             caused_by=caused_by,
-            stripe_reversal_id=values.text(stripe_reversal_id, "stripe reversal id"),
+            stripe_reversal_id=values.stripe_id(stripe_reversal_id, "stripe reversal id"),
             amount_reversed=values.non_negative_int(
                 amount_reversed, "amount_reversed", maximum=self.amount
             ),
@@ -540,8 +544,8 @@ class Transfer(Aggregate):
         - pending, failed, permanently_failed: refused by the matrix (there is
           no road to reversed from there).
         """
-        actor = values.text(actor, "actor")
-        stripe_reversal_id = values.text(stripe_reversal_id, "stripe reversal id")
+        actor = values.actor(actor)
+        stripe_reversal_id = values.stripe_id(stripe_reversal_id, "stripe reversal id")
         amount = values.amount(amount)
         at_stripe = values.non_negative_int(amount_reversed_at_stripe, "amount_reversed")
         if at_stripe < amount:
@@ -619,8 +623,8 @@ class Transfer(Aggregate):
         To `reversal_pending` it records a full-amount ReversalRequested, so the
         reversal process manager has the same work item as after a refund.
         """
-        actor = values.text(actor, "actor")
-        reason = values.text(reason, "reason")
+        actor = values.actor(actor)
+        reason = values.reason(reason)
         if not isinstance(to_status, str) or not to_status:
             raise InvalidInput("invalid status: must not be empty")
         self._require_transition(to_status)
@@ -671,7 +675,7 @@ class Transfer(Aggregate):
             event_class,
             from_status=self.status,
             to_status=str(to_status),
-            actor=values.text(actor, "actor"),
+            actor=values.actor(actor),
             reason=reason,
             caused_by=caused_by,
             **details,

@@ -54,6 +54,10 @@ DUE_WORK_SQL: Final[Mapping[str, str]] = {
 }
 
 
+# The largest threshold in seconds a variable may set.
+WEEK: Final = 7 * 86400.0
+
+
 @dataclass(frozen=True)
 class Thresholds:
     max_lag_events: int = 1000
@@ -63,16 +67,20 @@ class Thresholds:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Thresholds:
-        def number(name: str, default: float) -> float:
-            value = env_number(environ, name, default, minimum=0)
+        def number(name: str, default: float, maximum: float, *, whole: bool = False) -> float:
+            value = env_number(environ, name, default, minimum=0, maximum=maximum, whole=whole)
             assert value is not None
             return value
 
         return cls(
-            max_lag_events=int(number("LEDGER_HEALTH_MAX_LAG_EVENTS", cls.max_lag_events)),
-            max_lag_seconds=number("LEDGER_HEALTH_MAX_LAG_SECONDS", cls.max_lag_seconds),
-            max_due_seconds=number("LEDGER_HEALTH_MAX_DUE_SECONDS", cls.max_due_seconds),
-            daemon_seen_seconds=number("LEDGER_HEALTH_DAEMON_SECONDS", cls.daemon_seen_seconds),
+            max_lag_events=int(
+                number("LEDGER_HEALTH_MAX_LAG_EVENTS", cls.max_lag_events, 10**12, whole=True)
+            ),
+            max_lag_seconds=number("LEDGER_HEALTH_MAX_LAG_SECONDS", cls.max_lag_seconds, WEEK),
+            max_due_seconds=number("LEDGER_HEALTH_MAX_DUE_SECONDS", cls.max_due_seconds, WEEK),
+            daemon_seen_seconds=number(
+                "LEDGER_HEALTH_DAEMON_SECONDS", cls.daemon_seen_seconds, WEEK
+            ),
         )
 
 

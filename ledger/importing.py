@@ -32,6 +32,14 @@ def _optional_text(field: str) -> AfterValidator:
     return AfterValidator(lambda v: None if v is None else values.text(v, field))
 
 
+def _optional_ref(field: str) -> AfterValidator:
+    return AfterValidator(lambda v: None if v is None else values.request_ref(v, field))
+
+
+def _optional_stripe_id(field: str) -> AfterValidator:
+    return AfterValidator(lambda v: None if v is None else values.stripe_id(v, field))
+
+
 class ImportLine(BaseModel):
     """The `show --json` shape. Unknown fields are refused, so a typo in a
     column name is an error rather than a silently dropped value."""
@@ -40,7 +48,7 @@ class ImportLine(BaseModel):
 
     id: Annotated[UUID, BeforeValidator(_uuid)]
     seller_account_id: Annotated[str, AfterValidator(values.seller_account_id)]
-    order_ref: Annotated[str, AfterValidator(lambda v: values.text(v, "order_ref"))]
+    order_ref: Annotated[str, AfterValidator(lambda v: values.order_ref(v, "order_ref"))]
     # A JSON number, never a string: strict int first, then the range.
     amount: Annotated[int, AfterValidator(values.amount)]
     currency: Annotated[str, AfterValidator(values.currency)]
@@ -49,14 +57,14 @@ class ImportLine(BaseModel):
         int, BeforeValidator(lambda v: values.non_negative_int(v, "retry_count"))
     ] = 0
     next_retry_at: Annotated[datetime | None, _time_or_none("next_retry_at")] = None
-    stripe_transfer_id: Annotated[str | None, _optional_text("stripe_transfer_id")] = None
+    stripe_transfer_id: Annotated[str | None, _optional_stripe_id("stripe_transfer_id")] = None
     amount_reversed: Annotated[
         int, BeforeValidator(lambda v: values.non_negative_int(v, "amount_reversed"))
     ] = 0
     last_error: Annotated[str | None, _optional_text("last_error")] = None
     updated_at: Annotated[datetime | None, _time_or_none("updated_at")] = None
     # A reversal in flight keeps its request and amount (default: the rest).
-    reversal_request_ref: Annotated[str | None, _optional_text("reversal_request_ref")] = None
+    reversal_request_ref: Annotated[str | None, _optional_ref("reversal_request_ref")] = None
     reversal_amount: Annotated[
         int | None, AfterValidator(lambda v: None if v is None else values.amount(v))
     ] = None

@@ -12,6 +12,7 @@ table's shape, how a writer takes its lock) are methods here.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,13 +23,14 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.utils import Environment
 from psycopg import Cursor as PgCursor
 from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier
 
-from ledger.errors import DatabaseUnavailable
+from ledger.errors import DatabaseUnavailable, first_line
 
 Row = dict[str, Any]
 # A statement (with `?` placeholders) and its parameters.
@@ -93,6 +95,29 @@ class _PostgresCursor(_SQLiteCursor):
         with self._cursor.copy(sql) as copy:
             for row in rows:
                 copy.write_row(row)
+
+
+def is_version_conflict(error: BaseException) -> bool:
+    """Is this IntegrityError from an append a conflict on the events' primary
+    key (another writer saved the same aggregate version first), rather than
+    a constraint of one of the ledger's own statements in the append?"""
+    cause = error.__cause__
+    if isinstance(cause, psycopg.errors.UniqueViolation):
+        return (cause.diag.table_name or "").endswith("_events") and (
+            cause.diag.constraint_name or ""
+        ).endswith("_pkey")
+    # sqlite3: "UNIQUE constraint failed: stored_events.originator_id, ..."
+    return "originator_version" in str(cause or error)
+
+
+def describe_database_error(error: BaseException) -> str:
+    """One line for a database's error, as the driver put it (never the
+    password), with a full disk said plainly."""
+    text = first_line(str(error))
+    cause = error.__cause__ or error
+    if isinstance(cause, psycopg.errors.DiskFull) or "disk is full" in text:
+        return f"the database's disk is full: {text}"
+    return f"database error: {text}"
 
 
 def use_sqlite_wal(path: str, timeout_seconds: float = 30.0) -> None:
@@ -520,6 +545,23 @@ def _stored_event(row: Row) -> StoredEvent:
     )
 
 
+class LedgerPostgresFactory(PostgresFactory):
+    """The library's PostgreSQL factory, whose pool also passes every libpq
+    parameter of the ledger's URL (sslmode, sslrootcert, application_name,
+    ...) to each connection it opens. The library knows only host, port,
+    user, password and dbname; its pool opens when the recorder is made, so
+    the parameters go in here, before that."""
+
+    LIBPQ_OPTIONS = "LEDGER_LIBPQ_OPTIONS"
+
+    def __init__(self, env: Environment) -> None:
+        super().__init__(env)
+        options = json.loads(self.env.get(self.LIBPQ_OPTIONS) or "{}")
+        kwargs = self.datastore.pool.kwargs
+        assert isinstance(kwargs, dict)  # the library gives its pool a dict
+        kwargs.update(options)
+
+
 class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
     """The library's SQLite application recorder, which can also run the
     ledger's own statements in the append's transaction: `save(...,
@@ -571,7 +613,8 @@ class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
         # The library's hook for "other things" in the append's transaction,
         # pipelined with it: the ledger's statements, as for SQLite above.
         for sql, params in also_execute:
-            curs.execute(sql.replace("?", "%s"), params)
+            # None, not (): psycopg then leaves a literal % in the SQL alone.
+            curs.execute(sql.replace("?", "%s"), params or None)
 
     def _insert_stored_events(
         self, curs: PgCursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any

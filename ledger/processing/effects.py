@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 
+from ledger import values
 from ledger.application import Transfers
 from ledger.domain import Transfer, payout_cause
 from ledger.errors import LedgerError
@@ -332,7 +333,7 @@ class ProcessManager:
         except Exception as error:
             # Not Stripe's answer (a bug, an unreadable event, the database):
             # never skipped, never blocking others: back off, then park.
-            failure = f"{type(error).__name__}: {error}"
+            failure = values.clipped(f"{type(error).__name__}: {error}")
             # Parked at once: Stripe saying "this key was used with other
             # parameters" (a bug somewhere), and attempts run out while money
             # may have moved. A person looks before any new key is used.
@@ -438,13 +439,15 @@ class ProcessManager:
             )
         if failure.kind == FailureKind.BUG:
             raise failure  # handle() parks it: the same request cannot succeed
-        error = failure.summary()
+        error = values.clipped(failure.summary())
         failed_attempts = transfer.retry_count + 1
         if progress.outcome_unknown:
             # Money may have moved: the ledger never gives up on its own here
             # (that would say "not paid" of what may be paid). It tries again
             # later, looking up first, and when attempts run out a person looks.
-            error = f"outcome unknown ({note}): {error}" if note else f"outcome unknown: {error}"
+            error = values.clipped(
+                f"outcome unknown ({note}): {error}" if note else f"outcome unknown: {error}"
+            )
             if self.policy.exhausted(failed_attempts):
                 raise UnresolvedOutcome(
                     f"{effect.kind} of transfer {transfer.id}: after {failed_attempts}"
@@ -460,7 +463,7 @@ class ProcessManager:
             self.observer.permanent_failure(effect.kind)
             return f"permanently failed: {error}"
         elif self.policy.exhausted(failed_attempts):
-            final = f"gave up after {failed_attempts} attempts: {error}"
+            final = values.clipped(f"gave up after {failed_attempts} attempts: {error}")
             self._record(
                 transfer,
                 lambda t: effect.record_permanent_failure(t, final, cause),

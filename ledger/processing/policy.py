@@ -10,11 +10,13 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from ledger.config import env_number
-from ledger.errors import InvalidInput
 
 DEFAULT_MAX_ATTEMPTS: Final = 8
 DEFAULT_RETRY_BASE_SECONDS: Final = 30.0
 DEFAULT_RETRY_MAX_SECONDS: Final = 6 * 3600.0
+# The ranges the environment may set (ledger.config.env_number's rule).
+MAX_ATTEMPTS_LIMIT: Final = 1000
+MAX_DELAY_SECONDS: Final = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -25,15 +27,28 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> RetryPolicy:
-        max_attempts = env_number(environ, "LEDGER_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1)
+        max_attempts = env_number(
+            environ,
+            "LEDGER_MAX_ATTEMPTS",
+            DEFAULT_MAX_ATTEMPTS,
+            minimum=1,
+            maximum=MAX_ATTEMPTS_LIMIT,
+            whole=True,
+        )
         assert max_attempts is not None
-        if max_attempts != int(max_attempts):
-            raise InvalidInput("invalid LEDGER_MAX_ATTEMPTS: expected a whole number")
         base = env_number(
-            environ, "LEDGER_RETRY_BASE_SECONDS", DEFAULT_RETRY_BASE_SECONDS, minimum=0
+            environ,
+            "LEDGER_RETRY_BASE_SECONDS",
+            DEFAULT_RETRY_BASE_SECONDS,
+            minimum=0,
+            maximum=MAX_DELAY_SECONDS,
         )
         ceiling = env_number(
-            environ, "LEDGER_RETRY_MAX_SECONDS", DEFAULT_RETRY_MAX_SECONDS, minimum=0
+            environ,
+            "LEDGER_RETRY_MAX_SECONDS",
+            DEFAULT_RETRY_MAX_SECONDS,
+            minimum=0,
+            maximum=MAX_DELAY_SECONDS,
         )
         assert base is not None and ceiling is not None
         return cls(max_attempts=int(max_attempts), base_seconds=base, max_seconds=ceiling)

@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 
 import stripe
 
+from ledger import values
 from ledger.config import env_number
 from ledger.errors import InvalidInput
 from ledger.logs import note
@@ -32,6 +33,7 @@ from ledger.processing.ports import (
 # Explicit, because stripe-python's default is 80 s and no retries: a stuck
 # call would hold a transfer's claim for over a minute.
 DEFAULT_TIMEOUT_SECONDS: Final = 15.0
+MAX_TIMEOUT_SECONDS: Final = 600.0
 # A call is tried again after a connection error, a timeout, a 409 or a 5xx
 # (unless Stripe says `Stripe-Should-Retry: false`), and after a 429 only when
 # Stripe says `Stripe-Should-Retry: true`: stripe-python's own rules. Every try
@@ -71,6 +73,7 @@ class StripeSettings:
             DEFAULT_TIMEOUT_SECONDS,
             minimum=0,
             exclusive=True,
+            maximum=MAX_TIMEOUT_SECONDS,
         )
         assert timeout_seconds is not None
         return cls(
@@ -329,10 +332,12 @@ def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:
 
 
 def _message(error: stripe.StripeError, secret: str) -> str:
-    text = " ".join(str(error.user_message or type(error).__name__).split())
+    # Stripe's text (or whatever answered in its place) is outside input:
+    # made one storable, printable line before it goes anywhere.
+    text = str(error.user_message or type(error).__name__)
     if secret:
         text = text.replace(secret, _REDACTED)
-    return text
+    return values.clipped(text)
 
 
 def _page(params: dict[str, Any], after: str | None) -> dict[str, Any]:

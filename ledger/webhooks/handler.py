@@ -32,7 +32,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -59,6 +60,11 @@ WEBHOOK_ACTOR: Final = "system:stripe-webhook"
 # Stripe's own default: a delivery signed longer ago than this is refused, so
 # that a captured delivery cannot be replayed later.
 DEFAULT_TOLERANCE_SECONDS: Final = 300
+# What a tolerance may be set to: a few seconds of clock skew at the least, a
+# day at the most (Stripe signs every retry of a delivery anew, so a longer
+# window would only let a captured delivery be replayed longer).
+MIN_TOLERANCE_SECONDS: Final = 1
+MAX_TOLERANCE_SECONDS: Final = 86_400
 REVERSAL_EVENT_TYPES: Final = frozenset({"transfer.reversed", "transfer.updated"})
 # What a `transfer.updated` changed, when it shows a reversal.
 _REVERSAL_ATTRIBUTES: Final = frozenset({"amount_reversed", "reversals", "reversed"})
@@ -106,6 +112,11 @@ class _Reversal:
     made_by_ledger: bool
 
 
+class _BadSignature(Exception):
+    """The delivery is not signed by Stripe as this endpoint expects: the
+    message says why, in a few words."""
+
+
 class _Unreadable(Exception):
     """The (signed) payload is not the event it says it is."""
 
@@ -120,36 +131,60 @@ class _NotThisMoney(Exception):
     paid out as (or the ledger records none): refused, nothing appended."""
 
 
+def signing_secrets(secret: str | Sequence[str]) -> tuple[str, ...]:
+    """The endpoint's signing secrets: one, or several while a secret is
+    rolled (Stripe then signs every delivery with each of them), given as a
+    sequence or comma-separated, as STRIPE_WEBHOOK_SECRET may hold them."""
+    given = secret.split(",") if isinstance(secret, str) else list(secret)
+    return tuple(s.strip() for s in given if s.strip())
+
+
+def check_tolerance(tolerance_seconds: int) -> int:
+    if (
+        isinstance(tolerance_seconds, bool)
+        or not isinstance(tolerance_seconds, int)
+        or not MIN_TOLERANCE_SECONDS <= tolerance_seconds <= MAX_TOLERANCE_SECONDS
+    ):
+        raise InvalidInput(
+            f"invalid webhook tolerance {tolerance_seconds!r}: expected whole seconds from"
+            f" {MIN_TOLERANCE_SECONDS} to {MAX_TOLERANCE_SECONDS}"
+        )
+    return tolerance_seconds
+
+
 def handle_delivery(
     ledger: Ledger | TransferLedger,
     payload: bytes,
     signature_header: str | None,
-    secret: str,
+    secret: str | Sequence[str],
     *,
     tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
 ) -> WebhookResponse:
     """Deal with one Stripe webhook delivery: `payload` is the raw request body
     (bytes exactly as received: the signature covers them), `signature_header`
     the `Stripe-Signature` header (None when absent), `secret` the endpoint's
-    signing secret (`whsec_...`). `ledger` is the Python API's `TransferLedger`
-    (from `ledger.api.open_ledger`) or a `ledger.bootstrap.Ledger`. Safe to
-    call from several threads at once with one ledger; never raises for what
-    Stripe sent."""
-    # Outside the catch-all below: a wrong object is the caller's bug, to be
-    # raised now, not answered 500 to Stripe for ever.
+    signing secret (`whsec_...`), or several during a roll (a sequence, or
+    comma-separated): a delivery signed with any of them is accepted.
+    `tolerance_seconds` (1 to 86,400): a delivery signed longer ago than this,
+    or dated further ahead, is refused. `ledger` is the Python API's
+    `TransferLedger` (from `ledger.api.open_ledger`) or a
+    `ledger.bootstrap.Ledger`. Safe to call from several threads at once with
+    one ledger; never raises for what Stripe sent."""
+    # Outside the catch-all below: a wrong object or setting is the caller's
+    # bug, to be raised now, not answered 500 to Stripe for ever.
     core = ledger if isinstance(ledger, Ledger) else ledger.core
+    check_tolerance(tolerance_seconds)
+    secrets = signing_secrets(secret)
     received_at = datetime.now(UTC)
     try:
-        event = stripe.Webhook.construct_event(
-            payload, signature_header, secret, tolerance=tolerance_seconds
-        ).to_dict()
-    except stripe.SignatureVerificationError as error:
-        return _refused(BAD_SIGNATURE, _signature_problem(error), secret)
+        event = _verified_event(payload, signature_header, secrets, tolerance_seconds)
+    except _BadSignature as error:
+        return _refused(BAD_SIGNATURE, str(error), secrets)
     except Exception:  # Not UTF-8, or signed but not an event: nothing to read.
-        return _refused(MALFORMED, "the body is not a Stripe event", secret)
+        return _refused(MALFORMED, "the body is not a Stripe event", secrets)
     event_id, event_type = event.get("id"), event.get("type")
     if not (isinstance(event_id, str) and event_id and isinstance(event_type, str)):
-        return _refused(MALFORMED, "the event has no id or type", secret)
+        return _refused(MALFORMED, "the event has no id or type", secrets)
     try:
         previous = deliveries.previous(core.db, event_id)
         if previous is not None and previous.outcome not in deliveries.RECONSIDERED:
@@ -169,7 +204,7 @@ def handle_delivery(
             "delivery %s %s: not dealt with: %s",
             event_id,
             event_type,
-            _scrub(f"{type(error).__name__}: {error}", secret),
+            _scrub(f"{type(error).__name__}: {error}", secrets),
             extra={"stripe_event_id": event_id, "event": event_type, "outcome": ERROR},
         )
         DELIVERIES.labels(_type_label(event_type), ERROR).inc()
@@ -420,9 +455,43 @@ def _answered(delivery: Delivery, outcome: str) -> WebhookResponse:
     )
 
 
-def _refused(outcome: str, problem: str, secret: str) -> WebhookResponse:
+def _verified_event(
+    payload: bytes, header: str | None, secrets: Sequence[str], tolerance_seconds: int
+) -> dict[str, Any]:
+    """The event, once its signature holds for one of the secrets and its
+    timestamp is within the tolerance on either side of now. stripe-python
+    checks only the past side: a delivery dated ahead would stay replayable
+    until that future time passed."""
+    if not secrets:
+        raise _BadSignature("no signing secret is configured")
+    signed_at = _signed_at(header)
+    if signed_at is not None and signed_at - time.time() > tolerance_seconds:
+        raise _BadSignature("the signature is dated in the future (beyond the tolerance)")
+    for number, secret in enumerate(secrets, start=1):
+        try:
+            event = stripe.Webhook.construct_event(
+                payload, header, secret, tolerance=tolerance_seconds
+            )
+        except stripe.SignatureVerificationError as error:
+            if number == len(secrets) or "No signatures found matching" not in str(error):
+                raise _BadSignature(_signature_problem(error)) from None
+            continue
+        return dict(event.to_dict())
+    raise AssertionError("unreachable: the last secret returns or raises")
+
+
+def _signed_at(header: str | None) -> int | None:
+    """The `t=` of a Stripe-Signature header, when it has a readable one."""
+    for part in (header or "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isascii() and value.isdigit() and len(value) <= 12:
+            return int(value)
+    return None
+
+
+def _refused(outcome: str, problem: str, secrets: Sequence[str]) -> WebhookResponse:
     """A delivery refused before anything was read from it: 400."""
-    problem = _scrub(problem, secret)
+    problem = _scrub(problem, secrets)
     log.warning("delivery refused: %s", problem, extra={"outcome": outcome})
     DELIVERIES.labels("unverified", outcome).inc()
     return WebhookResponse(400, _json({"error": problem}), outcome)
@@ -446,9 +515,11 @@ def _type_label(event_type: str) -> str:
     return event_type if _EVENT_TYPE_LABEL.fullmatch(event_type) else "other"
 
 
-def _scrub(text: str, secret: str) -> str:
-    # Belt and braces: none of our messages is built from the secret.
-    return text.replace(secret, "[redacted]") if secret else text
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    # Belt and braces: none of our messages is built from a secret.
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
 
 
 def _json(data: Mapping[str, str]) -> bytes:

@@ -36,7 +36,13 @@ from ledger.bootstrap import Ledger
 from ledger.config import env_number
 from ledger.errors import InvalidInput, LedgerError
 from ledger.signals import stop_on_signals
-from ledger.webhooks.handler import DEFAULT_TOLERANCE_SECONDS, handle_delivery
+from ledger.webhooks.handler import (
+    DEFAULT_TOLERANCE_SECONDS,
+    MAX_TOLERANCE_SECONDS,
+    MIN_TOLERANCE_SECONDS,
+    handle_delivery,
+    signing_secrets,
+)
 
 log = logging.getLogger("ledger.webhooks")
 
@@ -65,8 +71,9 @@ class WebhookSettings:
             environ,
             "STRIPE_WEBHOOK_TOLERANCE_SECONDS",
             DEFAULT_TOLERANCE_SECONDS,
-            minimum=0,
-            exclusive=True,
+            minimum=MIN_TOLERANCE_SECONDS,
+            maximum=MAX_TOLERANCE_SECONDS,
+            whole=True,
         )
         assert tolerance is not None
         return cls(secret=secret, tolerance_seconds=int(tolerance))
@@ -143,7 +150,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     # both secrets scrubbed from every line as a last line of defence.
     logs.configure(
         getattr(args, "log_format", "auto"),
-        secrets=[settings.secret, os.environ.get("STRIPE_API_KEY", "")],
+        secrets=[*signing_secrets(settings.secret), os.environ.get("STRIPE_API_KEY", "")],
     )
     listener = _listen(args.host, port)
     stop = threading.Event()

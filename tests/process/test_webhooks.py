@@ -32,6 +32,7 @@ import pytest
 
 from ledger.api import open_ledger
 from ledger.audit.verify import verify
+from ledger.errors import InvalidInput
 from ledger.stripe.simulator import SimulatorServer
 from ledger.webhooks import deliveries, handle_delivery
 from ledger.webhooks import handler as handler_module
@@ -302,7 +303,7 @@ def test_a_further_reversal_outside_keeps_the_amount_reversed_up_with_stripe(
 
 @pytest.mark.parametrize(
     "kind",
-    ["forged", "stale", "unsigned", "garbled"],
+    ["forged", "stale", "future", "far-future", "unsigned", "garbled"],
 )
 def test_a_delivery_without_a_good_signature_is_refused_and_leaves_no_trace(
     endpoint: Endpoint, kind: str
@@ -314,6 +315,11 @@ def test_a_delivery_without_a_good_signature_is_refused_and_leaves_no_trace(
     delivered: Callable[[], tuple[int, dict[str, Any]]] = {
         "forged": lambda: endpoint.deliver(payload, secret="whsec_someoneElsesSecret"),
         "stale": lambda: endpoint.deliver(payload, signed_at=int(time.time()) - 301),
+        # Dated ahead, a captured delivery would stay replayable until then.
+        "future": lambda: endpoint.deliver(payload, signed_at=int(time.time()) + 3600),
+        "far-future": lambda: endpoint.deliver(
+            payload, signed_at=int(time.time()) + 10 * 365 * 86400
+        ),
         "unsigned": lambda: endpoint.deliver(payload, signature=None),
         "garbled": lambda: endpoint.deliver(payload, signature="t=now,v1=?"),
     }[kind]
@@ -649,6 +655,42 @@ def test_the_handler_is_a_plain_function_a_marketplace_can_call_in_process(
     assert (again.status, again.outcome) == (200, "duplicate")
     assert (unsigned.status, unsigned.outcome) == (400, "bad_signature")
     assert world.show(transfer_id).amount_reversed == 900
+
+
+def test_while_a_secret_is_rolled_a_delivery_signed_with_either_is_accepted(
+    endpoint: Endpoint,
+) -> None:
+    """Stripe signs with the old and the new secret while an endpoint's secret
+    is rolled; STRIPE_WEBHOOK_SECRET may hold both, comma-separated."""
+    world = endpoint.world
+    rolled = "whsec_theNewSecretAfterTheRoll"
+    transfer_id, paid = paid_transfer(world)
+    reverse_outside(world, paid["id"], 700)
+    _, payload = event_of(stripe_transfer(world, paid["id"]))
+
+    with world.ledger() as ledger:
+        by_new = handle_delivery(
+            ledger, payload, stripe_signature(payload, rolled), f"{SECRET}, {rolled}"
+        )
+        by_old = handle_delivery(
+            ledger, payload, stripe_signature(payload, SECRET), [rolled, SECRET]
+        )
+        by_neither = handle_delivery(
+            ledger, payload, stripe_signature(payload, "whsec_other"), [SECRET, rolled]
+        )
+
+    assert (by_new.status, by_new.outcome) == (200, "recorded")
+    assert (by_old.status, by_old.outcome) == (200, "duplicate")
+    assert (by_neither.status, by_neither.outcome) == (400, "bad_signature")
+    assert rolled not in by_neither.body.decode() and SECRET not in by_neither.body.decode()
+    assert world.show(transfer_id).amount_reversed == 700
+
+
+@pytest.mark.parametrize("tolerance", [0, -1, 86_401, 10**20])
+def test_the_handlers_tolerance_is_bounded(endpoint: Endpoint, tolerance: int) -> None:
+    world = endpoint.world
+    with world.ledger() as ledger, pytest.raises(InvalidInput, match="tolerance"):
+        handle_delivery(ledger, b"{}", None, SECRET, tolerance_seconds=tolerance)
 
 
 def test_the_handler_takes_the_python_apis_ledger_too(endpoint: Endpoint) -> None:

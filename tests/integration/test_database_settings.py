@@ -1,0 +1,139 @@
+"""What steers the ledger's database connections: the URL, all of it, and
+nothing else. TLS and every other libpq parameter in LEDGER_DATABASE_URL are
+honoured; the eventsourcing library's own variables in the process
+environment are not; the ledger's statements inside an append report their
+own errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from uuid import UUID
+
+import psycopg
+import pytest
+from eventsourcing.persistence import IntegrityError
+
+from ledger.application import ConcurrentUpdate
+from ledger.bootstrap import Ledger, migrate_database
+from ledger.errors import DatabaseUnavailable
+from tests.e2e.support import assert_one_line_error, run_script, script_result
+from tests.process.world import World, ledger_matches_stripe, new_world, running_simulator
+
+
+def _with_query(url: str, query: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+def test_sslmode_require_against_a_server_without_tls_fails_as_psql_does(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    migrate_database(postgres_url)
+    url = _with_query(postgres_url, "sslmode=require")
+    # libpq's own words, whoever asks: the ledger connects as psql would.
+    with pytest.raises(psycopg.OperationalError) as psql_like:
+        psycopg.connect(url).close()
+    assert "SSL" in str(psql_like.value)
+
+    done = run_script(["transfer", "list", "--database-url", url], cwd=tmp_path)
+
+    result = script_result(done)
+    assert result.code == 1
+    line = assert_one_line_error(result)
+    assert "server does not support SSL, but SSL was required" in line
+    with pytest.raises(DatabaseUnavailable, match="SSL was required"):
+        Ledger.open(url)
+
+
+def test_every_connection_the_ledger_opens_carries_the_urls_parameters(
+    postgres_url: str,
+) -> None:
+    migrate_database(postgres_url)
+    url = _with_query(postgres_url, "sslmode=disable&application_name=ledger-under-test")
+    with Ledger.open(url) as ledger, ledger.db.transaction(write=False) as cursor:
+        cursor.execute("SELECT current_setting('application_name') AS name")
+        row = cursor.fetchone()
+    assert row is not None and row["name"] == "ledger-under-test"
+
+
+def test_verify_full_with_a_missing_root_certificate_is_refused(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    url = _with_query(postgres_url, f"sslmode=verify-full&sslrootcert={tmp_path / 'none.crt'}")
+    with pytest.raises(DatabaseUnavailable):
+        Ledger.open(url)
+
+
+def test_the_librarys_variables_in_the_environment_do_not_steer_the_money_path(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With POSTGRES_ENABLE_DB_FUNCTIONS=y the library would append through a
+    database function and skip the ledger's statements in the append (the
+    claim's release with the outcome). Every library variable is pinned."""
+    for name, value in {
+        "POSTGRES_ENABLE_DB_FUNCTIONS": "y",
+        "POSTGRES_SCHEMA": "elsewhere",
+        "POSTGRES_LOCK_TIMEOUT": "0",
+        "PERSISTENCE_MODULE": "eventsourcing.popo",
+        "SQLITE_DBNAME": "/nonexistent/other.db",
+        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
+        "IS_SNAPSHOTTING_ENABLED": "y",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with running_simulator(api_key=None) as sim:
+        world = new_world(database_url, sim)
+        transfer_id = world.create("order-env")
+        world.run_daemon_once()
+
+        assert world.show(transfer_id).status == "completed"
+        assert ledger_matches_stripe(world, [transfer_id]) == []
+        with world.ledger() as ledger, ledger.db.transaction(write=False) as cursor:
+            cursor.execute("SELECT claimed_by, outcome_unknown FROM stripe_work")
+            rows = cursor.fetchall()
+    assert [(r["claimed_by"], bool(r["outcome_unknown"])) for r in rows] == [(None, False)]
+
+
+def _migrated_world(database_url: str) -> World:
+    migrate_database(database_url)
+    return World(url=database_url, sim=None)  # type: ignore[arg-type]
+
+
+def test_a_failing_statement_inside_an_append_is_reported_as_itself(database_url: str) -> None:
+    world = _migrated_world(database_url)
+    transfer_id = world.create("order-statement")
+    duplicate = (
+        "INSERT INTO ledger_migrations (version, name, applied_at) VALUES (1, 'again', 'now')",
+        (),
+    )
+    with world.ledger() as ledger:
+        before = ledger.transfers.get(transfer_id).version
+        with pytest.raises(IntegrityError) as raised:
+            ledger.transfers.change(
+                transfer_id,
+                lambda t: t.set_status_by_admin("failed", actor="alice", reason="r"),
+                also_execute=[duplicate],
+            )
+        assert not isinstance(raised.value, ConcurrentUpdate)
+        assert "ledger_migrations" in str(raised.value) or "UNIQUE" in str(raised.value)
+        assert ledger.transfers.get(transfer_id).version == before
+
+
+def test_a_statement_inside_an_append_may_hold_a_literal_percent_sign(database_url: str) -> None:
+    world = _migrated_world(database_url)
+    transfer_id: UUID = world.create("order-percent")
+    with world.ledger() as ledger:
+        ledger.transfers.change(
+            transfer_id,
+            lambda t: t.set_status_by_admin("failed", actor="alice", reason="r"),
+            also_execute=[
+                (
+                    "INSERT INTO daemon_heartbeats (daemon_id, host, pid, concurrency,"
+                    " started_at, seen_at) VALUES ('100% sure', 'h', 1, 1,"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+                    (),
+                )
+            ],
+        )
+        with ledger.db.transaction(write=False) as cursor:
+            cursor.execute("SELECT daemon_id FROM daemon_heartbeats")
+            assert [r["daemon_id"] for r in cursor.fetchall()] == ["100% sure"]
+    assert world.show(transfer_id).status == "failed"
