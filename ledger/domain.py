@@ -51,6 +51,11 @@ _REVERSED: Final = frozenset({Status.REVERSED.value})
 # Stripe's word: `stripe:<the Stripe reversal id>`.
 EXTERNAL_REVERSAL_REF_PREFIX: Final = "stripe:"
 EXTERNAL_REVERSAL_REASON: Final = "reversal made outside the ledger, as reported by Stripe"
+NO_STRIPE_TRANSFER_TO_REVERSE: Final = (
+    "is refused: the transfer records no Stripe transfer (paid outside the ledger, or"
+    " never paid out), so there is nothing to reverse at Stripe; reverse the money the way"
+    " it was paid"
+)
 
 
 def payout_cause(transfer_id: UUID) -> str:
@@ -411,8 +416,31 @@ class Transfer(Aggregate):
         reason: str | None,
         caused_by: str | None = None,
     ) -> bool:
-        """Ask for (part of) the transfer back. Returns False when this exact
-        request was already recorded (nothing appended), True when recorded now."""
+        """Ask for (part of) the transfer back, after a refund. Returns False
+        when this exact request was already recorded (nothing appended), True
+        when recorded now. Refused for a transfer that records no Stripe
+        transfer (set `completed` by hand, say): there is nothing to reverse at
+        Stripe, and the refund must not vanish into a request nobody can carry
+        out; the caller hears it now."""
+        return self._request_reversal(
+            request_ref=request_ref,
+            amount=amount,
+            actor=actor,
+            reason=reason,
+            caused_by=caused_by,
+            stripe_transfer_required=True,
+        )
+
+    def _request_reversal(
+        self,
+        *,
+        request_ref: str,
+        amount: int | None,
+        actor: str,
+        reason: str | None,
+        caused_by: str | None,
+        stripe_transfer_required: bool,
+    ) -> bool:
         request_ref = values.request_ref(request_ref)
         if amount is not None:
             amount = values.amount(amount)
@@ -428,6 +456,13 @@ class Transfer(Aggregate):
                 )
             return False
         self._require_transition(Status.REVERSAL_PENDING)
+        if stripe_transfer_required and self.stripe_transfer_id is None:
+            raise TransitionRefused(
+                self.id,
+                self.status,
+                Status.REVERSAL_PENDING,
+                because=NO_STRIPE_TRANSFER_TO_REVERSE,
+            )
         outstanding = self.amount - self.amount_reversed
         if outstanding <= 0:
             raise InvalidInput(f"transfer {self.id} has nothing left to reverse")
@@ -621,7 +656,9 @@ class Transfer(Aggregate):
         """Any matrix-legal change, by a named person with a reason.
 
         To `reversal_pending` it records a full-amount ReversalRequested, so the
-        reversal process manager has the same work item as after a refund.
+        reversal process manager has the same work item as after a refund. A
+        person may do that for a transfer that records no Stripe transfer too:
+        the reversal process manager then parks the work for them, with why.
         """
         actor = values.actor(actor)
         reason = values.reason(reason)
@@ -629,11 +666,13 @@ class Transfer(Aggregate):
             raise InvalidInput("invalid status: must not be empty")
         self._require_transition(to_status)
         if to_status == Status.REVERSAL_PENDING and self.status != Status.REVERSAL_PENDING:
-            self.request_reversal(
+            self._request_reversal(
                 request_ref=f"admin:{self.id}:{self.version + 1}",
                 amount=None,
                 actor=actor,
                 reason=reason,
+                caused_by=None,
+                stripe_transfer_required=False,
             )
             return
         self._change_status(

@@ -61,6 +61,14 @@ class UnresolvedOutcome(LedgerError):
     person, since money may have moved."""
 
 
+class NothingToReverse(LedgerError):
+    """A reversal is asked for, but neither the ledger nor Stripe knows a
+    Stripe transfer to reverse (an admin asked it of a transfer paid outside
+    the ledger, or an imported one). Never "permanently failed" (that would
+    drop the refund silently): parked, for a person to reverse it the way it
+    was paid."""
+
+
 class OperatorProblem(LedgerError):
     """Stripe refused our credentials (401) or a permission (403). Not a transfer
     failure: the daemon stops and says so; no attempt is spent, no transfer failed."""
@@ -95,6 +103,12 @@ class StripeEffect(ABC):
     @abstractmethod
     def look_up(self, gateway: PaymentsGateway, transfer: Transfer, cause: str) -> Found | None:
         """What Stripe already did for this cause, if anything."""
+
+    def check_callable(  # noqa: B027 - an optional step; most effects can always call
+        self, gateway: PaymentsGateway, transfer: Transfer
+    ) -> None:
+        """Raise when the call cannot be made at all (before an attempt is
+        counted); the default: it always can."""
 
     @abstractmethod
     def call(self, gateway: PaymentsGateway, transfer: Transfer, cause: str, key: str) -> Found: ...
@@ -216,12 +230,17 @@ class Reversal(StripeEffect):
             return Found(reversals[0].id, amount_reversed=total)
         return None
 
+    def check_callable(self, gateway: PaymentsGateway, transfer: Transfer) -> None:
+        if self._stripe_transfer_id(gateway, transfer) is None:
+            raise NothingToReverse(
+                f"no Stripe transfer to reverse: transfer {transfer.id} records none and Stripe"
+                " has none in its transfer_group; reverse the money the way it was paid, then"
+                " settle the transfer with `ledger transfer set-status`"
+            )
+
     def call(self, gateway: PaymentsGateway, transfer: Transfer, cause: str, key: str) -> Found:
         stripe_transfer = self._stripe_transfer_id(gateway, transfer)
-        if stripe_transfer is None:
-            raise StripeCallFailed(
-                FailureKind.PERMANENT, "no Stripe transfer to reverse: it was never paid out"
-            )
+        assert stripe_transfer is not None  # check_callable ran first
         assert transfer.reversal_amount is not None  # set with every reversal_pending
         made = gateway.create_reversal(
             stripe_transfer,
@@ -337,7 +356,7 @@ class ProcessManager:
             # Parked at once: Stripe saying "this key was used with other
             # parameters" (a bug somewhere), and attempts run out while money
             # may have moved. A person looks before any new key is used.
-            park_now = isinstance(error, UnresolvedOutcome) or (
+            park_now = isinstance(error, UnresolvedOutcome | NothingToReverse) or (
                 isinstance(error, StripeCallFailed) and error.kind == FailureKind.BUG
             )
             parked = self.work.handling_failed(
@@ -378,6 +397,10 @@ class ProcessManager:
             if found is not None:
                 self._record_success(effect, transfer, found, cause, progress)
                 return f"found {found.stripe_id} at Stripe (an earlier call's outcome was unknown)"
+        try:
+            effect.check_callable(self.gateway, transfer)
+        except StripeCallFailed as failure:
+            return self._failed(effect, transfer, cause, failure, progress, note="look-up failed")
         attempt = self.work.begin_attempt(progress.claim, cause, self.clock())
         self.observer.attempt_started(effect.kind)
         failpoint("before_stripe_call")

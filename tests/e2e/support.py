@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
 from ledger.bootstrap import Ledger
 from ledger.cli import run
 from tests.design_matrix import LEGAL
+from tests.paying import pay_out
 
 # The console script installed next to the interpreter running the tests.
 LEDGER_SCRIPT = Path(sys.executable).with_name("ledger")
@@ -147,6 +149,13 @@ class LedgerCli:
 
     def import_file(self, path: Path, *args: str) -> CliResult:
         return self.transfer("import", str(path), *args)
+
+    def pay_out(self, transfer_id: str) -> str:
+        """Record the transfer as paid out at Stripe, as the daemon does (the
+        CLI alone cannot: only a Stripe transfer can be reversed); returns
+        the Stripe id."""
+        with Ledger.open(self.url) as ledger:
+            return pay_out(ledger, UUID(transfer_id))
 
     def events(self) -> int:
         return stored_event_count(self.url)

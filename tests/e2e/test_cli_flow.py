@@ -29,8 +29,9 @@ from tests.e2e.support import (
 
 
 def completed_transfer(cli: LedgerCli, order: str = "order-1", amount: int = 1250) -> str:
+    """A transfer paid out at Stripe (as the daemon records it)."""
     transfer_id = cli.create(order, amount=amount)
-    assert_ok(cli.set_status(transfer_id, "completed", reason="paid out by hand"))
+    cli.pay_out(transfer_id)
     return transfer_id
 
 
@@ -520,7 +521,7 @@ def test_each_appended_event_increments_version_and_moves_updated_at(cli: Ledger
     assert created["version"] == 1
     assert parse_time(created["updated_at"]) == parse_time(created["created_at"])
 
-    assert_ok(cli.set_status(transfer_id, "completed"))
+    cli.pay_out(transfer_id)
     completed = cli.show(transfer_id)
     assert completed["version"] == 2
     assert parse_time(completed["updated_at"]) > parse_time(created["updated_at"])

@@ -204,7 +204,7 @@ def test_a_partial_reversal_request_keeps_its_amount_when_list_output_is_reimpor
     cli: LedgerCli, other_database_url: str, tmp_path: Path
 ) -> None:
     transfer_id = cli.create("order-partial", amount=1000)
-    assert_ok(cli.set_status(transfer_id, "completed"))
+    cli.pay_out(transfer_id)
     assert_ok(
         cli.transfer(
             "reverse", transfer_id, "--reason", "refund", "--amount", "400", "--request", "re_1"

@@ -25,6 +25,7 @@ from ledger.cli import run
 from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
 from tests.integration.test_audit_export import import_pending
+from tests.paying import pay_out
 
 
 @contextmanager
@@ -78,11 +79,11 @@ def three_transfers(database_url: str) -> str:
         two, _ = ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="o-2", amount=200, currency="usd"
         )
-        ledger.set_status(two, "completed", actor="alice", reason="paid by hand")
+        pay_out(ledger, two)
         three, _ = ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="o-3", amount=300, currency="usd"
         )
-        ledger.set_status(three, "completed", actor="alice", reason="paid by hand")
+        pay_out(ledger, three)
         ledger.request_reversal(three, request_ref="r-1", amount=None, reason="refund", actor="bob")
     return database_url
 
@@ -148,7 +149,8 @@ def test_an_edited_event_is_found(ledger_url: str, capsys: pytest.CaptureFixture
         (state,) = conn.execute(
             q(ledger_url, f"SELECT state FROM {table} WHERE {position} = ?"), (at,)
         ).fetchone()
-        forged = bytes(state).replace(b"alice", b"malor")  # same length, still valid JSON
+        # Same length, still valid JSON.
+        forged = bytes(state).replace(b"payout-manager", b"payout-mangler")
         assert forged != bytes(state)
         conn.execute(
             q(ledger_url, f"UPDATE {table} SET state = ? WHERE {position} = ?"), (forged, at)
@@ -242,7 +244,7 @@ def test_a_rewritten_chain_no_longer_holds_the_recorded_head(
         ).fetchone()
         conn.execute(
             q(ledger_url, f"UPDATE {table} SET state = ? WHERE {position} = ?"),
-            (bytes(state).replace(b"alice", b"malor"), at),
+            (bytes(state).replace(b"payout-manager", b"payout-mangler"), at),
         )
         conn.execute("DELETE FROM event_chain")  # and the chain made again over the edit
     head(capsys, ledger_url)
@@ -302,7 +304,7 @@ def test_the_database_checks_the_chain_as_verify_chain_does(
         ).fetchone()
         conn.execute(
             "UPDATE transfers_events SET state = %s WHERE notification_id = %s",
-            (bytes(state).replace(b"alice", b"malor"), at_edit),
+            (bytes(state).replace(b"payout-manager", b"payout-mangler"), at_edit),
         )
         conn.execute("DELETE FROM transfers_events WHERE notification_id = %s", (at_delete,))
         # An event whose link is gone inside the chain reads as one inserted there.

@@ -11,6 +11,7 @@ import pytest
 from ledger.bootstrap import Ledger, migrate_database
 from ledger.domain import Transfer
 from ledger.errors import TransitionRefused
+from tests.paying import pay_out
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def test_a_command_that_lost_a_race_is_rerun_against_the_winners_state(
     transfer_id, _ = first.create_transfer(
         seller_account_id="acct_1", order_ref="o-1", amount=100, currency="usd"
     )
-    first.set_status(transfer_id, "completed", actor="alice", reason="paid by hand")
+    pay_out(first, transfer_id)
     raced = False
 
     def reverse_after_a_rival_does(transfer: Transfer) -> bool:

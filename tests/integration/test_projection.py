@@ -18,6 +18,7 @@ from projections.seller_transfers import (
     SellerTransfersProjection,
     list_transfers,
 )
+from tests.paying import pay_out
 
 
 @pytest.fixture
@@ -35,8 +36,10 @@ def make_history(ledger: Ledger, count: int = 12) -> list[UUID]:
             seller_account_id=f"acct_{i}", order_ref=f"order-{i}", amount=1000 + i, currency="eur"
         )
         ids.append(transfer_id)
-        if i % 3 >= 1:
+        if i % 3 == 1:
             ledger.set_status(transfer_id, "completed", actor="alice", reason="paid by hand")
+        if i % 3 == 2:
+            pay_out(ledger, transfer_id)
         if i % 3 == 2:
             ledger.request_reversal(
                 transfer_id, request_ref=f"refund-{i}", amount=500, reason="customer refund"

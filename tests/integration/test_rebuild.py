@@ -201,7 +201,7 @@ def ledger_with_every_kind_of_event(url: str) -> None:
                     next_retry_at=PARIS_SPRING,
                     stripe_transfer_id=None,
                     amount_reversed=0,
-                    last_error="balance_insufficient\ttab and\nnewline",
+                    last_error="balance_insufficient: \\ back\\slash, 'quotes' and \"more\"",
                     reversal_request_ref=None,
                     reversal_amount=None,
                     source_updated_at=PARIS_SPRING,
@@ -297,7 +297,32 @@ def ledger_with_every_kind_of_event(url: str) -> None:
         )
         ledger.set_status(create("by-hand"), "completed", actor="alice", reason="paid by hand")
         create("pending")
+        legacy_event_with_control_characters(ledger)
         ledger.catch_up()
+
+
+def legacy_event_with_control_characters(ledger: Ledger) -> None:
+    """An event an older version of the ledger could write, before text with
+    control characters was refused at the boundary: a rebuild carries it as
+    the live projection does (COPY escapes the tab and the newline)."""
+    transfer = Transfer.import_existing(
+        transfer_id=uuid4(),
+        seller_account_id="acct_1Old",
+        order_ref="imported-by-an-older-version",
+        amount=800,
+        currency="usd",
+        status="failed",
+        retry_count=1,
+        next_retry_at=None,
+        stripe_transfer_id=None,
+        amount_reversed=0,
+        last_error="written later",
+        source_updated_at=PARIS_SPRING,
+        actor=SYSTEM,
+    )
+    [event] = transfer.collect_events()
+    object.__setattr__(event, "last_error", "balance_insufficient\ttab and\nnewline")
+    ledger.transfers.events.put([event])
 
 
 def test_a_rebuild_through_every_kind_of_event_equals_the_live_projection(
@@ -305,7 +330,7 @@ def test_a_rebuild_through_every_kind_of_event_equals_the_live_projection(
 ) -> None:
     ledger_with_every_kind_of_event(database_url)
     before = table_rows(database_url)
-    assert len(before) == 7
+    assert len(before) == 8
     assert cli(capsys, "rebuild", "--verify", "--database-url", database_url)[0] == 0
     assert table_rows(database_url) == before
     if database_url.startswith("postgresql"):
@@ -313,7 +338,7 @@ def test_a_rebuild_through_every_kind_of_event_equals_the_live_projection(
         with Ledger.open(database_url) as ledger:
             decode = ledger.transfers.mapper.to_domain_event
             result = rebuild(ledger.db, decode, workers=3, verify=True, progress=io.StringIO())
-        assert (result.rows, result.events) == (7, 18)
+        assert (result.rows, result.events) == (8, 19)
         assert table_rows(database_url) == before
     assert cli(capsys, "audit", "verify", "--database-url", database_url)[0] == 0
 

@@ -13,6 +13,7 @@ import stripe
 
 from ledger.bootstrap import work_store
 from ledger.domain import payout_cause
+from ledger.errors import TransitionRefused
 from ledger.processing.effects import OperatorProblem, idempotency_key
 from tests.process.world import (
     API_KEY,
@@ -325,3 +326,44 @@ def payout_keys(world: World) -> set[str]:
     """The idempotency keys of every payout request: one per call, whatever
     its tries."""
     return {r["idempotency_key"] for r in world.money_posts() if r["path"] == "/v1/transfers"}
+
+
+def test_a_refund_of_a_transfer_paid_by_hand_is_refused_up_front(world: World) -> None:
+    """Red-team F5: `set-status completed --reason "paid by hand"`, then a
+    refund. There is no Stripe transfer to reverse; the refund must not end as
+    `permanently_failed` ("never paid") with nothing for a person to act on:
+    the refund handler hears it at once."""
+    transfer_id = world.create("order-by-hand")
+    with world.ledger() as ledger:
+        ledger.set_status(transfer_id, "completed", actor="alice", reason="paid by hand")
+        before = list(ledger.transfers.events.get(transfer_id))
+        with pytest.raises(TransitionRefused, match="no Stripe transfer"):
+            ledger.request_reversal(
+                transfer_id, request_ref="refund-1", amount=None, reason="refund", actor="api"
+            )
+        assert list(ledger.transfers.events.get(transfer_id)) == before
+    world.run_daemon_once()
+    assert world.show(transfer_id).status == "completed"
+    assert world.money_posts() == []
+
+
+def test_a_reversal_an_admin_asks_of_a_transfer_paid_by_hand_is_parked_for_a_person(
+    world: World,
+) -> None:
+    """A person may set such a transfer `reversal_pending`: the reversal
+    manager finds nothing to reverse at Stripe and parks the work, saying
+    why, instead of failing the transfer for good."""
+    transfer_id = world.create("order-by-hand-2")
+    with world.ledger() as ledger:
+        ledger.set_status(transfer_id, "completed", actor="alice", reason="paid by hand")
+        ledger.set_status(transfer_id, "reversal_pending", actor="alice", reason="chargeback")
+
+    world.run_daemon_once()
+
+    view = world.show(transfer_id)
+    assert view.status == "reversal_pending" and view.retry_count == 0
+    with world.ledger() as ledger:
+        [parked] = work_store(ledger).parked()
+    assert parked.transfer_id == transfer_id and parked.kind == "reversal"
+    assert "no Stripe transfer to reverse" in (parked.last_failure or "")
+    assert world.money_posts() == []
