@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,15 +11,24 @@ from typing import Any
 
 import stripe
 
-from ledger.stripe.simulator import SimulatorConfig, SimulatorServer, StripeSimulator
+from ledger.stripe.simulator import OFF, Clock, SimulatorConfig, SimulatorServer, StripeSimulator
 
 
 @contextmanager
-def running_simulator(**config_overrides: Any) -> Iterator[tuple[StripeSimulator, str]]:
-    """An in-process stripe-sim on a free port: yields the simulator and its base URL."""
-    config = SimulatorConfig(**{"port": 0, **config_overrides})
-    simulator = StripeSimulator(config)
-    with SimulatorServer(simulator, port=config.port) as server:
+def running_simulator(
+    *,
+    clock: Clock | None = None,
+    server_options: dict[str, Any] | None = None,
+    **config_overrides: Any,
+) -> Iterator[tuple[StripeSimulator, str]]:
+    """An in-process stripe-sim on a free port: yields the simulator and its base URL.
+
+    Rate limiting is off unless a test asks for it (``rate_limit=TEST_MODE``): the suite
+    sends bursts that Stripe's test-mode limit would refuse. ``clock`` replaces the
+    engine's wall clock (a test can then step time for the rate limiter)."""
+    config = SimulatorConfig(**{"port": 0, "rate_limit": OFF, **config_overrides})
+    simulator = StripeSimulator(config, clock=clock or time.time)
+    with SimulatorServer(simulator, port=config.port, **(server_options or {})) as server:
         yield simulator, server.base_url
 
 

@@ -709,7 +709,8 @@ def test_cli_serves_until_sigterm_and_never_shows_the_key() -> None:
         line = _first_line(process.stdout, timeout=15)
         match = re.fullmatch(
             r"stripe-sim listening on (http://127\.0\.0\.1:(\d+)) \(latency 1 ms, faults none,"
-            r" seed 0\); export STRIPE_API_BASE=\1\n",
+            r" seed 0, rate limit 25/s per endpoint, 25/s total\);"
+            r" export STRIPE_API_BASE=\1\n",
             line,
         )
         assert match, line
