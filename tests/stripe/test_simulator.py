@@ -147,7 +147,10 @@ def test_reversals_partial_then_full_then_refused() -> None:
         assert already.value.error is not None
         assert already.value.error.code is None
         assert already.value.error.type == "invalid_request_error"
-        assert "already been fully reversed" in str(already.value.user_message)
+        # Stripe's text (stripe-ruby#1058 quotes it): callers match "fully reversed".
+        assert (
+            already.value.user_message == f"The transfer {transfer.id} is already fully reversed."
+        )
 
         listed = client.v1.transfers.reversals.list(transfer.id, params={"limit": 1})
         assert [r.id for r in listed.data] == [rest.id]

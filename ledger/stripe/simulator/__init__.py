@@ -45,7 +45,7 @@ Conventions, in the spirit of Stripe's magic test values:
   and never fails for balance.
 - A reversal of a transfer that is already fully reversed answers 400
   ``invalid_request_error`` with no code and the message
-  "Transfer tr_x has already been fully reversed.", as Stripe does.
+  "The transfer tr_x is already fully reversed.", as Stripe does.
 - Errors that depend on the request alone (missing or malformed parameters) are answered
   before executing and are not saved under the idempotency key; errors that depend on state
   (unknown destination or transfer, a missing capability, ``balance_insufficient``, a

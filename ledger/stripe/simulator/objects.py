@@ -203,7 +203,7 @@ class Book:
         unreversed = transfer.amount - transfer.amount_reversed
         if unreversed <= 0:
             # Stripe's answer has no code of its own; callers must retrieve the transfer.
-            raise invalid(f"Transfer {transfer.id} has already been fully reversed.")
+            raise invalid(f"The transfer {transfer.id} is already fully reversed.")
         amount = command.amount if command.amount is not None else unreversed
         if amount > unreversed:
             raise invalid(
