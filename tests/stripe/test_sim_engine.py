@@ -162,3 +162,12 @@ def test_rate_limits_hold_in_process_too() -> None:
     assert answers == [200] * 25 + [429]
     clock.advance(1)
     assert simulator.handle(_get("/v1/transfers")).status == 200
+
+
+def test_a_reset_while_a_request_executes_leaves_it_a_proper_answer() -> None:
+    simulator = StripeSimulator(SimulatorConfig(), clock=SteppedClock())
+    held = simulator.begin(_transfer("payout-reset"))
+    simulator.reset()
+    done = simulator.finish(held)
+    assert done.status == 200
+    assert simulator.handle(_transfer("payout-reset")).replayed

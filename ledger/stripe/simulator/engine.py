@@ -37,7 +37,9 @@ from ledger.stripe.simulator.control import answer_control
 from ledger.stripe.simulator.events import EventLog, EventSource
 from ledger.stripe.simulator.faults import BEFORE_FAULTS, FaultDraw, FaultPlan, before_fault_error
 from ledger.stripe.simulator.idempotency import (
+    Fingerprint,
     IdempotencyStore,
+    SavedResponse,
     Slot,
     check_key,
     fingerprint,
@@ -77,8 +79,9 @@ class Call:
     draw: FaultDraw = field(default_factory=FaultDraw)
     params: dict[str, Any] = field(default_factory=dict)
     command: CreateTransfer | CreateReversal | None = None
-    # The idempotency key this request holds while it executes.
+    # The idempotency key this request holds while it executes, and what it stands for.
     slot: Slot | None = None
+    fingerprint: Fingerprint | None = None
     finished: bool = False
 
 
@@ -207,7 +210,7 @@ class StripeSimulator:
             # Validation comes before executing: nothing is saved under the key.
             raise refusal
         if key is not None:
-            call.slot = (scope, key)
+            call.slot, call.fingerprint = (scope, key), fp
             self._keys.claim(call.slot, fp, call.request_id)
         return None
 
@@ -240,9 +243,12 @@ class StripeSimulator:
             failure = api_error("stripe-sim fault 500_after")
             status, body = failure.status, failure.body()
         headers: dict[str, str] = {}
-        if call.slot is not None:
+        if call.slot is not None and call.fingerprint is not None:
             # A copy: an in-process caller may change its answer; the saved one stays.
-            self._keys.save(call.slot, status, copy.deepcopy(body), now)
+            answer = SavedResponse(
+                call.fingerprint, call.request_id, status, copy.deepcopy(body), now
+            )
+            self._keys.save(call.slot, answer)
             headers["Idempotency-Key"] = call.slot[1]
         return self._with_after_fault(ApiResponse(status, body, headers), fault)
 

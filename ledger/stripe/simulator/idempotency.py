@@ -71,12 +71,11 @@ class IdempotencyStore:
     def claim(self, slot: Slot, fp: Fingerprint, request_id: str) -> None:
         self._saved[slot] = SavedResponse(fp, request_id)
 
-    def save(self, slot: Slot, status: int, body: dict[str, Any], now: float) -> None:
-        claimed = self._saved[slot]
-        self._saved[slot] = SavedResponse(
-            claimed.fingerprint, claimed.request_id, status, body, now
-        )
-        self._order.append((now, slot))
+    def save(self, slot: Slot, answer: SavedResponse) -> None:
+        # The whole answer given rather than completed from the claim: a reset() while the
+        # request executed has forgotten the claim, and the answer is saved all the same.
+        self._saved[slot] = answer
+        self._order.append((answer.saved_at, slot))
 
     def release(self, slot: Slot) -> None:
         """Forget a claim whose request never finished executing (a simulator bug)."""
