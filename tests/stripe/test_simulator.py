@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -23,39 +21,16 @@ import stripe
 
 from ledger.errors import InvalidInput
 from ledger.stripe.simulator import SimulatorConfig, main, mask_api_key, parse_faults
-from tests.stripe_sim import running_simulator, sim_control, stripe_client
+from tests.stripe_sim import (
+    create_transfer,
+    raw_request,
+    running_simulator,
+    sim_control,
+    stripe_client,
+)
 from tests.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _transfer_params(**overrides: Any) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "amount": 12500,
-        "currency": "usd",
-        "destination": "acct_1Kettle",
-        "transfer_group": "ledger-transfer-1",
-        "metadata": {"ledger_transfer_id": "ledger-transfer-1"},
-    }
-    params.update(overrides)
-    return params
-
-
-def _create(client: stripe.StripeClient, key: str | None = None, **overrides: Any) -> Any:
-    options: dict[str, Any] = {"idempotency_key": key} if key else {}
-    return client.v1.transfers.create(params=_transfer_params(**overrides), options=options)  # type: ignore[arg-type]
-
-
-def _raw_request(
-    url: str, headers: dict[str, str], method: str = "GET", data: bytes | None = None
-) -> tuple[int, dict[str, str], Any]:
-    request = urllib.request.Request(url, headers=headers, method=method, data=data)
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, dict(response.headers), json.load(response)
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, dict(error.headers), json.load(error)
 
 
 # --- transfers and reversals ------------------------------------------------------------------
@@ -64,7 +39,7 @@ def _raw_request(
 def test_transfer_is_created_retrieved_and_listed_by_filter_and_cursor() -> None:
     with running_simulator() as (_, url):
         client = stripe_client(url)
-        first = _create(client, currency="USD", description="payout for order-1")
+        first = create_transfer(client, currency="USD", description="payout for order-1")
         assert first.id.startswith("tr_")
         assert first.object == "transfer"
         assert (first.amount, first.currency, first.destination) == (12500, "usd", "acct_1Kettle")
@@ -80,7 +55,8 @@ def test_transfer_is_created_retrieved_and_listed_by_filter_and_cursor() -> None
         assert retrieved.to_dict() == first.to_dict()
 
         others = [
-            _create(client, destination="acct_2Other", transfer_group=f"g{i}") for i in range(4)
+            create_transfer(client, destination="acct_2Other", transfer_group=f"g{i}")
+            for i in range(4)
         ]
         by_group = client.v1.transfers.list(params={"transfer_group": "ledger-transfer-1"})
         assert [t.id for t in by_group.data] == [first.id]
@@ -115,7 +91,7 @@ def test_unknown_transfer_and_unknown_urls_are_404() -> None:
         assert missing.value.request_id is not None
         assert missing.value.request_id.startswith("req_")
 
-        status, headers, body = _raw_request(
+        status, headers, body = raw_request(
             f"{url}/v1/payouts", {"Authorization": "Bearer sk_test_x"}
         )
         assert status == 404
@@ -127,7 +103,7 @@ def test_unknown_transfer_and_unknown_urls_are_404() -> None:
 def test_reversals_partial_then_full_then_refused() -> None:
     with running_simulator() as (_, url):
         client = stripe_client(url)
-        transfer = _create(client, amount=1000)
+        transfer = create_transfer(client, amount=1000)
         partial = client.v1.transfers.reversals.create(
             transfer.id,
             params={"amount": 400, "description": "refund 555", "metadata": {"request": "r1"}},
@@ -171,7 +147,10 @@ def test_reversals_partial_then_full_then_refused() -> None:
         assert already.value.error is not None
         assert already.value.error.code is None
         assert already.value.error.type == "invalid_request_error"
-        assert "already been fully reversed" in str(already.value.user_message)
+        # Stripe's text (stripe-ruby#1058 quotes it): callers match "fully reversed".
+        assert (
+            already.value.user_message == f"The transfer {transfer.id} is already fully reversed."
+        )
 
         listed = client.v1.transfers.reversals.list(transfer.id, params={"limit": 1})
         assert [r.id for r in listed.data] == [rest.id]
@@ -189,7 +168,7 @@ def test_unknown_destination_is_resource_missing_on_destination() -> None:
     with running_simulator() as (simulator, url):
         client = stripe_client(url)
         with pytest.raises(stripe.InvalidRequestError) as unknown:
-            _create(client, destination="acct_unknown42")
+            create_transfer(client, destination="acct_unknown42")
         assert unknown.value.http_status == 400
         assert unknown.value.code == "resource_missing"
         assert unknown.value.param == "destination"
@@ -199,32 +178,32 @@ def test_unknown_destination_is_resource_missing_on_destination() -> None:
         sim_control(url, "/_sim/accounts", {"id": "acct_1Gone", "exists": False})
         simulator.set_account("acct_unknown42", exists=True)
         with pytest.raises(stripe.InvalidRequestError) as gone:
-            _create(client, destination="acct_1Gone")
+            create_transfer(client, destination="acct_1Gone")
         assert gone.value.code == "resource_missing"
-        assert _create(client, destination="acct_unknown42").destination == "acct_unknown42"
+        assert create_transfer(client, destination="acct_unknown42").destination == "acct_unknown42"
         assert len(simulator.state()["transfers"]) == 1
 
 
 def test_platform_balance_insufficient_and_reversals_give_back() -> None:
     with running_simulator(platform_balance=1000) as (_, url):
         client = stripe_client(url)
-        transfer = _create(client, amount=800)
+        transfer = create_transfer(client, amount=800)
         with pytest.raises(stripe.InvalidRequestError) as short:
-            _create(client, amount=300)
+            create_transfer(client, amount=300)
         assert short.value.http_status == 400
         assert short.value.code == "balance_insufficient"
 
         client.v1.transfers.reversals.create(transfer.id, params={"amount": 100})
-        assert _create(client, amount=300).amount == 300
+        assert create_transfer(client, amount=300).amount == 300
 
         sim_control(url, "/_sim/platform-balance", {"amount": None})
-        assert _create(client, amount=10**9).amount == 10**9
+        assert create_transfer(client, amount=10**9).amount == 10**9
 
 
 def test_account_without_balance_cannot_fund_a_reversal() -> None:
     with running_simulator() as (simulator, url):
         client = stripe_client(url)
-        transfer = _create(client, destination="acct_nobalance1")
+        transfer = create_transfer(client, destination="acct_nobalance1")
         with pytest.raises(stripe.InvalidRequestError) as short:
             client.v1.transfers.reversals.create(
                 transfer.id, params={"amount": 100}, options={"idempotency_key": "rev-a"}
@@ -232,7 +211,7 @@ def test_account_without_balance_cannot_fund_a_reversal() -> None:
         assert short.value.code == "balance_insufficient"
         assert client.v1.transfers.retrieve(transfer.id).amount_reversed == 0
 
-        other = _create(client, destination="acct_1Funded")
+        other = create_transfer(client, destination="acct_1Funded")
         sim_control(url, "/_sim/accounts", {"id": "acct_1Funded", "reversal_balance": False})
         with pytest.raises(stripe.InvalidRequestError) as also_short:
             client.v1.transfers.reversals.create(other.id, params={"amount": 100})
@@ -255,7 +234,7 @@ def test_account_without_balance_cannot_fund_a_reversal() -> None:
 def test_a_reversal_outside_the_ledger_shows_on_the_transfer() -> None:
     with running_simulator() as (simulator, url):
         client = stripe_client(url)
-        transfer = _create(client, amount=1000, destination="acct_nobalance2")
+        transfer = create_transfer(client, amount=1000, destination="acct_nobalance2")
         reversal = sim_control(url, "/_sim/reverse", {"transfer": transfer.id, "amount": 250})
         assert reversal["object"] == "transfer_reversal"
         assert client.v1.transfers.retrieve(transfer.id).amount_reversed == 250
@@ -268,7 +247,7 @@ def test_a_reversal_outside_the_ledger_shows_on_the_transfer() -> None:
 def test_a_transfer_edited_at_the_simulator_answers_with_its_new_values() -> None:
     with running_simulator() as (simulator, url):
         client = stripe_client(url)
-        transfer = _create(client, amount=1000)
+        transfer = create_transfer(client, amount=1000)
         edited = sim_control(url, f"/_sim/transfers/{transfer.id}", {"amount": 900})
         assert edited["amount"] == 900
         after = client.v1.transfers.retrieve(transfer.id)
@@ -286,7 +265,7 @@ def test_a_transfer_edited_at_the_simulator_answers_with_its_new_values() -> Non
         assert [r["method"] for r in simulator.state()["requests"]] == ["POST", "GET", "GET"]
 
         for payload in ({}, {"amount": 0}, {"amount": "5"}, {"colour": "red"}):
-            status, _, body = _raw_request(
+            status, _, body = raw_request(
                 f"{url}/_sim/transfers/{transfer.id}",
                 {},
                 method="POST",
@@ -294,7 +273,7 @@ def test_a_transfer_edited_at_the_simulator_answers_with_its_new_values() -> Non
             )
             assert status == 400, payload
             assert body["error"]["type"] == "invalid_request_error"
-        status, _, body = _raw_request(
+        status, _, body = raw_request(
             f"{url}/_sim/transfers/tr_nothere", {}, method="POST", data=b'{"amount": 5}'
         )
         assert status == 404
@@ -305,7 +284,7 @@ def test_a_transfer_edited_at_the_simulator_answers_with_its_new_values() -> Non
 def test_transfers_are_listed_by_creation_time() -> None:
     with running_simulator() as (simulator, url):
         client = stripe_client(url)
-        made = [_create(client, transfer_group=f"g{i}") for i in range(3)]
+        made = [create_transfer(client, transfer_group=f"g{i}") for i in range(3)]
         for transfer, created in zip(made, (1000, 2000, 3000), strict=True):
             simulator.edit_transfer(transfer.id, created=created)
 
@@ -343,11 +322,11 @@ def test_validation_errors_come_first_and_are_not_saved() -> None:
         ]
         for overrides, param in cases:
             with pytest.raises(stripe.InvalidRequestError) as refused:
-                _create(client, key="order-1", **overrides)
+                create_transfer(client, key="order-1", **overrides)
             assert refused.value.http_status == 400, overrides
             assert refused.value.param == param, overrides
         # The key was never saved, so a valid request with it executes.
-        assert _create(client, key="order-1").amount == 12500
+        assert create_transfer(client, key="order-1").amount == 12500
         assert len(simulator.state()["transfers"]) == 1
 
 
@@ -357,7 +336,7 @@ def test_validation_errors_come_first_and_are_not_saved() -> None:
 def test_missing_wrong_and_restricted_keys() -> None:
     secret = "sk_test_51ConfiguredKeyabcd"
     with running_simulator(api_key=secret) as (simulator, url):
-        status, headers, body = _raw_request(f"{url}/v1/transfers", {})
+        status, headers, body = raw_request(f"{url}/v1/transfers", {})
         assert status == 401
         assert "You did not provide an API key" in body["error"]["message"]
         assert headers["Request-Id"].startswith("req_")
@@ -377,7 +356,7 @@ def test_missing_wrong_and_restricted_keys() -> None:
     with running_simulator() as (_, url):
         assert stripe_client(url, api_key="sk_test_anything").v1.transfers.list().data == []
         with pytest.raises(stripe.PermissionError) as restricted:
-            _create(stripe_client(url, api_key="rk_test_51RestrictedKeyzzzz"))
+            create_transfer(stripe_client(url, api_key="rk_test_51RestrictedKeyzzzz"))
         assert restricted.value.http_status == 403
         assert "rk_test_51RestrictedKeyzzzz" not in str(restricted.value.http_body)
 
@@ -394,14 +373,14 @@ def test_masking_shows_the_kind_and_last_four_only() -> None:
 def test_same_key_same_params_replays_the_same_transfer() -> None:
     with running_simulator() as (simulator, url):
         client = stripe_client(url)
-        first = _create(client, key="payout-1")
-        again = _create(client, key="payout-1")
+        first = create_transfer(client, key="payout-1")
+        again = create_transfer(client, key="payout-1")
         assert again.id == first.id
         assert again.last_response.headers.get("Idempotent-Replayed") == "true"
         assert first.last_response.headers.get("Idempotent-Replayed") is None
         assert len(simulator.state()["transfers"]) == 1
         # Keys are scoped per API key: another key's "payout-1" is another request.
-        other = _create(stripe_client(url, api_key="sk_test_other"), key="payout-1")
+        other = create_transfer(stripe_client(url, api_key="sk_test_other"), key="payout-1")
         assert other.id != first.id
         log = simulator.state()["requests"]
         assert [r["replayed"] for r in log] == [False, True, False]
@@ -410,9 +389,9 @@ def test_same_key_same_params_replays_the_same_transfer() -> None:
 def test_same_key_other_params_is_an_idempotency_error() -> None:
     with running_simulator() as (simulator, url):
         client = stripe_client(url)
-        _create(client, key="payout-2")
+        create_transfer(client, key="payout-2")
         with pytest.raises(stripe.IdempotencyError) as conflict:
-            _create(client, key="payout-2", amount=999)
+            create_transfer(client, key="payout-2", amount=999)
         assert conflict.value.http_status == 400
         assert "Try using a key other than 'payout-2'" in str(conflict.value.user_message)
         assert len(simulator.state()["transfers"]) == 1
@@ -424,7 +403,7 @@ def test_500_after_is_replayed_for_the_key_while_the_transfer_exists() -> None:
         simulator.add_fault("500_after")
         for _ in range(2):
             with pytest.raises(stripe.APIError) as failed:
-                _create(client, key="payout-3", transfer_group="group-500")
+                create_transfer(client, key="payout-3", transfer_group="group-500")
             assert failed.value.http_status == 500
         assert (failed.value.headers or {}).get("Idempotent-Replayed") == "true"
         state = simulator.state()
@@ -442,12 +421,12 @@ def test_500_before_executes_nothing_so_the_same_key_runs_once() -> None:
         client = stripe_client(url)
         sim_control(url, "/_sim/faults", {"fault": "500_before", "path": "/v1/transfers"})
         with pytest.raises(stripe.APIError) as failed:
-            _create(client, key="payout-4")
+            create_transfer(client, key="payout-4")
         assert failed.value.http_status == 500
         assert simulator.state()["transfers"] == []
-        created = _create(client, key="payout-4")
+        created = create_transfer(client, key="payout-4")
         assert created.last_response.headers.get("Idempotent-Replayed") is None
-        assert _create(client, key="payout-4").id == created.id
+        assert create_transfer(client, key="payout-4").id == created.id
         assert len(simulator.state()["transfers"]) == 1
 
 
@@ -455,13 +434,13 @@ def test_dropped_connection_after_commit() -> None:
     with running_simulator() as (simulator, url):
         simulator.add_fault("drop_after")
         with pytest.raises(stripe.APIConnectionError):
-            _create(stripe_client(url), key="payout-5", transfer_group="dropped")
+            create_transfer(stripe_client(url), key="payout-5", transfer_group="dropped")
         assert len(simulator.state()["transfers"]) == 1
 
         # With retries, the client's retry under the same key gets the saved success.
         simulator.add_fault("drop_after")
         retrying = stripe_client(url, max_network_retries=2)
-        created = _create(retrying, key="payout-6", transfer_group="retried")
+        created = create_transfer(retrying, key="payout-6", transfer_group="retried")
         assert created.last_response.headers.get("Idempotent-Replayed") == "true"
         state = simulator.state()
         assert [t["transfer_group"] for t in state["transfers"]] == ["dropped", "retried"]
@@ -476,15 +455,15 @@ def test_429_is_a_rate_limit_error_and_creates_nothing() -> None:
         simulator.add_fault("429", count=2)
         client = stripe_client(url, max_network_retries=2)
         with pytest.raises(stripe.RateLimitError) as limited:
-            _create(client, key="payout-7")
+            create_transfer(client, key="payout-7")
         assert limited.value.http_status == 429
         # No Stripe-Should-Retry: the client does not retry a 429 on its own.
         assert "Stripe-Should-Retry" not in (limited.value.headers or {})
         assert len(simulator.state()["requests"]) == 1
         assert simulator.state()["transfers"] == []
         with pytest.raises(stripe.RateLimitError):
-            _create(client, key="payout-7")
-        assert _create(client, key="payout-7").amount == 12500
+            create_transfer(client, key="payout-7")
+        assert create_transfer(client, key="payout-7").amount == 12500
         assert len(simulator.state()["transfers"]) == 1
 
 
@@ -493,28 +472,28 @@ def test_slow_answer_times_the_client_out_after_commit() -> None:
         simulator.add_fault("slow")
         started = time.monotonic()
         with pytest.raises(stripe.APIConnectionError):
-            _create(stripe_client(url, timeout=0.5), key="payout-8")
+            create_transfer(stripe_client(url, timeout=0.5), key="payout-8")
         assert time.monotonic() - started < 1.9
         assert len(simulator.state()["transfers"]) == 1
         # Saved before the wait: asking again with the key answers at once.
         [saved] = simulator.state()["transfers"]
-        assert _create(stripe_client(url), key="payout-8").id == saved["id"]
+        assert create_transfer(stripe_client(url), key="payout-8").id == saved["id"]
 
 
 def test_expired_keys_run_a_new_request() -> None:
     with running_simulator() as (simulator, url):
         client = stripe_client(url)
-        first = _create(client, key="payout-9")
+        first = create_transfer(client, key="payout-9")
         assert sim_control(url, "/_sim/expire-idempotency-keys", {}) == {"expired": 1}
-        second = _create(client, key="payout-9")
+        second = create_transfer(client, key="payout-9")
         assert second.id != first.id
         assert len(simulator.state()["transfers"]) == 2
 
     with running_simulator(idempotency_ttl_seconds=0.05) as (simulator, url):
         client = stripe_client(url)
-        first = _create(client, key="payout-10")
+        first = create_transfer(client, key="payout-10")
         wait_for(
-            lambda: _create(client, key="payout-10").id != first.id,
+            lambda: create_transfer(client, key="payout-10").id != first.id,
             what="the key to expire on its own",
         )
 
@@ -524,18 +503,22 @@ def test_a_key_still_executing_answers_409() -> None:
         results: queue.Queue[Any] = queue.Queue()
 
         def create_in_background() -> None:
-            results.put(_create(stripe_client(url), key="payout-11"))
+            results.put(create_transfer(stripe_client(url), key="payout-11"))
 
         first = threading.Thread(target=create_in_background)
         first.start()
         # The key is claimed as soon as the request arrives, before its latency.
         wait_for(lambda: len(simulator.state()["requests"]) == 1, what="the first request")
         with pytest.raises(stripe.APIError) as busy:
-            _create(stripe_client(url), key="payout-11")
+            create_transfer(stripe_client(url), key="payout-11")
         first.join(timeout=5)
         assert busy.value.http_status == 409
         assert busy.value.error is not None
         assert busy.value.error.type == "idempotency_error"
+        assert busy.value.error.code == "idempotency_key_in_use"
+        assert str(busy.value.user_message).startswith(
+            "There is currently another in-progress request using this Stripe-Idempotency-Key"
+        )
         assert results.get(timeout=1).amount == 12500
         assert len(simulator.state()["transfers"]) == 1
 
@@ -546,7 +529,7 @@ def test_sixty_four_concurrent_connections_wait_their_latency_together() -> None
         client = stripe_client(url, timeout=10)
 
         def create(i: int) -> str:
-            return str(_create(client, key=f"concurrent-{i}", transfer_group=f"g{i}").id)
+            return str(create_transfer(client, key=f"concurrent-{i}", transfer_group=f"g{i}").id)
 
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=64) as pool:
@@ -567,7 +550,7 @@ def _fault_sequence(seed: int) -> list[str | None]:
         client = stripe_client(url)
         for i in range(30):
             with contextlib.suppress(stripe.StripeError):
-                _create(client, key=f"seeded-{i}")
+                create_transfer(client, key=f"seeded-{i}")
         # Lookups never draw a random fault.
         client.v1.transfers.list()
         return [r["fault"] for r in simulator.state()["requests"]]
@@ -586,7 +569,7 @@ def test_scripted_faults_follow_path_and_method_and_wait_for_a_success() -> None
         client = stripe_client(url)
         simulator.add_fault("500_after", path="/reversals")
         simulator.add_fault("500_before", method="GET")
-        transfer = _create(client)  # not a reversal: untouched
+        transfer = create_transfer(client)  # not a reversal: untouched
         with pytest.raises(stripe.APIError):
             client.v1.transfers.retrieve(transfer.id)
         # An error answer leaves an "after" fault queued for the next success.
@@ -608,12 +591,12 @@ def test_scripted_faults_follow_path_and_method_and_wait_for_a_success() -> None
 def test_reset_forgets_everything() -> None:
     with running_simulator() as (simulator, url):
         client = stripe_client(url)
-        _create(client, key="payout-12")
+        create_transfer(client, key="payout-12")
         simulator.add_fault("429")
         assert sim_control(url, "/_sim/reset", {}) == {"reset": True}
         state = sim_control(url, "/_sim/state")
         assert (state["transfers"], state["requests"], state["scripted_faults"]) == ([], [], [])
-        fresh = _create(client, key="payout-12")
+        fresh = create_transfer(client, key="payout-12")
         assert fresh.last_response.headers.get("Idempotent-Replayed") is None
 
 
@@ -621,7 +604,7 @@ def test_request_log_records_arrival_times() -> None:
     with running_simulator(latency_ms=200) as (_, url):
         client = stripe_client(url)
         before = time.time()
-        _create(client, key="payout-13")
+        create_transfer(client, key="payout-13")
         after = time.time()
         [record] = sim_control(url, "/_sim/state")["requests"]
         assert record["method"] == "POST"
@@ -635,12 +618,12 @@ def test_request_log_records_arrival_times() -> None:
 
 def test_control_api_refuses_bad_input() -> None:
     with running_simulator() as (_, url):
-        status, _, body = _raw_request(
+        status, _, body = raw_request(
             f"{url}/_sim/faults", {}, method="POST", data=b'{"fault": "meteor"}'
         )
         assert status == 400
         assert "unknown fault 'meteor'" in body["error"]["message"]
-        status, _, _ = _raw_request(f"{url}/_sim/nothing", {}, method="POST", data=b"{}")
+        status, _, _ = raw_request(f"{url}/_sim/nothing", {}, method="POST", data=b"{}")
         assert status == 404
 
 
@@ -709,14 +692,15 @@ def test_cli_serves_until_sigterm_and_never_shows_the_key() -> None:
         line = _first_line(process.stdout, timeout=15)
         match = re.fullmatch(
             r"stripe-sim listening on (http://127\.0\.0\.1:(\d+)) \(latency 1 ms, faults none,"
-            r" seed 0\); export STRIPE_API_BASE=\1\n",
+            r" seed 0, rate limit 25/s per endpoint, 25/s total\);"
+            r" export STRIPE_API_BASE=\1\n",
             line,
         )
         assert match, line
         assert int(match.group(2)) > 0
         base_url = match.group(1)
 
-        created = _create(stripe_client(base_url, api_key=secret), key="cli-1")
+        created = create_transfer(stripe_client(base_url, api_key=secret), key="cli-1")
         assert created.amount == 12500
         with pytest.raises(stripe.AuthenticationError):
             stripe_client(base_url, api_key="sk_test_51NotTheRightKey0000").v1.transfers.list()
