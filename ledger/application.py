@@ -8,9 +8,10 @@ saved the same transfer first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
@@ -129,18 +130,6 @@ class Transfers(Application[UUID]):
         stored = list(self.events.get(transfer_id, gt=first - 1, lte=first + len(pending) - 1))
         return stored == pending
 
-    def create_transfer(self, transfer: Transfer) -> tuple[UUID, bool]:
-        """Save a newly created transfer; returns (id, created). The same order
-        again with the same values returns the first transfer's id; with other
-        values it is refused."""
-        try:
-            self.save(transfer)
-        except IntegrityError:
-            existing = self.get(transfer.id)
-            check_same_order(existing, transfer)
-            return existing.id, False
-        return transfer.id, True
-
     def request_reversal(
         self,
         transfer_id: UUID,
@@ -164,13 +153,9 @@ class Transfers(Application[UUID]):
 
     # ----- import -----------------------------------------------------------
 
-    def imported_event(self, transfer_id: UUID) -> Any:
-        """The first event of an existing transfer (to compare a re-import with)."""
-        for event in self.events.get(transfer_id, lte=1):
-            return event
-        raise TransferNotFound(transfer_id)
-
-    def save_imported(self, records: Sequence[ImportRecord], actor: str) -> list[Recording[UUID]]:
+    def save_imported(
+        self, records: Sequence[ImportRecord], actor: str, *, also_execute: Sequence[Statement] = ()
+    ) -> list[Recording[UUID]]:
         """Save one batch of new transfers in one append (one transaction).
 
         Goes to the event store directly rather than through `save()`: the
@@ -197,7 +182,9 @@ class Transfers(Application[UUID]):
             )
             for r in records
         ]
-        return self.events.put([e for t in transfers for e in t.collect_events()])
+        return self.events.put(
+            [e for t in transfers for e in t.collect_events()], also_execute=also_execute
+        )
 
 
 def check_same_order(existing: Any, requested: Transfer) -> None:
@@ -210,6 +197,9 @@ def check_same_order(existing: Any, requested: Transfer) -> None:
             )
 
 
-def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last one shorter): itertools.batched,
+    which Python 3.11 lacks."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch

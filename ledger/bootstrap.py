@@ -12,7 +12,7 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +21,12 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
-from ledger.application import ImportRecord, Transfers, check_same_order, chunks
+from ledger import orders
+from ledger.application import ImportRecord, Transfers, batched, check_same_order
 from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, InvalidInput, NotMigrated, TransferNotFound
+from ledger.importing import WithinFile
 from ledger.migrate import Migration, apply_migrations, require_migrated
 from ledger.processing.clock import DatabaseClock
 from ledger.processing.daemon import Daemon, DaemonOptions
@@ -33,7 +35,7 @@ from ledger.processing.heartbeat import Heartbeat
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.policy import RetryPolicy
 from ledger.processing.work import WorkStore
-from ledger.storage import Database, check_postgres_reachable, use_sqlite_wal
+from ledger.storage import Database, check_postgres_reachable, is_version_conflict, use_sqlite_wal
 from projections import seller_transfers
 from projections.seller_transfers import SellerTransfersProjection, TransferView
 
@@ -111,15 +113,28 @@ class Ledger:
             currency=currency,
             actor=actor,
         )
-        # An order imported from the old table has an id of its own; it is found
-        # through the read table (kept current by every command).
-        for existing in seller_transfers.find_by_order_ref(self.db, transfer.order_ref):
-            if existing.id != transfer.id:
-                check_same_order(existing, transfer)
-                return existing.id, False
-        transfer_id, created = self.transfers.create_transfer(transfer)
-        self.catch_up()
-        return transfer_id, created
+        # The order may be reserved already: by this very transfer (a retried
+        # create), or by one imported from the old table under an id of its own.
+        owner = orders.owners(self.db, [transfer.order_ref]).get(transfer.order_ref)
+        if owner is None:
+            reservation = orders.reserve(self.db, [(transfer.order_ref, transfer.id)])
+            try:
+                self.transfers.save(transfer, also_execute=reservation)
+            except IntegrityError as error:
+                if is_version_conflict(error):
+                    # Created before reservations existed, and not yet in the read
+                    # table when migration 0010 reserved its orders.
+                    owner = transfer.id
+                else:
+                    # Reserved meanwhile, by a create of this order or an import.
+                    owner = orders.owners(self.db, [transfer.order_ref]).get(transfer.order_ref)
+                    if owner is None:
+                        raise
+            else:
+                self.catch_up()
+                return transfer.id, True
+        check_same_order(self.transfers.get(owner), transfer)
+        return owner, False
 
     def request_reversal(
         self,
@@ -143,37 +158,49 @@ class Ledger:
     def import_transfers(
         self, records: Sequence[ImportRecord], actor: str = CLI_ACTOR
     ) -> ImportResult:
+        """Bring these transfers into the ledger (see `import_from`)."""
+        return self.import_from(lambda: records, actor)
+
+    def import_from(
+        self, records: Callable[[], Iterable[ImportRecord]], actor: str = CLI_ACTOR
+    ) -> ImportResult:
         """Save every record not yet in the ledger, in batches of one append each.
 
-        Ids already present are checked against what was imported then: the
-        same values append nothing; other values refuse the whole file before
-        anything is saved.
+        Two passes over `records()`. The first checks everything before anything
+        is saved, so that one bad record refuses the whole import: within the
+        records, an order and a Stripe transfer belong to one transfer each;
+        against the ledger, a transfer already present must have the same values
+        (then it appends nothing, so an interrupted import can be run again), an
+        order must not be another transfer's, a Stripe transfer must not be
+        recorded by another transfer. The second pass saves, each batch with the
+        reservations of its orders in the same append.
         """
-        new: list[ImportRecord] = []
-        present = 0
-        for batch in chunks(records, IMPORT_BATCH_SIZE):
-            with self.db.transaction(write=False) as cursor:
-                existing = self.db.first_stored_events(cursor, [r.transfer_id for r in batch])
+        within = WithinFile()
+        for batch in batched(records(), IMPORT_BATCH_SIZE):
             for record in batch:
-                stored = existing.get(record.transfer_id)
-                if stored is None:
-                    new.append(record)
-                else:
-                    _check_reimport(record, self.transfers.mapper.to_domain_event(stored))
-                    present += 1
+                within.add(record)
+            self._check_against_ledger(batch)
+        repeated = within.confirm(records)
+        imported = present = 0
         # Each batch is projected as soon as it is saved, from memory when nobody
         # else wrote in between, on a second thread: while it waits on the
         # database the next batch is being built and appended. One worker keeps
         # the batches in order; the catch_up below covers whatever was skipped.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-projection") as pool:
             projected: list[Future[bool]] = []
-            for batch in chunks(new, IMPORT_BATCH_SIZE):
-                try:
-                    recordings = self.transfers.save_imported(batch, actor)
-                except IntegrityError:
-                    # Another import got some of these first: save the rest one by one.
-                    present += self._save_individually(batch, actor)
+            for batch in batched(records(), IMPORT_BATCH_SIZE):
+                fresh = [r for r in batch if (r.transfer_id, r.line) not in repeated]
+                with self.db.transaction(write=False) as cursor:
+                    stored = self.db.first_stored_events(cursor, [r.transfer_id for r in fresh])
+                new = [r for r in fresh if r.transfer_id not in stored]
+                present += len(fresh) - len(new)
+                if not new:
                     continue
+                # Checked in the first pass; a writer that got there since makes
+                # this append fail on its reservations, and the import stops here.
+                reservations = orders.reserve(self.db, [(r.order_ref, r.transfer_id) for r in new])
+                recordings = self.transfers.save_imported(new, actor, also_execute=reservations)
+                imported += len(new)
                 projected.append(
                     pool.submit(
                         self.projection.process_recorded,
@@ -183,17 +210,35 @@ class Ledger:
             for future in projected:
                 future.result()  # Re-raises a projection error here, in order.
         self.catch_up()
-        return ImportResult(imported=len(records) - present, already_present=present)
+        return ImportResult(imported=imported, already_present=present)
 
-    def _save_individually(self, batch: Sequence[ImportRecord], actor: str) -> int:
-        present = 0
+    def _check_against_ledger(self, batch: Sequence[ImportRecord]) -> None:
+        """Refuse (IdempotencyConflict, naming the line) a record that the
+        ledger contradicts; see `import_from`."""
+        with self.db.transaction(write=False) as cursor:
+            existing = self.db.first_stored_events(cursor, [r.transfer_id for r in batch])
         for record in batch:
-            try:
-                self.transfers.save_imported([record], actor)
-            except IntegrityError:
-                _check_reimport(record, self.transfers.imported_event(record.transfer_id))
-                present += 1
-        return present
+            stored = existing.get(record.transfer_id)
+            if stored is not None:
+                _check_reimport(record, self.transfers.mapper.to_domain_event(stored))
+        reserved = orders.owners(self.db, (r.order_ref for r in batch))
+        for record in batch:
+            owner = reserved.get(record.order_ref)
+            if owner is not None and owner != record.transfer_id:
+                raise IdempotencyConflict(
+                    f"line {record.line}: order {record.order_ref!r} already has transfer"
+                    f" {owner}: one order, one transfer"
+                )
+        recorded = seller_transfers.find_by_stripe_transfer_ids(
+            self.db, (r.stripe_transfer_id for r in batch if r.stripe_transfer_id)
+        )
+        for record in batch:
+            for other in recorded.get(record.stripe_transfer_id or "", []):
+                if other.id != record.transfer_id:
+                    raise IdempotencyConflict(
+                        f"line {record.line}: Stripe transfer {record.stripe_transfer_id} is"
+                        f" recorded by transfer {other.id} already"
+                    )
 
     # ----- reads --------------------------------------------------------------
 

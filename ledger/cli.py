@@ -214,23 +214,12 @@ def cmd_set_status(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     # Imported here: pydantic costs every other command ~40 ms of start-up.
-    from ledger.importing import parse_lines  # noqa: PLC0415
+    from ledger.importing import ImportFile  # noqa: PLC0415
 
-    path = Path(args.file)
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise InvalidInput(f"cannot read {args.file}: {error.strerror}") from None
-    lines: list[str] = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        try:
-            # utf-8-sig on the first line: a byte-order mark is not part of the JSON.
-            lines.append(line.decode("utf-8-sig" if number == 1 else "utf-8"))
-        except UnicodeDecodeError:
-            raise InvalidInput(f"line {number}: not valid UTF-8") from None
-    records = parse_lines(lines)
-    with open_ledger(args.database_url) as ledger:
-        result = ledger.import_transfers(records, actor=args.actor)
+    source = ImportFile(Path(args.file))
+    actor = values.actor(args.actor)
+    with Ledger.open(args.database_url) as ledger:
+        result = ledger.import_from(source.records, actor=actor)
     if args.json:
         _print_json({"imported": result.imported, "already_present": result.already_present})
     else:

@@ -2,14 +2,20 @@
 
 Each line has the fields of `ledger transfer show --json`; `status` may be any
 of the six. The whole file is validated before anything is saved: one bad line
-rejects the file, and the error names the line.
+rejects the file, and the error names the line. A key given twice on a line is
+a bad line. Within the file, an order and a Stripe transfer belong to one
+transfer each (`WithinFile`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+import json
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Final
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -18,6 +24,10 @@ from ledger import values
 from ledger.application import ImportRecord
 from ledger.domain import imported_reversal_amount
 from ledger.errors import InvalidInput
+
+# Files up to this size keep their parsed records between the import's two
+# passes (check everything, then save) instead of being read and parsed twice.
+KEEP_RECORDS_BYTES: Final = 32 * 1024 * 1024
 
 
 def _uuid(value: Any) -> UUID:
@@ -82,16 +92,42 @@ def _one_line_error(error: ValidationError) -> str:
         return f"unknown field {where!r}"
     if first["type"] == "missing":
         return f"missing field {where!r}"
-    if first["type"] == "json_invalid":
-        return "not valid JSON"
     if first["type"] == "model_type":
         return "expected a JSON object"
     return message if where in message or not where else f"{where}: {message}"
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # JSON allows a key twice and most readers keep the last: which of two
+    # amounts the old table meant is not for the ledger to guess.
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return found
+
+
+_decode_json = json.JSONDecoder(object_pairs_hook=_object_without_duplicate_keys).decode
+
+
 def parse_line(line_number: int, text: str) -> ImportRecord:
     try:
-        line = ImportLine.model_validate_json(text)
+        data = _decode_json(text)
+    except _DuplicateKey as key:
+        raise InvalidInput(f"line {line_number}: field {str(key)!r} appears twice") from None
+    except ValueError:
+        raise InvalidInput(f"line {line_number}: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"line {line_number}: expected a JSON object")
+    try:
+        line = ImportLine.model_validate(data)
     except ValidationError as error:
         raise InvalidInput(f"line {line_number}: {_one_line_error(error)}") from None
     try:
@@ -123,28 +159,134 @@ def parse_line(line_number: int, text: str) -> ImportRecord:
 
 
 def parse_lines(lines: Iterable[str]) -> list[ImportRecord]:
-    """Every record of the file, or InvalidInput naming the first bad line.
+    """Every record of these lines (line numbers from 1; blank lines skipped),
+    or InvalidInput naming the first bad line. The same transfer twice with
+    the same values counts once; the rules of `WithinFile` apply."""
+    numbered = [(n, text) for n, text in enumerate(lines, start=1) if text.strip()]
+    records = [parse_line(n, text) for n, text in numbered]
+    within = WithinFile()
+    for record in records:
+        within.add(record)
+    repeated = within.confirm(lambda: iter(records))
+    return [r for r in records if (r.transfer_id, r.line) not in repeated]
 
-    Blank lines are skipped. The same id twice with the same values counts once;
-    with different values the file is refused.
-    """
-    records: list[ImportRecord] = []
-    seen: dict[UUID, ImportRecord] = {}
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        record = parse_line(number, text)
-        earlier = seen.get(record.transfer_id)
-        if earlier is not None:
-            if (earlier.state(), earlier.source_updated_at) != (
-                record.state(),
-                record.source_updated_at,
-            ):
-                raise InvalidInput(
-                    f"line {number}: transfer {record.transfer_id} already appears on"
-                    f" line {earlier.line} with other values"
-                )
-            continue
-        seen[record.transfer_id] = record
-        records.append(record)
-    return records
+
+class ImportFile:
+    """A `transfer import` file, read line by line: one line is in memory at
+    a time, however large the file (a gigabyte of lines needs megabytes, not
+    gigabytes). `records()` may be called again for a second pass; a small
+    file's records are kept from the first pass rather than parsed twice."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._keep = path.stat().st_size <= KEEP_RECORDS_BYTES
+        except OSError as error:
+            raise InvalidInput(f"cannot read {path}: {error.strerror}") from None
+        self._kept: list[ImportRecord] | None = None
+
+    def records(self) -> Iterator[ImportRecord]:
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept: list[ImportRecord] = []
+        for number, text in self._lines():
+            record = parse_line(number, text)
+            if self._keep:
+                kept.append(record)
+            yield record
+        if self._keep:
+            self._kept = kept
+
+    def _lines(self) -> Iterator[tuple[int, str]]:
+        try:
+            stream = self.path.open("rb")
+        except OSError as error:
+            raise InvalidInput(f"cannot read {self.path}: {error.strerror}") from None
+        with stream:
+            for number, raw in enumerate(stream, start=1):
+                try:
+                    # utf-8-sig on the first line: a byte-order mark is not part of the JSON.
+                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    raise InvalidInput(f"line {number}: not valid UTF-8") from None
+                # The line's bytes go before it is parsed: one copy of a long
+                # line at a time, not two.
+                del raw
+                if text and not text.isspace():
+                    yield number, text
+
+
+class WithinFile:
+    """What must be unique among the lines of one import: a transfer id (the
+    same transfer twice with the same values counts once), an order reference
+    (one order, one transfer) and a Stripe transfer id (one Stripe transfer
+    paid one ledger transfer).
+
+    Only 64-bit hashes are kept while the file is read, eight bytes a line and
+    key, so that a file of millions of lines fits in memory. Equal hashes are
+    suspects, not verdicts: `confirm` reads the records again and compares the
+    suspects' values themselves."""
+
+    def __init__(self) -> None:
+        self._hashes: dict[str, array[int]] = {
+            "id": array("q"),
+            "order": array("q"),
+            "stripe": array("q"),
+        }
+
+    def add(self, record: ImportRecord) -> None:
+        hashes = self._hashes
+        hashes["id"].append(hash(record.transfer_id))
+        hashes["order"].append(hash(record.order_ref))
+        if record.stripe_transfer_id is not None:
+            hashes["stripe"].append(hash(record.stripe_transfer_id))
+
+    def confirm(self, records: Callable[[], Iterable[ImportRecord]]) -> set[tuple[UUID, int]]:
+        """Raise InvalidInput for the first line that repeats an order or a
+        Stripe transfer of another transfer, or a transfer with other values;
+        return the (id, line) of lines that repeat a transfer identically (to
+        be skipped). Reads `records()` again only when some hashes are equal."""
+        suspects = {kind: _repeated(hashes) for kind, hashes in self._hashes.items()}
+        if not any(suspects.values()):
+            return set()
+        by_id: dict[UUID, ImportRecord] = {}
+        by_order: dict[str, ImportRecord] = {}
+        by_stripe: dict[str, ImportRecord] = {}
+        repeated: set[tuple[UUID, int]] = set()
+        for record in records():
+            if hash(record.transfer_id) in suspects["id"]:
+                earlier = by_id.setdefault(record.transfer_id, record)
+                if earlier is not record:
+                    if (earlier.state(), earlier.source_updated_at) != (
+                        record.state(),
+                        record.source_updated_at,
+                    ):
+                        raise InvalidInput(
+                            f"line {record.line}: transfer {record.transfer_id} already appears"
+                            f" on line {earlier.line} with other values"
+                        )
+                    repeated.add((record.transfer_id, record.line))
+                    continue
+            if hash(record.order_ref) in suspects["order"]:
+                earlier = by_order.setdefault(record.order_ref, record)
+                if earlier.transfer_id != record.transfer_id:
+                    raise InvalidInput(
+                        f"line {record.line}: order {record.order_ref!r} is transfer"
+                        f" {earlier.transfer_id}'s already (line {earlier.line}): one order,"
+                        " one transfer"
+                    )
+            stripe_id = record.stripe_transfer_id
+            if stripe_id is not None and hash(stripe_id) in suspects["stripe"]:
+                earlier = by_stripe.setdefault(stripe_id, record)
+                if earlier.transfer_id != record.transfer_id:
+                    raise InvalidInput(
+                        f"line {record.line}: Stripe transfer {stripe_id} is recorded by"
+                        f" transfer {earlier.transfer_id} already (line {earlier.line})"
+                    )
+        return repeated
+
+
+def _repeated(hashes: array[int]) -> set[int]:
+    ordered = sorted(hashes)
+    return {a for a, b in itertools.pairwise(ordered) if a == b}

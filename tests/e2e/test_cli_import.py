@@ -4,11 +4,13 @@ the ledger, end to end on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ledger import importing
 from tests.design_matrix import STATUSES
 from tests.e2e.support import (
     LedgerCli,
@@ -270,6 +272,23 @@ BAD_LINES = [
     pytest.param(bad(status="failed", next_retry_at="tomorrow"), id="retry-time-garbage"),
     pytest.param(bad(status="failed", next_retry_at="2031-01-01T00:00:00"), id="retry-time-naive"),
     pytest.param(bad(id=legacy_id(101), amount=1), id="same-id-as-line-1-other-values"),
+    # Red-team F3: one order, one transfer; one Stripe transfer, one transfer.
+    pytest.param(bad(order_ref="legacy-good-1"), id="order-of-line-1-under-another-id"),
+    pytest.param(bad(stripe_transfer_id="tr_good2"), id="stripe-transfer-of-line-2"),
+    pytest.param(
+        '{"id": "00000000-0000-4000-8000-000000000103", "seller_account_id": "acct_G1",'
+        ' "order_ref": "legacy-good-3", "amount": 300, "amount": 30000, "currency": "usd",'
+        ' "status": "pending"}',
+        id="a-key-twice",
+    ),
+    pytest.param(bad(order_ref="legacy\u0000nul"), id="order-with-nul"),
+    pytest.param(bad(order_ref="legacy\u001b[2J"), id="order-with-escape"),
+    pytest.param(bad(last_error="x\ny"), id="last-error-with-newline"),
+    pytest.param(bad(stripe_transfer_id="tr x"), id="stripe-id-with-space"),
+    pytest.param(bad(order_ref="o" * 256), id="order-too-long"),
+    pytest.param(
+        bad(status="failed", next_retry_at="0001-01-01T00:00:00+14:00"), id="retry-time-year-zero"
+    ),
 ]
 
 
@@ -307,6 +326,127 @@ def test_an_id_already_imported_with_other_values_rejects_the_file(
     assert cli.events() == events
     assert [row["id"] for row in cli.list_json()] == [legacy_id(101)]
     assert cli.show(legacy_id(101))["amount"] == 100
+
+
+def test_an_order_a_created_transfer_has_refuses_the_file_naming_line_and_transfer(
+    cli: LedgerCli, tmp_path: Path
+) -> None:
+    """Red-team F3: the import skipped the order check, and the daemon paid
+    the order twice."""
+    created = cli.create("order-77", seller="acct_G1", amount=700)
+    events = cli.events()
+    path = write_jsonl(
+        tmp_path / "legacy.jsonl", [good_row(1), {**good_row(2), "order_ref": "order-77"}]
+    )
+
+    result = cli.import_file(path)
+
+    assert result.code == 2
+    line = assert_one_line_error(result)
+    assert "line 2" in line and created in line and "order-77" in line
+    assert cli.events() == events
+    assert [row["id"] for row in cli.list_json()] == [created]
+    # A retried create still finds its own transfer.
+    assert cli.create("order-77", seller="acct_G1", amount=700) == created
+
+
+def test_a_stripe_transfer_another_transfer_records_refuses_the_file(
+    cli: LedgerCli, tmp_path: Path
+) -> None:
+    assert_ok(cli.import_file(write_jsonl(tmp_path / "first.jsonl", [good_row(1)])))
+    events = cli.events()
+    again = {**good_row(2), "stripe_transfer_id": good_row(1)["stripe_transfer_id"]}
+
+    result = cli.import_file(write_jsonl(tmp_path / "second.jsonl", [again]))
+
+    assert result.code == 2
+    line = assert_one_line_error(result)
+    assert "line 1" in line and legacy_id(101) in line
+    assert cli.events() == events
+
+
+def test_a_create_for_an_order_an_import_took_returns_it_or_is_refused(
+    cli: LedgerCli, tmp_path: Path
+) -> None:
+    assert_ok(cli.import_file(write_jsonl(tmp_path / "legacy.jsonl", [good_row(1)])))
+
+    same = cli.transfer(
+        "create",
+        "--seller",
+        "acct_G1",
+        "--amount",
+        "100",
+        "--currency",
+        "usd",
+        "--order",
+        "legacy-good-1",
+    )
+    other = cli.transfer(
+        "create",
+        "--seller",
+        "acct_G1",
+        "--amount",
+        "999",
+        "--currency",
+        "usd",
+        "--order",
+        "legacy-good-1",
+    )
+
+    assert same.code == 0 and same.out.strip() == legacy_id(101)
+    assert other.code == 2 and legacy_id(101) in assert_one_line_error(other)
+    assert len(cli.list_json()) == 1
+
+
+def test_an_import_holds_one_line_at_a_time_however_long_the_file(
+    cli: LedgerCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory does not grow with the file: the import reads it line by line,
+    twice (check everything, then save), and keeps only hashes in between."""
+    monkeypatch.setattr(importing, "KEEP_RECORDS_BYTES", 0)
+
+    def peak_importing(rows: int) -> int:
+        path = write_jsonl(
+            tmp_path / f"{rows}.jsonl",
+            [
+                {
+                    **good_row(n + 1),
+                    "id": legacy_id(10_000 + rows * 10 + n),
+                    "order_ref": f"order-{rows}-{n}",
+                    "stripe_transfer_id": f"tr_{rows}x{n}",
+                }
+                for n in range(rows)
+            ],
+        )
+        tracemalloc.start()
+        try:
+            assert_ok(cli.import_file(path))
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small = peak_importing(2_500)
+    cli.transfer("list")  # nothing kept between the two runs
+    large = peak_importing(10_000)
+    assert large < small * 1.5, (small, large)
+
+
+def test_a_fifty_megabyte_line_needs_little_more_than_itself(
+    cli: LedgerCli, tmp_path: Path
+) -> None:
+    padding = " " * (50 * 1024 * 1024)
+    path = tmp_path / "wide.jsonl"
+    path.write_text(json.dumps(good_row(1))[:-1] + padding + "}\n", encoding="utf-8")
+
+    tracemalloc.start()
+    try:
+        assert_ok(cli.import_file(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 2.5 * len(padding), peak
+    assert [row["id"] for row in cli.list_json()] == [legacy_id(101)]
 
 
 def test_an_empty_file_imports_nothing(cli: LedgerCli, tmp_path: Path) -> None:

@@ -3,14 +3,18 @@ and nothing is appended twice."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from uuid import uuid4
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 
 from ledger.bootstrap import Ledger, migrate_database
 from ledger.domain import Transfer
-from ledger.errors import TransitionRefused
+from ledger.errors import IdempotencyConflict, TransitionRefused
+from ledger.importing import parse_lines
 from tests.paying import pay_out
 
 
@@ -105,3 +109,56 @@ def test_the_same_order_created_at_once_by_several_processes_is_one_transfer(
     with Ledger.open(database_url) as ledger:
         assert event_types(ledger, ids[0]) == ["Created"]
         assert len(ledger.list()) == 1
+
+
+def test_an_import_and_a_create_racing_for_one_order_leave_one_transfer(
+    database_url: str,
+) -> None:
+    """Red-team F3, raced: whichever of the two commits first reserves the
+    order; the other is refused or finds the winner. Never two transfers."""
+    migrate_database(database_url)
+    imported_id = uuid4()
+    outcomes: list[object] = []
+    barrier = threading.Barrier(2)
+
+    def import_it() -> None:
+        with Ledger.open(database_url) as ledger:
+            record = parse_lines(
+                [
+                    json.dumps(
+                        {
+                            "id": str(imported_id),
+                            "seller_account_id": "acct_1",
+                            "order_ref": "o-raced",
+                            "amount": 100,
+                            "currency": "usd",
+                            "status": "pending",
+                        }
+                    )
+                ]
+            )
+            barrier.wait(timeout=30)
+            try:
+                outcomes.append(ledger.import_transfers(record))
+            except (IdempotencyConflict, IntegrityError) as refused:
+                outcomes.append(refused)
+
+    def create_it() -> None:
+        with Ledger.open(database_url) as ledger:
+            barrier.wait(timeout=30)
+            outcomes.append(
+                ledger.create_transfer(
+                    seller_account_id="acct_1", order_ref="o-raced", amount=100, currency="usd"
+                )[0]
+            )
+
+    for _ in range(5):
+        threads = [threading.Thread(target=import_it), threading.Thread(target=create_it)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    with Ledger.open(database_url) as ledger:
+        rows = [v for v in ledger.list() if v.order_ref == "o-raced"]
+    assert len(rows) == 1, rows
+    assert len(outcomes) == 10

@@ -79,6 +79,10 @@ EXPECTED_INDEXES = {
         "seller_transfers_pkey": (
             "CREATE UNIQUE INDEX seller_transfers_pkey ON public.seller_transfers USING btree (id)"
         ),
+        "idx_seller_transfers_stripe_transfer_id": (
+            "CREATE INDEX idx_seller_transfers_stripe_transfer_id ON public.seller_transfers"
+            " USING btree (stripe_transfer_id) WHERE (stripe_transfer_id IS NOT NULL)"
+        ),
     },
     "sqlite": {
         "idx_seller_transfers_retry": (
@@ -96,8 +100,18 @@ EXPECTED_INDEXES = {
             "CREATE INDEX idx_seller_transfers_pending ON seller_transfers (created_at)"
             " WHERE status = 'pending'"
         ),
+        "idx_seller_transfers_stripe_transfer_id": (
+            "CREATE INDEX idx_seller_transfers_stripe_transfer_id"
+            " ON seller_transfers (stripe_transfer_id) WHERE stripe_transfer_id IS NOT NULL"
+        ),
     },
 }
+
+
+# Every migration, numbered 1, 2, 3... with no gap, the same on both dialects.
+ALL_VERSIONS = list(range(1, len(available_migrations("sqlite")) + 1))
+assert [m.version for m in available_migrations("sqlite")] == ALL_VERSIONS
+assert [m.version for m in available_migrations("postgresql")] == ALL_VERSIONS
 
 
 def _normalise(sql: str) -> str:
@@ -204,7 +218,7 @@ def test_webhook_deliveries_table_has_the_agreed_columns(database_url: str) -> N
 def test_migrate_applies_each_migration_once_and_records_it(database_url: str) -> None:
     first = migrate_database(database_url)
     second = migrate_database(database_url)
-    assert [m.version for m in first] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [m.version for m in first] == ALL_VERSIONS
     assert second == []
     with Ledger.open(database_url) as ledger, ledger.db.transaction(write=False) as cursor:
         cursor.execute("SELECT version, name FROM ledger_migrations ORDER BY version")
@@ -219,6 +233,8 @@ def test_migrate_applies_each_migration_once_and_records_it(database_url: str) -
         (7, "event_chain"),
         (8, "stripe_webhook_events"),
         (9, "daemon_heartbeats"),
+        (10, "transfer_orders"),
+        (11, "idx_seller_transfers_stripe_transfer_id"),
     ]
 
 
@@ -291,7 +307,7 @@ def test_daemons_migrating_at_once_apply_each_migration_exactly_once(database_ur
     for thread in threads:
         thread.join(timeout=120)
     assert not errors
-    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert sorted(v for versions in applied for v in versions) == ALL_VERSIONS
     dialect = DatabaseConfig.from_url(database_url).kind
     assert describe(database_url)["indexes"] == {
         name: _normalise(sql) for name, sql in EXPECTED_INDEXES[dialect].items()

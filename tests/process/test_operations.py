@@ -124,7 +124,7 @@ def test_health_fails_while_the_projection_is_held_behind(
             currency="usd",
             actor="test",
         )
-        ledger.transfers.create_transfer(transfer)
+        ledger.transfers.save(transfer)
     code, checks = health(world.url, capsys, LEDGER_HEALTH_MAX_LAG_EVENTS="0")
     assert code == 1
     assert not checks["projection"]["ok"]
