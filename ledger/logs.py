@@ -16,11 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Final, Literal, TextIO
+
+from ledger.errors import first_line
 
 LogFormat = Literal["auto", "json", "text"]
 LOG_FORMATS: Final = ("auto", "json", "text")
@@ -137,3 +141,61 @@ def configure(
     # stripe-python logs each request at INFO; our own lines say what matters
     # (transfer, outcome, Stripe request id), so keep its chatter out.
     logging.getLogger("stripe").setLevel(logging.WARNING)
+
+
+# While a problem persists, it is logged again this often (as "still ...").
+PROBLEM_REMINDER_SECONDS: Final = 300.0
+
+
+class Problems:
+    """One log line per problem, not one per loop turn: a step of a loop that
+    fails (the database down, an event that cannot be projected, a setting
+    that is wrong) is logged as an error when it starts failing or fails
+    differently, reminded of every PROBLEM_REMINDER_SECONDS while it goes on,
+    and logged once more when it recovers. The traceback goes to the debug
+    level, where an operator can ask for it."""
+
+    def __init__(self, log: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
+        self._log = log
+        self._clock = clock
+        # step -> (what failed, when it was last logged, since when it fails)
+        self._failing: dict[str, tuple[str, float, float]] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Run one step of a loop; its exception is reported, not raised."""
+        try:
+            yield
+        except Exception as error:
+            self.report(name, error)
+        else:
+            self.clear(name)
+
+    def failing(self, name: str) -> bool:
+        with self._lock:
+            return name in self._failing
+
+    def report(self, name: str, error: BaseException) -> None:
+        what = f"{type(error).__name__}: {first_line(str(error))}"
+        now = self._clock()
+        with self._lock:
+            known = self._failing.get(name)
+            if known is not None and known[0] == what:
+                if now - known[1] < PROBLEM_REMINDER_SECONDS:
+                    self._log.debug("%s failed again: %s", name, what, exc_info=error)
+                    return
+                self._failing[name] = (what, now, known[2])
+                self._log.error(
+                    "%s still failing (for %.0f s): %s", name, now - known[2], what
+                )
+                return
+            self._failing[name] = (what, now, now if known is None else known[2])
+        self._log.error("%s failed: %s", name, what)
+        self._log.debug("%s failed", name, exc_info=error)
+
+    def clear(self, name: str) -> None:
+        with self._lock:
+            known = self._failing.pop(name, None)
+        if known is not None:
+            self._log.info("%s works again (failed for %.0f s)", name, self._clock() - known[2])

@@ -32,7 +32,8 @@ import psycopg
 from psycopg import sql
 
 from ledger.audit.chain import seal
-from ledger.logs import log_context
+from ledger.errors import first_line
+from ledger.logs import Problems, log_context
 from ledger.processing.effects import (
     NOTHING_DUE,
     PAYOUT,
@@ -124,6 +125,8 @@ class Daemon:
         # not handed out again until the projection moves.
         self._not_due: dict[WorkItem, int] = {}
         self._fatal: OperatorProblem | None = None
+        # One log line when a step starts failing, not a traceback every turn.
+        self.problems = Problems(log)
         # Work in hand: every worker busy plus as many queued, so a worker that
         # finishes starts the next item at once instead of waiting for a turn.
         self._backlog_limit = options.concurrency * BACKLOG_PER_WORKER
@@ -145,20 +148,21 @@ class Daemon:
                 # Sampled before the turn: work finishing during it may have
                 # left more due work that this turn's queries did not see.
                 was_busy = self._busy()
-                try:
+                # Each step on its own: the process managers decide on the
+                # aggregate, not the read table, so a stale table only delays
+                # new work, and an event the projection cannot apply stops
+                # neither the sealing nor the rest.
+                with self.problems.step("heartbeat"):
                     if self.heartbeat is not None:
                         self.heartbeat.beat()
+                with self.problems.step("projection"):
                     self.observer.events_projected(self.ledger.ensure_current())
+                with self.problems.step("sealing"):
                     seal(self.ledger.db)  # the audit chain: see ledger/audit/chain.py
-                except Exception:
-                    # The process managers decide on the aggregate, not the
-                    # read table: a stale table only delays new work, so an
-                    # event the projection cannot apply must not stop the rest.
-                    log.exception("projecting or sealing events failed; dispatching anyway")
-                try:
+                handed_out = 0
+                with self.problems.step("dispatch"):
                     handed_out = self._dispatch()
-                except Exception:
-                    log.exception("daemon turn failed; trying again shortly")
+                if self.problems.failing("dispatch"):
                     self.stop.wait(ERROR_PAUSE_SECONDS)
                     continue
                 if self._fatal is not None:
@@ -171,6 +175,7 @@ class Daemon:
                     self.stop.wait(BUSY_TURN_SECONDS)
                 self.wake.wait(self.poll_seconds)
             self.stop.set()
+            self._hand_back_queued()
             self._drain()
         with contextlib.suppress(Exception):
             # What the last outcomes recorded, visible on exit.
@@ -210,6 +215,25 @@ class Daemon:
         for claim in claims:
             self._queue.put(claim)
         return len(claims)
+
+    def _hand_back_queued(self) -> None:
+        """Stopping: work claimed but not started goes back at once, for the
+        next daemon, rather than waiting in the queue until a worker is free
+        (every worker may be in a slow Stripe call) or its claim expires."""
+        while True:
+            try:
+                claim = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self.work.release(
+                    claim, outcome_unknown=claim.outcome_unknown, now=self.manager.clock()
+                )
+            except Exception as error:
+                self.problems.report("hand back", error)
+            with self._idle:
+                self._in_flight.discard(claim.transfer_id)
+                self._idle.notify_all()
 
     def _busy(self) -> bool:
         with self._lock:
@@ -273,9 +297,18 @@ class Daemon:
             self._fatal = problem
             self.stop.set()
             return "stopped"
-        except Exception:
+        except Exception as error:
+            # The process manager handles everything that is not a database
+            # failure while it records one: one line, the traceback at debug.
             if not self.stop.is_set():
-                log.exception("%s of transfer %s: unexpected error", kind, transfer_id)
+                log.error(  # noqa: TRY400
+                    "%s of transfer %s: unexpected error: %s: %s",
+                    kind,
+                    transfer_id,
+                    type(error).__name__,
+                    first_line(str(error)),
+                )
+                log.debug("%s of transfer %s", kind, transfer_id, exc_info=error)
             return "error"
         if outcome != NOTHING_DUE:
             log.info("%s of transfer %s: %s", kind, transfer_id, outcome)
@@ -303,10 +336,11 @@ class Daemon:
             try:
                 with psycopg.connect(**config.libpq_params(), autocommit=True) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    self.problems.clear("listening for new events")
                     self.wake.set()  # anything appended before LISTEN is found now
                     while not self.stop.is_set():
                         for _ in conn.notifies(timeout=LISTEN_TIMEOUT_SECONDS, stop_after=1):
                             self.wake.set()
             except psycopg.Error as error:
-                log.warning("lost the notification connection (%s); reconnecting", error)
+                self.problems.report("listening for new events", error)
                 self.stop.wait(LISTEN_RECONNECT_SECONDS)

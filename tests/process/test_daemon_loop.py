@@ -68,3 +68,49 @@ def test_concurrency_n_keeps_exactly_n_stripe_calls_in_flight(database_url: str)
     first = arrivals[0]
     assert arrivals[3] - first < latency, "four calls should be in flight together"
     assert arrivals[4] - first >= latency, "a fifth call started before any finished"
+
+
+def test_a_step_that_keeps_failing_is_one_log_line_not_a_traceback_every_turn(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Red-team item 13: while sealing (or projecting, or the database) keeps
+    failing, the daemon logs the problem once, and once more when it is
+    over; every turn meanwhile adds nothing at error level, and no traceback."""
+    turns = 0
+    broken = True
+
+    def seal(_: object) -> int:
+        nonlocal turns
+        turns += 1
+        if broken:
+            raise RuntimeError("the chain cannot be sealed\nsecond line of detail")
+        return 0
+
+    monkeypatch.setattr("ledger.processing.daemon.seal", seal)
+    with running_simulator() as server:
+        world = new_world(database_url, server)
+        stop = threading.Event()
+        with world.ledger(pool_size=4) as ledger, caplog.at_level("INFO", "ledger.daemon"):
+            daemon = build_daemon(
+                ledger,
+                world.stripe_settings(),
+                world.policy(),
+                DaemonOptions(concurrency=1, poll_seconds=0.01),
+                stop,
+            )
+            runner = threading.Thread(target=daemon.run)
+            runner.start()
+            try:
+                wait_for(lambda: turns >= 20, what="twenty turns with sealing failing")
+                paid = world.create("order-meanwhile")
+                wait_for(lambda: world.show(paid).status == "completed", what="work going on")
+                broken = False
+                wait_for(lambda: "works again" in caplog.text, what="the recovery line")
+            finally:
+                stop.set()
+                runner.join(timeout=30)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [
+        "sealing failed: RuntimeError: the chain cannot be sealed"
+    ]
+    assert all(r.exc_info is None for r in caplog.records if r.levelno >= 20)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from uuid import UUID
 
 from ledger.processing.daemon import SHUTDOWN_GRACE_SECONDS
 from tests.process.world import (
+    World,
     finish,
     ledger_matches_stripe,
     new_world,
@@ -42,3 +44,37 @@ def test_sigterm_during_in_flight_calls_exits_0_and_loses_nothing(
             assert {v.status for v in ledger.list()} == {"completed"}
         assert ledger_matches_stripe(world, transfer_ids) == []
         assert len(world.stripe_transfers()) == len(transfer_ids)
+
+
+def test_sigterm_hands_queued_work_back_at_once_while_every_worker_is_in_a_slow_call(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Red-team item 12: with every worker blocked in a slow call, the work
+    queued behind them kept its claim for the whole lease. It goes back now."""
+    with running_simulator(latency_ms=30_000) as sim:
+        world = new_world(database_url, sim)
+        for n in range(8):
+            world.create(f"order-q{n}")
+        log = tmp_path / "daemon.log"
+        daemon = start_daemon(world, "--concurrency", "2", log_path=log)
+        wait_started(daemon, log)
+        # Two calls in flight, two more claimed and queued behind them.
+        wait_for(lambda: len(world.money_posts()) >= 2, what="both workers in a call")
+        wait_for(lambda: len(claimed(world)) == 4, what="four claims: two working, two queued")
+        daemon.send_signal(signal.SIGTERM)
+        assert finish(daemon, timeout=SHUTDOWN_GRACE_SECONDS + 10) == 0, log.read_text()
+
+        # Only the two calls still in flight keep their claims (to be looked
+        # up by whoever takes them over); the queued two are free again.
+        # Their keys are ledger-payout-<transfer id>:1-a1.
+        in_flight = {
+            UUID(r["idempotency_key"].removeprefix("ledger-payout-").split(":")[0])
+            for r in world.money_posts()
+        }
+        assert claimed(world) == in_flight
+
+
+def claimed(world: World) -> set[UUID]:
+    with world.ledger() as ledger, ledger.db.transaction(write=False) as cursor:
+        cursor.execute("SELECT transfer_id FROM stripe_work WHERE claimed_by IS NOT NULL")
+        return {UUID(str(row["transfer_id"])) for row in cursor.fetchall()}

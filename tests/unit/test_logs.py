@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from ledger import logs
+from ledger.logs import Problems
 
 SECRET = "sk_test_51QzSecretKeyForLogs"
 WEBHOOK_SECRET = "whsec_secretForLogs"
@@ -104,3 +105,24 @@ def test_text_lines_name_the_stripe_request_when_the_message_does_not() -> None:
         .rstrip()
         .endswith("payout of transfer t: succeeded [stripe_request_id=req_9]")
     )
+
+
+def test_a_problem_is_logged_when_it_starts_changes_recovers_and_every_five_minutes_between(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    problems = Problems(logging.getLogger("ledger.test"), clock=lambda: now[0])
+    down = ConnectionError("connection refused")
+    with caplog.at_level(logging.INFO, "ledger.test"):
+        for second in range(0, 600, 1):
+            now[0] = float(second)
+            problems.report("projection", down)
+        problems.report("projection", ValueError("something else"))
+        problems.clear("projection")
+        problems.clear("projection")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "projection failed: ConnectionError: connection refused"),
+        ("ERROR", "projection still failing (for 300 s): ConnectionError: connection refused"),
+        ("ERROR", "projection failed: ValueError: something else"),
+        ("INFO", "projection works again (failed for 599 s)"),
+    ]
