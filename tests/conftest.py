@@ -1,4 +1,15 @@
-"""Shared fixtures: database URLs for SQLite and PostgreSQL.
+"""Shared fixtures: databases on SQLite and PostgreSQL, fresh or already migrated.
+
+Two kinds of database, each on both backends (the plain names run a test once per
+backend):
+
+- fresh, NOT migrated: ``database_url``, ``sqlite_url``, ``postgres_url``. For the tests
+  of migrating itself and of commands refused on a database nobody migrated.
+- migrated: ``migrated_url``, ``migrated_sqlite_url``, ``migrated_postgres_url`` and the
+  module-wide ``module_migrated_url``. Each is a copy of a template that
+  ``ledger.bootstrap.migrate_database`` migrated once per test session, so it always
+  holds the current migrations, and a test pays for a file copy or a ``CREATE DATABASE
+  ... TEMPLATE`` instead of a whole migration.
 
 PostgreSQL tests are never skipped for want of a server: ``postgres_server()`` starts one
 (container or local binaries) and fails loudly if it cannot, because CI must run them.
@@ -6,17 +17,31 @@ PostgreSQL tests are never skipped for want of a server: ``postgres_server()`` s
 
 from __future__ import annotations
 
+import shutil
 import signal
-import uuid
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from tests.postgres_server import create_database, drop_database, postgres_server
+from ledger.bootstrap import migrate_database
+from tests.postgres_server import (
+    create_database,
+    drop_database,
+    postgres_server,
+    scratch_database,
+    seal_template,
+    unique_database_name,
+)
 
 # Fixtures that need a PostgreSQL server; tests using them get the `postgres` marker.
-_POSTGRES_FIXTURES = frozenset({"postgres_admin_url", "postgres_url"})
+_POSTGRES_FIXTURES = frozenset(
+    {"postgres_admin_url", "postgres_url", "postgres_template", "migrated_postgres_url"}
+)
+# Once per backend; the postgres run carries the marker, so `-m "not postgres"` skips it.
+_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,6 +58,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
 
 
+# ----- PostgreSQL ----------------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> Iterator[str]:
     """Admin URL of the session's PostgreSQL server (may CREATE DATABASE)."""
@@ -40,15 +68,59 @@ def postgres_admin_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def postgres_template(postgres_admin_url: str) -> Iterator[str]:
+    """Name of the session's migrated PostgreSQL template database.
+
+    Built by the product's own `migrate_database`, whose pool is closed when it
+    returns; then sealed, because PostgreSQL copies only a database nobody is
+    connected to. The name is unique: the server may be shared (a given URL).
+    """
+    name = unique_database_name("ledger_template")
+    url = create_database(postgres_admin_url, name)
+    try:
+        migrate_database(url)
+        seal_template(postgres_admin_url, name)
+        yield name
+    finally:
+        drop_database(postgres_admin_url, name)
+
+
 @pytest.fixture
 def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """URL of a fresh, empty database for this test only; dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    url = create_database(postgres_admin_url, name)
-    try:
+    with scratch_database(postgres_admin_url) as url:
         yield url
-    finally:
-        drop_database(postgres_admin_url, name)
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_admin_url: str, postgres_template: str) -> Iterator[str]:
+    """URL of a migrated database for this test only (a copy of the template)."""
+    with scratch_database(postgres_admin_url, template=postgres_template) as url:
+        yield url
+
+
+# ----- SQLite --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's migrated SQLite file, built by the product's `migrate_database`.
+
+    Copying the one file is only a complete copy if nothing of the database is
+    left in a `-wal` file beside it: the WAL is checkpointed into the file and
+    truncated. The file stays in WAL mode (the mode is kept in the file itself),
+    so each copy starts as the product leaves a database it migrated.
+    """
+    path = tmp_path_factory.mktemp("template") / "ledger.db"
+    migrate_database(f"sqlite:///{path}")
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0, "a connection to the SQLite template is still open"
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, f"{wal} still holds pages"
+    return path
 
 
 @pytest.fixture
@@ -57,35 +129,65 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-)
-def database_url(request: pytest.FixtureRequest) -> str:
-    """A fresh database URL, once per backend, so storage tests run on both."""
+@pytest.fixture
+def migrated_sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """URL of a migrated SQLite file for this test only (a copy of the template)."""
+    # Not ledger.db: a test may also take the fresh `sqlite_url`.
+    path = tmp_path / "migrated.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+# ----- both backends -------------------------------------------------------------------
+
+
+@pytest.fixture(params=_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend, `sqlite` or `postgres`. Every fixture below follows this one, so a
+    test that takes several databases gets them all on one backend, once per backend."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """A fresh, NOT migrated database, once per backend, so storage tests run on both."""
     # getfixturevalue keeps the sqlite run from starting a PostgreSQL server.
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("postgres_url")
-    else:
-        url = request.getfixturevalue("sqlite_url")
+    url: str = request.getfixturevalue(f"{backend}_url")
     return url
 
 
-@pytest.fixture(
-    scope="module",
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-)
-def module_database_url(
+@pytest.fixture
+def migrated_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """A migrated database (a copy of the session's template), once per backend."""
+    url: str = request.getfixturevalue(f"migrated_{backend}_url")
+    return url
+
+
+@pytest.fixture(scope="module", params=_BACKENDS)
+def module_migrated_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """One fresh database per backend shared by a whole test module, for
+    """One migrated database per backend shared by a whole test module, for
     modules whose tests build on one expensive world (a paid-out ledger)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('module') / 'ledger.db'}"
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path_factory.mktemp("module") / "ledger.db"
+        shutil.copyfile(template, path)
+        yield f"sqlite:///{path}"
         return
     admin_url: str = request.getfixturevalue("postgres_admin_url")
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    url = create_database(admin_url, name)
-    try:
+    with scratch_database(admin_url, template=request.getfixturevalue("postgres_template")) as url:
         yield url
-    finally:
-        drop_database(admin_url, name)
+
+
+@pytest.fixture
+def other_database_url(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[str]:
+    """A second fresh, NOT migrated database on the same backend as the test's others."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'other.db'}"
+        return
+    with scratch_database(request.getfixturevalue("postgres_admin_url")) as url:
+        yield url
