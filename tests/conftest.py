@@ -1,7 +1,7 @@
 """Shared fixtures: databases on SQLite and PostgreSQL, fresh or already migrated.
 
-Two kinds of database, each on both backends (the plain names run a test once per
-backend):
+Two kinds of database, each on both backends (``database_url`` and ``migrated_url``
+run a test once per backend, the others name theirs):
 
 - fresh, NOT migrated: ``database_url``, ``sqlite_url``, ``postgres_url``. For the tests
   of migrating itself and of commands refused on a database nobody migrated.
@@ -10,6 +10,9 @@ backend):
   ``ledger.bootstrap.migrate_database`` migrated once per test session, so it always
   holds the current migrations, and a test pays for a file copy or a ``CREATE DATABASE
   ... TEMPLATE`` instead of a whole migration.
+
+SQLite files and the local PostgreSQL cluster live in RAM when the machine has room
+(tests.ramdisk): on a disk, creating and syncing files is most of what they cost.
 
 PostgreSQL tests are never skipped for want of a server: ``postgres_server()`` starts one
 (container or local binaries) and fails loudly if it cannot, because CI must run them.
@@ -20,8 +23,9 @@ from __future__ import annotations
 import shutil
 import signal
 import sqlite3
+import tempfile
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,6 +39,7 @@ from tests.postgres_server import (
     seal_template,
     unique_database_name,
 )
+from tests.ramdisk import ram_temp_dir
 
 # Fixtures that need a PostgreSQL server; tests using them get the `postgres` marker.
 _POSTGRES_FIXTURES = frozenset(
@@ -100,11 +105,44 @@ def migrated_postgres_url(postgres_admin_url: str, postgres_template: str) -> It
         yield url
 
 
-# ----- SQLite --------------------------------------------------------------------------
+# ----- SQLite ------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sqlite_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where the session's SQLite files go: in RAM when there is room (see
+    tests.ramdisk; SQLite syncs on commit, and on a disk that is much of a
+    test's time), else in the session's temporary directory."""
+    ram = ram_temp_dir()
+    if ram is None:
+        yield tmp_path_factory.mktemp("databases")
+        return
+    root = Path(tempfile.mkdtemp(prefix="ledger-tests-", dir=ram))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def _sqlite_dir(root: Path, prefix: str) -> Iterator[Path]:
+    # Removed afterwards: in RAM, thousands of tests' files would add up.
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def sqlite_dir(sqlite_root: Path) -> Iterator[Path]:
+    """This test's own directory for SQLite files (absolute), removed after it."""
+    with _sqlite_dir(sqlite_root, "test-") as path:
+        yield path
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(sqlite_root: Path) -> Path:
     """The session's migrated SQLite file, built by the product's `migrate_database`.
 
     Copying the one file is only a complete copy if nothing of the database is
@@ -112,7 +150,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     truncated. The file stays in WAL mode (the mode is kept in the file itself),
     so each copy starts as the product leaves a database it migrated.
     """
-    path = tmp_path_factory.mktemp("template") / "ledger.db"
+    path = sqlite_root / "template" / "ledger.db"
+    path.parent.mkdir()
     migrate_database(f"sqlite:///{path}")
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -124,16 +163,16 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    """URL of a not-yet-existing SQLite file; tmp_path is absolute, hence four slashes."""
-    return f"sqlite:///{tmp_path / 'ledger.db'}"
+def sqlite_url(sqlite_dir: Path) -> str:
+    """URL of a not-yet-existing SQLite file; the path is absolute, hence four slashes."""
+    return f"sqlite:///{sqlite_dir / 'ledger.db'}"
 
 
 @pytest.fixture
-def migrated_sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+def migrated_sqlite_url(sqlite_dir: Path, sqlite_template: Path) -> str:
     """URL of a migrated SQLite file for this test only (a copy of the template)."""
     # Not ledger.db: a test may also take the fresh `sqlite_url`.
-    path = tmp_path / "migrated.db"
+    path = sqlite_dir / "migrated.db"
     shutil.copyfile(sqlite_template, path)
     return f"sqlite:///{path}"
 
@@ -165,16 +204,14 @@ def migrated_url(backend: str, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module", params=_BACKENDS)
-def module_migrated_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def module_migrated_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """One migrated database per backend shared by a whole test module, for
     modules whose tests build on one expensive world (a paid-out ledger)."""
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
-        path = tmp_path_factory.mktemp("module") / "ledger.db"
-        shutil.copyfile(template, path)
-        yield f"sqlite:///{path}"
+        with _sqlite_dir(request.getfixturevalue("sqlite_root"), "module-") as directory:
+            shutil.copyfile(template, directory / "ledger.db")
+            yield f"sqlite:///{directory / 'ledger.db'}"
         return
     admin_url: str = request.getfixturevalue("postgres_admin_url")
     with scratch_database(admin_url, template=request.getfixturevalue("postgres_template")) as url:
@@ -182,12 +219,11 @@ def module_migrated_url(
 
 
 @pytest.fixture
-def other_database_url(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[str]:
+def other_database_url(backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """A second fresh, NOT migrated database on the same backend as the test's others."""
     if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'other.db'}"
+        sqlite_dir: Path = request.getfixturevalue("sqlite_dir")
+        yield f"sqlite:///{sqlite_dir / 'other.db'}"
         return
     with scratch_database(request.getfixturevalue("postgres_admin_url")) as url:
         yield url
