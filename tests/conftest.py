@@ -182,8 +182,9 @@ def migrated_sqlite_url(sqlite_dir: Path, sqlite_template: Path) -> str:
 
 @pytest.fixture(params=_BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """The backend, `sqlite` or `postgres`. Every fixture below follows this one, so a
-    test that takes several databases gets them all on one backend, once per backend."""
+    """The backend, `sqlite` or `postgres`. `database_url`, `migrated_url` and
+    `other_database_url` follow this one, so a test that takes several of them gets
+    them all on one backend (and runs once per backend, not once per combination)."""
     name: str = request.param
     return name
 
@@ -207,6 +208,7 @@ def migrated_url(backend: str, request: pytest.FixtureRequest) -> str:
 def module_migrated_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """One migrated database per backend shared by a whole test module, for
     modules whose tests build on one expensive world (a paid-out ledger)."""
+    # Parametrised itself: a module-wide fixture cannot follow the per-test `backend`.
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         with _sqlite_dir(request.getfixturevalue("sqlite_root"), "module-") as directory:

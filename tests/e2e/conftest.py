@@ -33,5 +33,6 @@ def fresh_cli(run_cli: Cli, database_url: str) -> LedgerCli:
 @pytest.fixture
 def cli(run_cli: Cli, migrated_url: str) -> LedgerCli:
     """The CLI bound to a migrated database of its own (SQLite or PostgreSQL): a copy
-    of the session's template, which `ledger migrate`'s own code prepared once."""
+    of the session's template, migrated once by `migrate_database`, the function
+    `ledger migrate` runs."""
     return LedgerCli(run_cli, migrated_url)
