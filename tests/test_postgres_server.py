@@ -13,6 +13,8 @@ from tests.postgres_server import (
     drop_database,
     find_pg_bin,
     local_cluster,
+    scratch_database,
+    seal_template,
 )
 
 pytestmark = pytest.mark.postgres
@@ -93,6 +95,29 @@ def test_drop_database_removes_it_even_with_open_connection(postgres_admin_url: 
 def test_create_database_rejects_odd_names(postgres_admin_url: str) -> None:
     with pytest.raises(ValueError, match="unsuitable database name"):
         create_database(postgres_admin_url, 'x"; DROP DATABASE postgres; --')
+
+
+def test_a_sealed_template_is_copied_whole_and_can_still_be_dropped(
+    postgres_admin_url: str,
+) -> None:
+    name = _unique_name()
+    url = create_database(postgres_admin_url, name)
+    try:
+        with psycopg.connect(url) as conn:
+            conn.execute("CREATE TABLE in_template (id int)")
+            conn.execute("INSERT INTO in_template VALUES (1)")
+        seal_template(postgres_admin_url, name)
+        with scratch_database(postgres_admin_url, template=name) as copy:
+            with psycopg.connect(copy) as conn:
+                assert conn.execute("SELECT id FROM in_template").fetchall() == [(1,)]
+                conn.execute("INSERT INTO in_template VALUES (2)")
+            copy_name = urlsplit(copy).path.lstrip("/")
+        assert not _exists(postgres_admin_url, copy_name)
+        with pytest.raises(psycopg.OperationalError, match="not currently accepting"):
+            psycopg.connect(url, connect_timeout=5).close()
+    finally:
+        drop_database(postgres_admin_url, name)
+    assert not _exists(postgres_admin_url, name)
 
 
 def test_postgres_url_fixture_gives_fresh_database(

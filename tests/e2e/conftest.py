@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import Cli, LedgerCli, assert_ok
-from tests.postgres_server import create_database, drop_database
+from tests.e2e.support import Cli, LedgerCli
 
 
 @pytest.fixture(autouse=True)
@@ -34,24 +31,8 @@ def fresh_cli(run_cli: Cli, database_url: str) -> LedgerCli:
 
 
 @pytest.fixture
-def cli(fresh_cli: LedgerCli) -> LedgerCli:
-    """The CLI bound to a fresh database that `ledger migrate` has prepared."""
-    assert_ok(fresh_cli.migrate())
-    return fresh_cli
-
-
-@pytest.fixture
-def other_database_url(
-    database_url: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[str]:
-    """A second fresh database on the same backend as `database_url`."""
-    if database_url.startswith("sqlite:"):
-        yield f"sqlite:///{tmp_path / 'other.db'}"
-        return
-    admin_url: str = request.getfixturevalue("postgres_admin_url")
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    url = create_database(admin_url, name)
-    try:
-        yield url
-    finally:
-        drop_database(admin_url, name)
+def cli(run_cli: Cli, migrated_url: str) -> LedgerCli:
+    """The CLI bound to a migrated database of its own (SQLite or PostgreSQL): a copy
+    of the session's template, migrated once by `migrate_database`, the function
+    `ledger migrate` runs."""
+    return LedgerCli(run_cli, migrated_url)

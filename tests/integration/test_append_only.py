@@ -10,14 +10,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import Ledger
 from ledger.config import DatabaseConfig
 
 RULE = "the event log is append-only"
 
 
 def ledger_with_one_transfer(url: str) -> str:
-    migrate_database(url)
     with Ledger.open(url) as ledger:
         ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="o-1", amount=100, currency="usd"
@@ -52,26 +51,26 @@ def stored_rows(url: str, table: str) -> list[Any]:
     ],
 )
 def test_editing_or_deleting_an_event_is_refused_and_changes_nothing(
-    database_url: str, statement: str
+    migrated_url: str, statement: str
 ) -> None:
-    table = ledger_with_one_transfer(database_url)
-    before = stored_rows(database_url, table)
+    table = ledger_with_one_transfer(migrated_url)
+    before = stored_rows(migrated_url, table)
     with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match=RULE):
-        raw_statement(database_url, statement.format(table=table))
-    assert stored_rows(database_url, table) == before
+        raw_statement(migrated_url, statement.format(table=table))
+    assert stored_rows(migrated_url, table) == before
 
 
 @pytest.mark.postgres
-def test_truncating_the_events_table_is_refused_on_postgresql(postgres_url: str) -> None:
-    table = ledger_with_one_transfer(postgres_url)
+def test_truncating_the_events_table_is_refused_on_postgresql(migrated_postgres_url: str) -> None:
+    table = ledger_with_one_transfer(migrated_postgres_url)
     with pytest.raises(psycopg.Error, match=RULE):
-        raw_statement(postgres_url, f"TRUNCATE {table}")
-    assert len(stored_rows(postgres_url, table)) == 1
+        raw_statement(migrated_postgres_url, f"TRUNCATE {table}")
+    assert len(stored_rows(migrated_postgres_url, table)) == 1
 
 
-def test_appending_still_works(database_url: str) -> None:
-    ledger_with_one_transfer(database_url)
-    with Ledger.open(database_url) as ledger:
+def test_appending_still_works(migrated_url: str) -> None:
+    ledger_with_one_transfer(migrated_url)
+    with Ledger.open(migrated_url) as ledger:
         ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="o-2", amount=200, currency="usd"
         )

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from ledger.audit.history import export
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import Ledger
 from ledger.cli import run
 from ledger.importing import parse_lines
 
@@ -43,10 +43,9 @@ def run_json_lines(
 
 
 def test_export_is_every_transfers_audit_one_per_line(
-    database_url: str, capsys: pytest.CaptureFixture[str]
+    migrated_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    migrate_database(database_url)
-    with Ledger.open(database_url) as ledger:
+    with Ledger.open(migrated_url) as ledger:
         paid, _ = ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="o-paid", amount=500, currency="usd"
         )
@@ -56,18 +55,18 @@ def test_export_is_every_transfers_audit_one_per_line(
         )
         import_pending(ledger, 3, "legacy")
         ids = {str(v.id) for v in ledger.list()}
-    code, lines = run_json_lines(capsys, database_url)
+    code, lines = run_json_lines(capsys, migrated_url)
     assert code == 0
     assert {line["id"] for line in lines} == ids
     for line in lines:
         capsys.readouterr()
-        assert run(["audit", str(line["id"]), "--json", "--database-url", database_url]) == 0
+        assert run(["audit", str(line["id"]), "--json", "--database-url", migrated_url]) == 0
         assert json.loads(capsys.readouterr().out) == line
 
-    code, completed = run_json_lines(capsys, database_url, "--status", "completed")
+    code, completed = run_json_lines(capsys, migrated_url, "--status", "completed")
     assert code == 0 and [line["id"] for line in completed] == [str(paid)]
     future = datetime(2999, 1, 1, tzinfo=UTC).isoformat()
-    assert run_json_lines(capsys, database_url, "--since", future) == (0, [])
+    assert run_json_lines(capsys, migrated_url, "--since", future) == (0, [])
     assert str(waiting) in ids
 
 
@@ -76,10 +75,9 @@ def test_export_is_every_transfers_audit_one_per_line(
     [("--since", "last week"), ("--status", "done"), ("--version", "1"), ("--at", "2026-01-01")],
 )
 def test_export_refuses_bad_filters_with_exit_2(
-    database_url: str, capsys: pytest.CaptureFixture[str], args: tuple[str, str]
+    migrated_url: str, capsys: pytest.CaptureFixture[str], args: tuple[str, str]
 ) -> None:
-    migrate_database(database_url)
-    code = run(["audit", "export", "--database-url", database_url, *args])
+    code = run(["audit", "export", "--database-url", migrated_url, *args])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
 
@@ -99,14 +97,13 @@ def peak_memory_exporting(url: str) -> int:
     return peak
 
 
-def test_export_memory_stays_flat_as_the_log_grows(database_url: str) -> None:
-    migrate_database(database_url)
-    with Ledger.open(database_url) as ledger:
+def test_export_memory_stays_flat_as_the_log_grows(migrated_url: str) -> None:
+    with Ledger.open(migrated_url) as ledger:
         import_pending(ledger, 500, "small")
-    small = peak_memory_exporting(database_url)
-    with Ledger.open(database_url) as ledger:
+    small = peak_memory_exporting(migrated_url)
+    with Ledger.open(migrated_url) as ledger:
         import_pending(ledger, 3500, "more")
-    large = peak_memory_exporting(database_url)
+    large = peak_memory_exporting(migrated_url)
     # Eight times the transfers; a streaming export holds one batch of rows and
     # one transfer at a time, so its peak barely moves.
     assert large < small * 1.5 + 256 * 1024, (small, large)

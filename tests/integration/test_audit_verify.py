@@ -20,7 +20,7 @@ import pytest
 
 from ledger.audit.chain import check_chain, stream_links, verify_chain
 from ledger.audit.verify import verify as verify_ledger
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import Ledger
 from ledger.cli import run
 from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
@@ -65,14 +65,14 @@ def q(url: str, sql: str) -> str:
 
 
 @pytest.fixture
-def ledger_url(database_url: str) -> str:
-    return three_transfers(database_url)
+def ledger_url(migrated_url: str) -> str:
+    return three_transfers(migrated_url)
 
 
-def three_transfers(database_url: str) -> str:
-    """Three transfers with histories of 1, 2 and 3 events, all sealed."""
-    migrate_database(database_url)
-    with Ledger.open(database_url) as ledger:
+def three_transfers(url: str) -> str:
+    """Three transfers with histories of 1, 2 and 3 events, all sealed, in the
+    migrated database at `url`."""
+    with Ledger.open(url) as ledger:
         ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="o-1", amount=100, currency="usd"
         )
@@ -85,7 +85,7 @@ def three_transfers(database_url: str) -> str:
         )
         pay_out(ledger, three)
         ledger.request_reversal(three, request_ref="r-1", amount=None, reason="refund", actor="bob")
-    return database_url
+    return url
 
 
 def verify(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, Any]:
@@ -289,11 +289,11 @@ def test_a_row_without_events_and_events_without_a_row_are_found(
 
 
 def test_the_database_checks_the_chain_as_verify_chain_does(
-    postgres_url: str, capsys: pytest.CaptureFixture[str]
+    migrated_postgres_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """PostgreSQL recomputes the chain in SQL; SQLite (and this test) walk it
     in Python. Both must find the same things, with the same words."""
-    url = three_transfers(postgres_url)
+    url = three_transfers(migrated_postgres_url)
     recorded = head(capsys, url)
     edited, deleted = transfer_of_order(url, "o-2"), transfer_of_order(url, "o-3")
     at_edit, at_delete = position_of(url, edited, 2), position_of(url, deleted, 2)
@@ -368,15 +368,14 @@ def peak_memory_verifying(url: str) -> int:
     return peak
 
 
-def test_verify_memory_stays_flat_as_the_log_grows(postgres_url: str) -> None:
+def test_verify_memory_stays_flat_as_the_log_grows(migrated_postgres_url: str) -> None:
     """PostgreSQL's one pass. (SQLite walks the chain as before: a batch of
     links at a time.)"""
-    migrate_database(postgres_url)
-    with Ledger.open(postgres_url) as ledger:
+    with Ledger.open(migrated_postgres_url) as ledger:
         import_pending(ledger, 1500, "small")
-    small = peak_memory_verifying(postgres_url)
-    with Ledger.open(postgres_url) as ledger:
+    small = peak_memory_verifying(migrated_postgres_url)
+    with Ledger.open(migrated_postgres_url) as ledger:
         import_pending(ledger, 10500, "more")
-    large = peak_memory_verifying(postgres_url)
+    large = peak_memory_verifying(migrated_postgres_url)
     # Eight times the transfers; one history and one row at a time.
     assert large < small * 1.5 + 256 * 1024, (small, large)

@@ -11,7 +11,7 @@ from uuid import uuid4
 import pytest
 from eventsourcing.persistence import IntegrityError
 
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import Ledger
 from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, TransitionRefused
 from ledger.importing import parse_lines
@@ -19,9 +19,8 @@ from tests.paying import pay_out
 
 
 @pytest.fixture
-def two_ledgers(database_url: str) -> Iterator[tuple[Ledger, Ledger]]:
-    migrate_database(database_url)
-    with Ledger.open(database_url) as first, Ledger.open(database_url) as second:
+def two_ledgers(migrated_url: str) -> Iterator[tuple[Ledger, Ledger]]:
+    with Ledger.open(migrated_url) as first, Ledger.open(migrated_url) as second:
         yield first, second
 
 
@@ -80,16 +79,15 @@ def test_a_raced_change_that_becomes_illegal_is_refused_and_appends_nothing(
 
 
 def test_the_same_order_created_at_once_by_several_processes_is_one_transfer(
-    database_url: str,
+    migrated_url: str,
 ) -> None:
-    migrate_database(database_url)
     ids: list[object] = []
     errors: list[BaseException] = []
     barrier = threading.Barrier(4)
 
     def create() -> None:
         try:
-            with Ledger.open(database_url) as ledger:
+            with Ledger.open(migrated_url) as ledger:
                 barrier.wait(timeout=30)
                 ids.append(
                     ledger.create_transfer(
@@ -106,7 +104,7 @@ def test_the_same_order_created_at_once_by_several_processes_is_one_transfer(
         thread.join(timeout=60)
     assert not errors
     assert len(set(ids)) == 1 and len(ids) == 4
-    with Ledger.open(database_url) as ledger:
+    with Ledger.open(migrated_url) as ledger:
         assert event_types(ledger, ids[0]) == ["Created"]
         assert len(ledger.list()) == 1
 

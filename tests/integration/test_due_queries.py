@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import Ledger
 from projections.seller_transfers import (
     COLUMNS,
     DUE_PAYOUT_RETRIES_SQL,
@@ -99,10 +99,9 @@ def expected_due_reversals(rows: list[dict[str, Any]], limit: int) -> list[uuid.
     return [r["id"] for r in due[:limit]]
 
 
-def test_due_reversals_are_first_pass_rows_then_retries_that_came_due(database_url: str) -> None:
-    migrate_database(database_url)
+def test_due_reversals_are_first_pass_rows_then_retries_that_came_due(migrated_url: str) -> None:
     rows = skewed_rows(3000)
-    with Ledger.open(database_url) as ledger:
+    with Ledger.open(migrated_url) as ledger:
         load_rows(ledger, rows)
         found = due_ids(ledger.db, DUE_REVERSALS_SQL, NOW, limit=10_000)
     expected = expected_due_reversals(rows, 10_000)
@@ -115,10 +114,9 @@ def test_due_reversals_are_first_pass_rows_then_retries_that_came_due(database_u
     assert positions == list(range(len(first_pass)))
 
 
-def test_due_payout_retries_are_failed_rows_whose_retry_time_passed(database_url: str) -> None:
-    migrate_database(database_url)
+def test_due_payout_retries_are_failed_rows_whose_retry_time_passed(migrated_url: str) -> None:
     rows = skewed_rows(3000)
-    with Ledger.open(database_url) as ledger:
+    with Ledger.open(migrated_url) as ledger:
         load_rows(ledger, rows)
         found = due_ids(ledger.db, DUE_PAYOUT_RETRIES_SQL, NOW, limit=10_000)
     expected = {
@@ -153,12 +151,11 @@ def _index_names(plan: Any) -> set[str]:
     ids=["reversal worker", "payout retry worker", "payout worker"],
 )
 def test_postgresql_serves_the_due_queries_from_their_partial_indexes(
-    postgres_url: str, query: str, index: str
+    migrated_postgres_url: str, query: str, index: str
 ) -> None:
-    migrate_database(postgres_url)
-    with Ledger.open(postgres_url) as ledger:
+    with Ledger.open(migrated_postgres_url) as ledger:
         load_rows(ledger, skewed_rows(50_000))
-    with psycopg.connect(postgres_url, autocommit=True) as pg:
+    with psycopg.connect(migrated_postgres_url, autocommit=True) as pg:
         pg.execute("ANALYZE seller_transfers")
         plan = pg.execute("EXPLAIN (FORMAT JSON) " + query.replace("?", "%s"), (NOW, 20)).fetchone()
     assert plan is not None
@@ -166,16 +163,17 @@ def test_postgresql_serves_the_due_queries_from_their_partial_indexes(
 
 
 @pytest.mark.postgres
-def test_the_seeds_literal_query_with_now_also_uses_the_reversal_index(postgres_url: str) -> None:
-    migrate_database(postgres_url)
-    with Ledger.open(postgres_url) as ledger:
+def test_the_seeds_literal_query_with_now_also_uses_the_reversal_index(
+    migrated_postgres_url: str,
+) -> None:
+    with Ledger.open(migrated_postgres_url) as ledger:
         load_rows(ledger, skewed_rows(50_000))
     seed_query = (
         "SELECT * FROM seller_transfers WHERE status = 'reversal_pending'"
         " AND (next_retry_at IS NULL OR next_retry_at <= NOW())"
         " ORDER BY next_retry_at NULLS FIRST LIMIT 20"
     )
-    with psycopg.connect(postgres_url, autocommit=True) as pg:
+    with psycopg.connect(migrated_postgres_url, autocommit=True) as pg:
         pg.execute("ANALYZE seller_transfers")
         plan = pg.execute("EXPLAIN (FORMAT JSON) " + seed_query).fetchone()
     assert plan is not None

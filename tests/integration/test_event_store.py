@@ -6,15 +6,14 @@ from uuid import uuid4
 
 from eventsourcing.persistence import StoredEvent
 
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import Ledger
 from ledger.storage import ArrayInsertPostgresRecorder
 
 
 def test_a_batch_append_reads_back_byte_for_byte_in_notification_order(
-    database_url: str,
+    migrated_url: str,
 ) -> None:
-    migrate_database(database_url)
-    with Ledger.open(database_url) as ledger:
+    with Ledger.open(migrated_url) as ledger:
         if ledger.db.dialect == "postgresql":
             assert isinstance(ledger.transfers.recorder, ArrayInsertPostgresRecorder)
         # Bytes that text escaping would mangle: NUL, backslashes, quotes, non-UTF-8.

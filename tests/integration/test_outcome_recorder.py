@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import Ledger
 from ledger.domain import Transfer
 from ledger.errors import TransitionRefused
 from ledger.processing.recording import OutcomeRecorder, _Outcome
@@ -22,9 +22,8 @@ def paid(stripe_id: str) -> Callable[[Transfer], None]:
     return command
 
 
-def test_outcomes_arriving_together_are_saved_in_one_append(database_url: str) -> None:
-    migrate_database(database_url)
-    with Ledger.open(database_url) as ledger:
+def test_outcomes_arriving_together_are_saved_in_one_append(migrated_url: str) -> None:
+    with Ledger.open(migrated_url) as ledger:
         ids = [
             ledger.create_transfer(
                 seller_account_id="acct_1A", order_ref=f"o-{n}", amount=100, currency="usd"
@@ -46,9 +45,8 @@ def test_outcomes_arriving_together_are_saved_in_one_append(database_url: str) -
         assert after - before == 3
 
 
-def test_a_stale_copy_in_a_batch_is_re_run_on_the_current_state(database_url: str) -> None:
-    migrate_database(database_url)
-    with Ledger.open(database_url) as ledger:
+def test_a_stale_copy_in_a_batch_is_re_run_on_the_current_state(migrated_url: str) -> None:
+    with Ledger.open(migrated_url) as ledger:
         stale_id, _ = ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="o-stale", amount=100, currency="usd"
         )
@@ -74,9 +72,8 @@ def test_a_stale_copy_in_a_batch_is_re_run_on_the_current_state(database_url: st
         assert ledger.transfers.get(fresh_id).status == "completed"
 
 
-def test_a_refused_outcome_fails_alone_and_the_rest_is_saved(database_url: str) -> None:
-    migrate_database(database_url)
-    with Ledger.open(database_url) as ledger:
+def test_a_refused_outcome_fails_alone_and_the_rest_is_saved(migrated_url: str) -> None:
+    with Ledger.open(migrated_url) as ledger:
         refused_id, _ = ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="o-refused", amount=100, currency="usd"
         )
@@ -96,9 +93,8 @@ def test_a_refused_outcome_fails_alone_and_the_rest_is_saved(database_url: str) 
         assert ledger.transfers.get(refused_id).status == "permanently_failed"
 
 
-def test_record_waits_for_its_own_outcome(database_url: str) -> None:
-    migrate_database(database_url)
-    with Ledger.open(database_url) as ledger:
+def test_record_waits_for_its_own_outcome(migrated_url: str) -> None:
+    with Ledger.open(migrated_url) as ledger:
         transfer_id, _ = ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="o-wait", amount=100, currency="usd"
         )
@@ -109,13 +105,12 @@ def test_record_waits_for_its_own_outcome(database_url: str) -> None:
 
 
 def test_an_outcome_whose_commit_answer_was_lost_is_not_recorded_twice(
-    database_url: str,
+    migrated_url: str,
 ) -> None:
     """The library retries an append whose connection dropped; if the first try
     had committed, the retry conflicts. The fallback must see the outcome is
     already there rather than record "attempt failed" a second time."""
-    migrate_database(database_url)
-    with Ledger.open(database_url) as ledger:
+    with Ledger.open(migrated_url) as ledger:
         transfer_id, _ = ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="o-lost-ack", amount=100, currency="usd"
         )

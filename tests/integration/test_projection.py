@@ -11,7 +11,7 @@ from uuid import UUID
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import Ledger
 from ledger.domain import STATE_FIELDS, Transfer
 from projections.seller_transfers import (
     ProjectionError,
@@ -22,9 +22,8 @@ from tests.paying import pay_out
 
 
 @pytest.fixture
-def ledger(database_url: str) -> Iterator[Ledger]:
-    migrate_database(database_url)
-    with Ledger.open(database_url) as opened:
+def ledger(migrated_url: str) -> Iterator[Ledger]:
+    with Ledger.open(migrated_url) as opened:
         yield opened
 
 
@@ -135,9 +134,8 @@ def test_an_event_for_a_transfer_without_a_row_is_an_error_not_a_silent_skip(
         ledger.catch_up()
 
 
-def test_concurrent_projectors_apply_each_event_exactly_once(database_url: str) -> None:
-    migrate_database(database_url)
-    with Ledger.open(database_url) as writer:
+def test_concurrent_projectors_apply_each_event_exactly_once(migrated_url: str) -> None:
+    with Ledger.open(migrated_url) as writer:
         ids = []
         for i in range(60):
             transfer = Transfer.create(
@@ -159,7 +157,7 @@ def test_concurrent_projectors_apply_each_event_exactly_once(database_url: str) 
 
     def project() -> None:
         try:
-            with Ledger.open(database_url) as ledger:
+            with Ledger.open(migrated_url) as ledger:
                 barrier.wait(timeout=30)
                 processed.append(ledger.projection.catch_up(batch_size=7))
         except BaseException as error:
@@ -173,7 +171,7 @@ def test_concurrent_projectors_apply_each_event_exactly_once(database_url: str) 
     assert not errors
     # Between them they processed every event once: no double application.
     assert sum(processed) == expected_position
-    with Ledger.open(database_url) as ledger:
+    with Ledger.open(migrated_url) as ledger:
         rows = table(ledger)
         assert ledger.projection.position() == expected_position
     assert set(rows) == set(ids)

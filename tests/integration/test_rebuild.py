@@ -21,7 +21,7 @@ from eventsourcing.persistence import StoredEvent
 from ledger.application import ImportRecord
 from ledger.audit.rebuild import rebuild
 from ledger.audit.verify import verify
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import Ledger
 from ledger.cli import run
 from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
@@ -38,7 +38,6 @@ from tests.waiting import wait_for
 
 
 def ledger_with_transfers(url: str, count: int) -> list[UUID]:
-    migrate_database(url)
     ids = []
     with Ledger.open(url) as ledger:
         for n in range(count):
@@ -64,52 +63,52 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def test_a_rebuild_reproduces_the_table_and_its_indexes(
-    database_url: str, capsys: pytest.CaptureFixture[str]
+    migrated_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ledger_with_transfers(database_url, 30)
-    before_rows, before_schema = table_rows(database_url), describe(database_url)
-    code, out, _ = cli(capsys, "rebuild", "--database-url", database_url)
+    ledger_with_transfers(migrated_url, 30)
+    before_rows, before_schema = table_rows(migrated_url), describe(migrated_url)
+    code, out, _ = cli(capsys, "rebuild", "--database-url", migrated_url)
     assert code == 0 and "30 rows" in out
-    assert table_rows(database_url) == before_rows
-    assert describe(database_url) == before_schema
-    assert cli(capsys, "audit", "verify", "--database-url", database_url)[0] == 0
+    assert table_rows(migrated_url) == before_rows
+    assert describe(migrated_url) == before_schema
+    assert cli(capsys, "audit", "verify", "--database-url", migrated_url)[0] == 0
     # Again, on top of a rebuilt table.
-    assert cli(capsys, "rebuild", "--verify", "--database-url", database_url)[0] == 0
-    assert table_rows(database_url) == before_rows
+    assert cli(capsys, "rebuild", "--verify", "--database-url", migrated_url)[0] == 0
+    assert table_rows(migrated_url) == before_rows
 
 
 def test_rebuild_verify_refuses_to_switch_over_a_hand_edited_row(
-    database_url: str, capsys: pytest.CaptureFixture[str]
+    migrated_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ids = ledger_with_transfers(database_url, 5)
-    config = DatabaseConfig.from_url(database_url)
+    ids = ledger_with_transfers(migrated_url, 5)
+    config = DatabaseConfig.from_url(migrated_url)
     if config.kind == "sqlite":
         with sqlite3.connect(config.path) as conn:
             conn.execute("UPDATE seller_transfers SET amount = 1 WHERE id = ?", (str(ids[2]),))
     else:
-        with psycopg.connect(database_url) as conn:
+        with psycopg.connect(migrated_url) as conn:
             conn.execute("UPDATE seller_transfers SET amount = 1 WHERE id = %s", (ids[2],))
-    code, _, err = cli(capsys, "rebuild", "--verify", "--database-url", database_url)
+    code, _, err = cli(capsys, "rebuild", "--verify", "--database-url", migrated_url)
     assert code == 1 and err.count("\n") == 1
     assert str(ids[2]) in err and "amount 1 live, 102 from the events" in err
     # Nothing switched: the edited row is still there for a person to look at.
-    assert next(r for r in table_rows(database_url) if r["id"] == str(ids[2]))["amount"] == 1
+    assert next(r for r in table_rows(migrated_url) if r["id"] == str(ids[2]))["amount"] == 1
     # Without --verify the rebuild replaces it with the truth.
-    assert cli(capsys, "rebuild", "--database-url", database_url)[0] == 0
-    assert next(r for r in table_rows(database_url) if r["id"] == str(ids[2]))["amount"] == 102
+    assert cli(capsys, "rebuild", "--database-url", migrated_url)[0] == 0
+    assert next(r for r in table_rows(migrated_url) if r["id"] == str(ids[2]))["amount"] == 102
 
 
 def test_writers_and_readers_carry_on_through_a_rebuild_and_nothing_is_lost(
-    database_url: str, capsys: pytest.CaptureFixture[str]
+    migrated_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ledger_with_transfers(database_url, 200)
+    ledger_with_transfers(migrated_url, 200)
     stop = threading.Event()
     created: list[UUID] = []
     seen: list[int] = []
     errors: list[BaseException] = []
 
     def write() -> None:
-        with Ledger.open(database_url) as ledger:
+        with Ledger.open(migrated_url) as ledger:
             n = 0
             while not stop.is_set():
                 transfer_id, _ = ledger.create_transfer(
@@ -119,7 +118,7 @@ def test_writers_and_readers_carry_on_through_a_rebuild_and_nothing_is_lost(
                 n += 1
 
     def read() -> None:
-        with Ledger.open(database_url) as ledger:
+        with Ledger.open(migrated_url) as ledger:
             while not stop.is_set():
                 seen.append(len(ledger.list()))
 
@@ -136,7 +135,7 @@ def test_writers_and_readers_carry_on_through_a_rebuild_and_nothing_is_lost(
     for thread in threads:
         thread.start()
     try:
-        code, _, err = cli(capsys, "rebuild", "--database-url", database_url)
+        code, _, err = cli(capsys, "rebuild", "--database-url", migrated_url)
     finally:
         stop.set()
         for thread in threads:
@@ -146,32 +145,32 @@ def test_writers_and_readers_carry_on_through_a_rebuild_and_nothing_is_lost(
     assert created, "the writer should have kept writing during the rebuild"
     # Readers never saw the table shrink (missing or half-built).
     assert seen and all(b >= a for a, b in itertools.pairwise(seen)), seen
-    rows = table_rows(database_url)
+    rows = table_rows(migrated_url)
     assert len(rows) == 200 + len(created)
-    assert cli(capsys, "audit", "verify", "--database-url", database_url)[0] == 0
+    assert cli(capsys, "audit", "verify", "--database-url", migrated_url)[0] == 0
 
 
 def test_an_interrupted_rebuild_leaves_the_live_table_working_and_can_be_rerun(
-    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    migrated_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ledger_with_transfers(database_url, 20)
-    before = table_rows(database_url)
+    ledger_with_transfers(migrated_url, 20)
+    before = table_rows(migrated_url)
     killed = subprocess.run(
-        [str(LEDGER_SCRIPT), "rebuild", "--database-url", database_url],
+        [str(LEDGER_SCRIPT), "rebuild", "--database-url", migrated_url],
         env={"LEDGER_FAILPOINTS": "rebuild_before_switch", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         timeout=120,
         check=False,
     )
     assert killed.returncode == -9, killed.stderr
-    assert table_rows(database_url) == before
-    with Ledger.open(database_url) as ledger:
+    assert table_rows(migrated_url) == before
+    with Ledger.open(migrated_url) as ledger:
         ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="after-the-kill", amount=7, currency="usd"
         )
-    assert cli(capsys, "rebuild", "--verify", "--database-url", database_url)[0] == 0
-    assert len(table_rows(database_url)) == 21
-    assert cli(capsys, "audit", "verify", "--database-url", database_url)[0] == 0
+    assert cli(capsys, "rebuild", "--verify", "--database-url", migrated_url)[0] == 0
+    assert len(table_rows(migrated_url)) == 21
+    assert cli(capsys, "audit", "verify", "--database-url", migrated_url)[0] == 0
 
 
 # ----- every kind of event, the fast paths, the worker processes ---------------------------
@@ -185,7 +184,6 @@ SYSTEM = "system:test"
 def ledger_with_every_kind_of_event(url: str) -> None:
     """Transfers whose histories hold every event the domain has, datetimes in
     several forms included, projected by the live projection."""
-    migrate_database(url)
     with Ledger.open(url) as ledger:
         ledger.import_transfers(
             [
@@ -326,32 +324,32 @@ def legacy_event_with_control_characters(ledger: Ledger) -> None:
 
 
 def test_a_rebuild_through_every_kind_of_event_equals_the_live_projection(
-    database_url: str, capsys: pytest.CaptureFixture[str]
+    migrated_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ledger_with_every_kind_of_event(database_url)
-    before = table_rows(database_url)
+    ledger_with_every_kind_of_event(migrated_url)
+    before = table_rows(migrated_url)
     assert len(before) == 8
-    assert cli(capsys, "rebuild", "--verify", "--database-url", database_url)[0] == 0
-    assert table_rows(database_url) == before
-    if database_url.startswith("postgresql"):
+    assert cli(capsys, "rebuild", "--verify", "--database-url", migrated_url)[0] == 0
+    assert table_rows(migrated_url) == before
+    if migrated_url.startswith("postgresql"):
         # The same shared between worker processes, one per range of ids.
-        with Ledger.open(database_url) as ledger:
+        with Ledger.open(migrated_url) as ledger:
             decode = ledger.transfers.mapper.to_domain_event
             result = rebuild(ledger.db, decode, workers=3, verify=True, progress=io.StringIO())
         assert (result.rows, result.events) == (8, 19)
-        assert table_rows(database_url) == before
-    assert cli(capsys, "audit", "verify", "--database-url", database_url)[0] == 0
+        assert table_rows(migrated_url) == before
+    assert cli(capsys, "audit", "verify", "--database-url", migrated_url)[0] == 0
 
 
 def test_a_rebuild_shared_between_worker_processes_loses_nothing_written_meanwhile(
-    postgres_url: str,
+    migrated_postgres_url: str,
 ) -> None:
-    ledger_with_transfers(postgres_url, 300)
+    ledger_with_transfers(migrated_postgres_url, 300)
     stop = threading.Event()
     created: list[UUID] = []
 
     def write() -> None:
-        with Ledger.open(postgres_url) as ledger:
+        with Ledger.open(migrated_postgres_url) as ledger:
             while not stop.is_set():
                 transfer_id, _ = ledger.create_transfer(
                     seller_account_id="acct_1B",
@@ -365,7 +363,7 @@ def test_a_rebuild_shared_between_worker_processes_loses_nothing_written_meanwhi
     writer.start()
     try:
         wait_for(lambda: len(created) >= 3, what="the writer to be writing")
-        with Ledger.open(postgres_url) as ledger:
+        with Ledger.open(migrated_postgres_url) as ledger:
             progress = io.StringIO()
             rebuild(
                 ledger.db, ledger.transfers.mapper.to_domain_event, workers=3, progress=progress
@@ -374,18 +372,18 @@ def test_a_rebuild_shared_between_worker_processes_loses_nothing_written_meanwhi
         stop.set()
         writer.join(timeout=60)
     assert "rebuild:" in progress.getvalue()
-    assert len(table_rows(postgres_url)) == 300 + len(created)
-    with Ledger.open(postgres_url) as ledger:
+    assert len(table_rows(migrated_postgres_url)) == 300 + len(created)
+    with Ledger.open(migrated_postgres_url) as ledger:
         assert verify(ledger.db, ledger.transfers.mapper.to_domain_event).ok
 
 
 def test_a_worker_that_fails_fails_the_rebuild_and_leaves_the_live_table(
-    postgres_url: str,
+    migrated_postgres_url: str,
 ) -> None:
-    ledger_with_transfers(postgres_url, 30)
-    with psycopg.connect(postgres_url) as conn:
+    ledger_with_transfers(migrated_postgres_url, 30)
+    with psycopg.connect(migrated_postgres_url) as conn:
         before = conn.execute("SELECT * FROM seller_transfers ORDER BY id").fetchall()
-    with Ledger.open(postgres_url) as ledger:
+    with Ledger.open(migrated_postgres_url) as ledger:
         # A history that starts with a status change, in the last worker's range
         # of ids: the live projection refuses it, and so must that worker.
         orphan = Transfer.StatusSetByAdmin(  # type: ignore[call-arg]
@@ -406,17 +404,16 @@ def test_a_worker_that_fails_fails_the_rebuild_and_leaves_the_live_table(
                 workers=3,
                 progress=io.StringIO(),
             )
-    with psycopg.connect(postgres_url) as conn:
+    with psycopg.connect(migrated_postgres_url) as conn:
         assert conn.execute("SELECT * FROM seller_transfers ORDER BY id").fetchall() == before
         # The next run starts over from a fresh table.
         assert conn.execute("SELECT to_regclass('seller_transfers_rebuild')").fetchone() != (None,)
 
 
 def test_the_bulk_decoder_reads_states_as_the_mapper_does_and_leaves_it_the_rest(
-    sqlite_url: str,
+    migrated_sqlite_url: str,
 ) -> None:
-    migrate_database(sqlite_url)
-    with Ledger.open(sqlite_url) as ledger:
+    with Ledger.open(migrated_sqlite_url) as ledger:
         mapper = ledger.transfers.mapper
         transfer_id, _ = ledger.create_transfer(
             seller_account_id="acct_1A", order_ref="o-1", amount=100, currency="usd"
@@ -474,16 +471,15 @@ def peak_memory_rebuilding(url: str) -> int:
     return peak
 
 
-def test_rebuild_memory_stays_flat_as_the_log_grows(postgres_url: str) -> None:
+def test_rebuild_memory_stays_flat_as_the_log_grows(migrated_postgres_url: str) -> None:
     """PostgreSQL's bulk load. (SQLite projects batch after batch, as the live
     projection does: its peak is one batch's.)"""
-    migrate_database(postgres_url)
-    with Ledger.open(postgres_url) as ledger:
+    with Ledger.open(migrated_postgres_url) as ledger:
         import_pending(ledger, 1500, "small")
-    small = peak_memory_rebuilding(postgres_url)
-    with Ledger.open(postgres_url) as ledger:
+    small = peak_memory_rebuilding(migrated_postgres_url)
+    with Ledger.open(migrated_postgres_url) as ledger:
         import_pending(ledger, 10500, "more")
-    large = peak_memory_rebuilding(postgres_url)
+    large = peak_memory_rebuilding(migrated_postgres_url)
     # Eight times the transfers; the rebuild holds one chunk of events and one
     # history at a time, so its peak barely moves.
     assert large < small * 1.5 + 256 * 1024, (small, large)

@@ -18,6 +18,6 @@ def sim() -> Iterator[SimulatorServer]:
 
 
 @pytest.fixture
-def world(database_url: str, sim: SimulatorServer) -> World:
+def world(migrated_url: str, sim: SimulatorServer) -> World:
     """A migrated ledger on SQLite or PostgreSQL, and the simulator."""
-    return new_world(database_url, sim)
+    return new_world(migrated_url, sim)

@@ -137,12 +137,12 @@ def ledger_work_unavailable(ledger: Ledger) -> set[UUID]:
 
 
 def test_a_daemon_killed_during_the_call_leaves_work_that_is_found_not_redone(
-    database_url: str, tmp_path: Path
+    migrated_url: str, tmp_path: Path
 ) -> None:
     """SIGKILL while the HTTP call is open: Stripe has committed the transfer
     but holds its answer (a slow fault), so the daemon never learns of it."""
     with running_simulator(slow_ms=60_000) as slow_sim:
-        world = new_world(database_url, slow_sim)
+        world = new_world(migrated_url, slow_sim)
         world.simulator.add_fault("slow", path="/v1/transfers")
         transfer_id = world.create("order-killed-mid-call")
         log = tmp_path / "killed.log"

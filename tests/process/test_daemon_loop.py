@@ -17,9 +17,11 @@ NEVER_POLL_SECONDS = 600.0
 
 
 @pytest.mark.postgres
-def test_on_postgresql_new_work_wakes_the_daemon_without_polling(postgres_url: str) -> None:
+def test_on_postgresql_new_work_wakes_the_daemon_without_polling(
+    migrated_postgres_url: str,
+) -> None:
     with running_simulator() as server:
-        world = new_world(postgres_url, server)
+        world = new_world(migrated_postgres_url, server)
         stop = threading.Event()
         with world.ledger(pool_size=4) as ledger:
             daemon = build_daemon(
@@ -53,13 +55,13 @@ def test_on_postgresql_new_work_wakes_the_daemon_without_polling(postgres_url: s
         assert not runner.is_alive()
 
 
-def test_concurrency_n_keeps_exactly_n_stripe_calls_in_flight(database_url: str) -> None:
+def test_concurrency_n_keeps_exactly_n_stripe_calls_in_flight(migrated_url: str) -> None:
     # Each call takes a second at the simulator: calls that overlap arrive
     # within that second of each other; a fifth cannot arrive before one of
     # the first four has been answered.
     latency = 1.0
     with running_simulator(latency_ms=int(latency * 1000)) as server:
-        world: World = new_world(database_url, server)
+        world: World = new_world(migrated_url, server)
         for n in range(8):
             world.create(f"order-c{n}")
         world.run_daemon_once(concurrency=4)

@@ -91,10 +91,10 @@ MANY = 150
 
 
 def test_three_daemons_pay_and_reverse_150_transfers_once_each_and_share_the_work(
-    postgres_url: str, tmp_path: Path
+    migrated_postgres_url: str, tmp_path: Path
 ) -> None:
     with running_simulator(api_key=None, latency_ms=20) as sim:
-        world = new_world(postgres_url, sim)
+        world = new_world(migrated_postgres_url, sim)
         ids = create_pending(world, MANY)
         logs = [tmp_path / f"daemon-{n}.log" for n in range(3)]
         daemons = [start_daemon(world, "--concurrency", "8", log_path=log) for log in logs]
@@ -257,7 +257,7 @@ class ChaosPlan:
 
 
 def test_daemons_killed_at_random_while_stripe_fails_at_random_move_no_money_twice(
-    postgres_url: str, tmp_path: Path
+    migrated_postgres_url: str, tmp_path: Path
 ) -> None:
     """Two daemons, each SIGKILLed at a random moment every 0.2-0.6 s of its
     life and restarted, while the simulator answers 500s (before and after
@@ -272,7 +272,7 @@ def test_daemons_killed_at_random_while_stripe_fails_at_random_move_no_money_twi
     faults = {"faults": CHAOS_FAULTS, "seed": CHAOS_SEED, "latency_ms": 20}
     with running_simulator(api_key=None, **faults) as sim:
         # Enough attempts that faults alone never exhaust them; retries at once.
-        world = new_world(postgres_url, sim, max_attempts=20, timeout_seconds=1.0)
+        world = new_world(migrated_postgres_url, sim, max_attempts=20, timeout_seconds=1.0)
         plan = ChaosPlan()
         plan.add_wave(world, rng, 0)
         slots = [

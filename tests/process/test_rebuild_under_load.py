@@ -25,10 +25,10 @@ from tests.waiting import wait_for
 
 
 def test_a_rebuild_under_a_working_daemon_and_a_writer_loses_nothing(
-    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    migrated_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with running_simulator(latency_ms=5) as sim:
-        world: World = new_world(database_url, sim)
+        world: World = new_world(migrated_url, sim)
         ids: list[UUID] = [world.create(f"order-{n}") for n in range(60)]
         log = tmp_path / "daemon.log"
         daemon = start_daemon(world, "--concurrency", "4", log_path=log)
@@ -46,7 +46,7 @@ def test_a_rebuild_under_a_working_daemon_and_a_writer_loses_nothing(
             writer.start()
             wait_for(world.stripe_transfers, what="the daemon to be paying")
             capsys.readouterr()
-            assert run(["rebuild", "--database-url", database_url]) == 0, capsys.readouterr().err
+            assert run(["rebuild", "--database-url", migrated_url]) == 0, capsys.readouterr().err
         finally:
             stop.set()
             writer.join(timeout=60)
@@ -61,4 +61,4 @@ def test_a_rebuild_under_a_working_daemon_and_a_writer_loses_nothing(
             assert finish(daemon) == 0, log.read_text()
         assert ledger_matches_stripe(world, ids) == []
         capsys.readouterr()
-        assert run(["audit", "verify", "--database-url", database_url]) == 0, capsys.readouterr()
+        assert run(["audit", "verify", "--database-url", migrated_url]) == 0, capsys.readouterr()

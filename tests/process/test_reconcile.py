@@ -60,8 +60,8 @@ class Paid:
 
 
 @pytest.fixture(scope="module")
-def shared_url(module_database_url: str) -> str:
-    return module_database_url
+def shared_url(module_migrated_url: str) -> str:
+    return module_migrated_url
 
 
 @pytest.fixture(scope="module")

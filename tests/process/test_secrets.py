@@ -40,16 +40,16 @@ WEBHOOK_SECRET = "whsec_ledgerWebhookSecret9Zq4"
 
 
 def test_the_api_key_is_in_no_log_line_event_stored_error_or_row(
-    database_url: str, tmp_path: Path
+    migrated_url: str, tmp_path: Path
 ) -> None:
     with running_simulator(api_key=SECRET_KEY) as sim:
-        world = new_world(database_url, sim, api_key=SECRET_KEY)
+        world = new_world(migrated_url, sim, api_key=SECRET_KEY)
         logs = run_every_kind_of_answer(world, tmp_path)
 
     # The same ledger, pointed at a Stripe account that does not know our key.
     refused_log = tmp_path / "refused.log"
     with running_simulator(api_key=OTHER_KEY) as other_sim:
-        refused_world = World(url=database_url, sim=other_sim, api_key=SECRET_KEY)
+        refused_world = World(url=migrated_url, sim=other_sim, api_key=SECRET_KEY)
         waiting = refused_world.create("order-refused")
         daemon = start_daemon(
             refused_world, log_path=refused_log, STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET
@@ -66,7 +66,7 @@ def test_the_api_key_is_in_no_log_line_event_stored_error_or_row(
     assert "Traceback" not in refused_output
 
     output = "".join(log.read_text() for log in logs) + refused_output
-    stored = every_stored_value(database_url)
+    stored = every_stored_value(migrated_url)
     # The search would be empty-handed if nothing had been written: it was.
     assert "payout of transfer" in output and "failed, retry at" in output
     assert "resource_missing" in stored["events"]

@@ -21,10 +21,10 @@ from tests.waiting import wait_for
 
 
 def test_sigterm_during_in_flight_calls_exits_0_and_loses_nothing(
-    database_url: str, tmp_path: Path
+    migrated_url: str, tmp_path: Path
 ) -> None:
     with running_simulator(latency_ms=800) as sim:
-        world = new_world(database_url, sim)
+        world = new_world(migrated_url, sim)
         transfer_ids = [world.create(f"order-{n}") for n in range(12)]
         log = tmp_path / "daemon.log"
         daemon = start_daemon(world, "--concurrency", "4", log_path=log)

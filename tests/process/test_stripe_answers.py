@@ -186,10 +186,10 @@ def test_429_is_a_failed_attempt_retried_later(world: World) -> None:
 
 
 def test_a_response_slower_than_the_timeout_is_looked_up_and_recorded_once(
-    database_url: str,
+    migrated_url: str,
 ) -> None:
     with running_simulator(slow_ms=1500) as slow_sim:
-        world = new_world(database_url, slow_sim, timeout_seconds=0.5)
+        world = new_world(migrated_url, slow_sim, timeout_seconds=0.5)
         world.simulator.add_fault("slow", path="/v1/transfers")
         transfer_id = world.create("order-8")
         world.run_daemon_once()
@@ -245,10 +245,10 @@ def test_an_unknown_destination_is_permanently_failed_at_once(world: World) -> N
 
 
 def test_a_rejected_api_key_stops_the_daemon_and_touches_no_transfer(
-    database_url: str,
+    migrated_url: str,
 ) -> None:
     with running_simulator(api_key="sk_test_theRightKey") as strict_sim:
-        world = new_world(database_url, strict_sim)
+        world = new_world(migrated_url, strict_sim)
         check_rejected_key_touches_nothing(world)
 
 

@@ -115,11 +115,11 @@ def module_sim() -> Iterator[SimulatorServer]:
 
 @pytest.fixture(scope="module")
 def endpoint(
-    module_database_url: str,
+    module_migrated_url: str,
     module_sim: SimulatorServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Endpoint]:
-    world = new_world(module_database_url, module_sim)
+    world = new_world(module_migrated_url, module_sim)
     log_path = tmp_path_factory.mktemp("webhook-server") / "server.log"
     with log_path.open("ab") as log:
         server = subprocess.Popen(

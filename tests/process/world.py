@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
-from ledger.bootstrap import Ledger, build_daemon, migrate_database
+from ledger.bootstrap import Ledger, build_daemon
 from ledger.processing.daemon import DaemonOptions
 from ledger.processing.policy import RetryPolicy
 from ledger.stripe.gateway import StripeSettings
@@ -126,7 +126,8 @@ class World:
 
 
 def new_world(url: str, sim: SimulatorServer, **kwargs: Any) -> World:
-    migrate_database(url)
+    """A world on `url`, which must be migrated already (the `migrated_url` fixtures
+    copy a migrated template; migrating here again would only cost time)."""
     return World(url=url, sim=sim, **kwargs)
 
 
