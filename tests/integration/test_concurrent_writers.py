@@ -110,17 +110,16 @@ def test_the_same_order_created_at_once_by_several_processes_is_one_transfer(
 
 
 def test_an_import_and_a_create_racing_for_one_order_leave_one_transfer(
-    database_url: str,
+    migrated_url: str,
 ) -> None:
     """Red-team F3, raced: whichever of the two commits first reserves the
     order; the other is refused or finds the winner. Never two transfers."""
-    migrate_database(database_url)
     imported_id = uuid4()
     outcomes: list[object] = []
     barrier = threading.Barrier(2)
 
     def import_it() -> None:
-        with Ledger.open(database_url) as ledger:
+        with Ledger.open(migrated_url) as ledger:
             record = parse_lines(
                 [
                     json.dumps(
@@ -142,7 +141,7 @@ def test_an_import_and_a_create_racing_for_one_order_leave_one_transfer(
                 outcomes.append(refused)
 
     def create_it() -> None:
-        with Ledger.open(database_url) as ledger:
+        with Ledger.open(migrated_url) as ledger:
             barrier.wait(timeout=30)
             outcomes.append(
                 ledger.create_transfer(
@@ -156,7 +155,7 @@ def test_an_import_and_a_create_racing_for_one_order_leave_one_transfer(
             thread.start()
         for thread in threads:
             thread.join(timeout=60)
-    with Ledger.open(database_url) as ledger:
+    with Ledger.open(migrated_url) as ledger:
         rows = [v for v in ledger.list() if v.order_ref == "o-raced"]
     assert len(rows) == 1, rows
     assert len(outcomes) == 10

@@ -64,7 +64,7 @@ def test_verify_full_with_a_missing_root_certificate_is_refused(
 
 
 def test_the_librarys_variables_in_the_environment_do_not_steer_the_money_path(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    migrated_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With POSTGRES_ENABLE_DB_FUNCTIONS=y the library would append through a
     database function and skip the ledger's statements in the append (the
@@ -80,7 +80,7 @@ def test_the_librarys_variables_in_the_environment_do_not_steer_the_money_path(
     }.items():
         monkeypatch.setenv(name, value)
     with running_simulator(api_key=None) as sim:
-        world = new_world(database_url, sim)
+        world = new_world(migrated_url, sim)
         transfer_id = world.create("order-env")
         world.run_daemon_once()
 
@@ -92,9 +92,9 @@ def test_the_librarys_variables_in_the_environment_do_not_steer_the_money_path(
     assert [(r["claimed_by"], bool(r["outcome_unknown"])) for r in rows] == [(None, False)]
 
 
-def _migrated_world(database_url: str) -> World:
-    migrate_database(database_url)
-    return World(url=database_url, sim=None)  # type: ignore[arg-type]
+def _migrated_world(migrated_url: str) -> World:
+    migrate_database(migrated_url)
+    return World(url=migrated_url, sim=None)  # type: ignore[arg-type]
 
 
 def test_a_failing_statement_inside_an_append_is_reported_as_itself(database_url: str) -> None:

@@ -73,7 +73,7 @@ def test_concurrency_n_keeps_exactly_n_stripe_calls_in_flight(migrated_url: str)
 
 
 def test_a_step_that_keeps_failing_is_one_log_line_not_a_traceback_every_turn(
-    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    migrated_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Red-team item 13: while sealing (or projecting, or the database) keeps
     failing, the daemon logs the problem once, and once more when it is
@@ -90,7 +90,7 @@ def test_a_step_that_keeps_failing_is_one_log_line_not_a_traceback_every_turn(
 
     monkeypatch.setattr("ledger.processing.daemon.seal", seal)
     with running_simulator() as server:
-        world = new_world(database_url, server)
+        world = new_world(migrated_url, server)
         stop = threading.Event()
         with world.ledger(pool_size=4) as ledger, caplog.at_level("INFO", "ledger.daemon"):
             daemon = build_daemon(

@@ -47,12 +47,12 @@ def test_sigterm_during_in_flight_calls_exits_0_and_loses_nothing(
 
 
 def test_sigterm_hands_queued_work_back_at_once_while_every_worker_is_in_a_slow_call(
-    database_url: str, tmp_path: Path
+    migrated_url: str, tmp_path: Path
 ) -> None:
     """Red-team item 12: with every worker blocked in a slow call, the work
     queued behind them kept its claim for the whole lease. It goes back now."""
     with running_simulator(latency_ms=30_000) as sim:
-        world = new_world(database_url, sim)
+        world = new_world(migrated_url, sim)
         for n in range(8):
             world.create(f"order-q{n}")
         log = tmp_path / "daemon.log"

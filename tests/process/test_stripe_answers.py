@@ -160,13 +160,13 @@ def test_a_reversal_whose_first_try_may_have_reached_stripe_is_not_made_twice_af
 
 
 def test_random_faults_with_the_client_retrying_never_move_money_twice(
-    database_url: str,
+    migrated_url: str,
 ) -> None:
     """Red-team F1's random run: 22 transfers against 500_after, drop_after,
     429 and 500_before at 0.15/0.15/0.15/0.1 with seed 7 paid 3 of them twice."""
     faults = {"500_after": 0.15, "drop_after": 0.15, "429": 0.15, "500_before": 0.1}
     with running_simulator(faults=faults, seed=7) as faulty:
-        world = new_world(database_url, faulty, max_attempts=20)
+        world = new_world(migrated_url, faulty, max_attempts=20)
         transfer_ids = [world.create(f"order-r{n}", amount=1000 + n) for n in range(22)]
         for _ in range(20):
             world.run_daemon_once()
