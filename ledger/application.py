@@ -75,6 +75,13 @@ class Transfers(Application[UUID]):
         how the ledger appends (DatabaseConfig.eventsourcing_env pins them all)."""
         return Environment(name, {**type(self).env, **(env or {})})
 
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Save as the library does, handing the aggregates down to the
+        recorder with their events: the append hooks write what depends on
+        their state (the read table's rows) in the append's transaction."""
+        aggregates = [o for o in objs if isinstance(o, Transfer)]
+        return super().save(*objs, aggregates=aggregates, **kwargs)
+
     def get(self, transfer_id: UUID) -> Transfer:
         try:
             transfer: object = self.repository.get(transfer_id)
@@ -183,7 +190,9 @@ class Transfers(Application[UUID]):
             for r in records
         ]
         return self.events.put(
-            [e for t in transfers for e in t.collect_events()], also_execute=also_execute
+            [e for t in transfers for e in t.collect_events()],
+            also_execute=also_execute,
+            aggregates=transfers,
         )
 
 

@@ -13,7 +13,6 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -23,6 +22,7 @@ from eventsourcing.persistence import IntegrityError
 
 from ledger import orders
 from ledger.application import ImportRecord, Transfers, batched, check_same_order
+from ledger.audit.chain import InlineLinks, seal
 from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, InvalidInput, NotMigrated, TransferNotFound
@@ -37,7 +37,11 @@ from ledger.processing.policy import RetryPolicy
 from ledger.processing.work import WorkStore
 from ledger.storage import Database, check_postgres_reachable, is_version_conflict, use_sqlite_wal
 from projections import seller_transfers
-from projections.seller_transfers import SellerTransfersProjection, TransferView
+from projections.seller_transfers import (
+    InlineProjection,
+    SellerTransfersProjection,
+    TransferView,
+)
 
 if TYPE_CHECKING:
     from ledger.stripe.gateway import StripeSettings
@@ -67,6 +71,12 @@ class Ledger:
         self.transfers = Transfers(env=config.eventsourcing_env(pool_size))
         self.db = Database(self.transfers.recorder)
         self.projection = SellerTransfersProjection(self.db, self.transfers.mapper.to_domain_event)
+        # What every append writes in its own transaction, with its events:
+        # their chain links and the read table's rows and position.
+        self.transfers.recorder.append_hooks = [  # type: ignore[attr-defined]
+            InlineLinks(self.db),
+            InlineProjection(self.db),
+        ]
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = 2) -> Ledger:
@@ -131,7 +141,6 @@ class Ledger:
                     if owner is None:
                         raise
             else:
-                self.catch_up()
                 return transfer.id, True
         check_same_order(self.transfers.get(owner), transfer)
         return owner, False
@@ -145,15 +154,12 @@ class Ledger:
         reason: str | None,
         actor: str = CLI_ACTOR,
     ) -> bool:
-        recorded = self.transfers.request_reversal(
+        return self.transfers.request_reversal(
             transfer_id, request_ref=request_ref, amount=amount, actor=actor, reason=reason
         )
-        self.catch_up()
-        return recorded
 
     def set_status(self, transfer_id: UUID, to_status: str, *, actor: str, reason: str) -> None:
         self.transfers.set_status(transfer_id, to_status, actor=actor, reason=reason)
-        self.catch_up()
 
     def import_transfers(
         self, records: Sequence[ImportRecord], actor: str = CLI_ACTOR
@@ -182,34 +188,20 @@ class Ledger:
             self._check_against_ledger(batch)
         repeated = within.confirm(records)
         imported = present = 0
-        # Each batch is projected as soon as it is saved, from memory when nobody
-        # else wrote in between, on a second thread: while it waits on the
-        # database the next batch is being built and appended. One worker keeps
-        # the batches in order; the catch_up below covers whatever was skipped.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-projection") as pool:
-            projected: list[Future[bool]] = []
-            for batch in batched(records(), IMPORT_BATCH_SIZE):
-                fresh = [r for r in batch if (r.transfer_id, r.line) not in repeated]
-                with self.db.transaction(write=False) as cursor:
-                    stored = self.db.first_stored_events(cursor, [r.transfer_id for r in fresh])
-                new = [r for r in fresh if r.transfer_id not in stored]
-                present += len(fresh) - len(new)
-                if not new:
-                    continue
-                # Checked in the first pass; a writer that got there since makes
-                # this append fail on its reservations, and the import stops here.
-                reservations = orders.reserve(self.db, [(r.order_ref, r.transfer_id) for r in new])
-                recordings = self.transfers.save_imported(new, actor, also_execute=reservations)
-                imported += len(new)
-                projected.append(
-                    pool.submit(
-                        self.projection.process_recorded,
-                        [(r.notification.id, r.domain_event) for r in recordings],
-                    )
-                )
-            for future in projected:
-                future.result()  # Re-raises a projection error here, in order.
-        self.catch_up()
+        for batch in batched(records(), IMPORT_BATCH_SIZE):
+            fresh = [r for r in batch if (r.transfer_id, r.line) not in repeated]
+            with self.db.transaction(write=False) as cursor:
+                stored = self.db.first_stored_events(cursor, [r.transfer_id for r in fresh])
+            new = [r for r in fresh if r.transfer_id not in stored]
+            present += len(fresh) - len(new)
+            if not new:
+                continue
+            # Checked in the first pass; a writer that got there since makes
+            # this append fail on its reservations, and the import stops here.
+            # The batch's rows are written in the same append (inline).
+            reservations = orders.reserve(self.db, [(r.order_ref, r.transfer_id) for r in new])
+            self.transfers.save_imported(new, actor, also_execute=reservations)
+            imported += len(new)
         return ImportResult(imported=imported, already_present=present)
 
     def _check_against_ledger(self, batch: Sequence[ImportRecord]) -> None:
@@ -243,25 +235,26 @@ class Ledger:
     # ----- reads --------------------------------------------------------------
 
     def catch_up(self) -> int:
+        """Project what was appended without its rows (by an older version, or
+        another writer): the daemon's safety net, and `ledger migrate`'s."""
         return self.projection.catch_up()
 
     def ensure_current(self) -> int:
-        """Before a read: project what a crashed or interrupted writer appended
-        but did not get to project. Two cheap queries when there is nothing.
-        Returns how many events it projected."""
+        """`catch_up` when the table is behind the log: two cheap queries when
+        it is not. Returns how many events it projected."""
         if self.projection.position() < (self.transfers.recorder.max_notification_id() or 0):
             return self.catch_up()
         return 0
 
+    # Reads never write: every append writes its rows itself.
+
     def show(self, transfer_id: UUID) -> TransferView:
-        self.ensure_current()
         view = seller_transfers.get_transfer(self.db, transfer_id)
         if view is None:
             raise TransferNotFound(transfer_id)
         return view
 
     def list(self, status: str | None = None) -> list[TransferView]:
-        self.ensure_current()
         return seller_transfers.list_transfers(self.db, status)
 
 
@@ -278,6 +271,9 @@ def migrate_database(url: str) -> list[Migration]:
     with Ledger(DatabaseConfig.from_url(url)) as ledger:
         applied = ledger.migrate()
         ledger.catch_up()
+        # What a database written before links were made in the append holds
+        # (migration 0012): linked once, here, in log order.
+        seal(ledger.db)
         return applied
 
 

@@ -106,6 +106,8 @@ class Measurements:
     due: Mapping[str, DueWork]
     parked: int
     claims_held: int
+    # Transfers the projection set aside (migration 0013).
+    quarantined: int = 0
     daemons: list[DaemonSeen] = field(default_factory=list)
 
 
@@ -138,6 +140,11 @@ def measure(db: Database, decode: Callable[[Any], Any], now: datetime) -> Measur
         row = cursor.fetchone()
         parked = int(row["n"]) if row else 0
         cursor.execute(
+            "SELECT COUNT(*) AS n FROM projection_quarantine WHERE name = ?", (TRACKING_NAME,)
+        )
+        row = cursor.fetchone()
+        quarantined = int(row["n"]) if row else 0
+        cursor.execute(
             "SELECT COUNT(*) AS n FROM stripe_work"
             " WHERE claimed_by IS NOT NULL AND claim_expires_at > ?",
             (db.to_db_time(now),),
@@ -166,6 +173,7 @@ def measure(db: Database, decode: Callable[[Any], Any], now: datetime) -> Measur
         due=due,
         parked=parked,
         claims_held=claims,
+        quarantined=quarantined,
         daemons=daemons,
     )
 
@@ -234,14 +242,24 @@ def judge(m: Measurements, t: Thresholds) -> list[Check]:
     checks.append(
         Check(
             "projection",
-            lag_ok,
+            lag_ok and m.quarantined == 0,
             (
                 "up to date"
                 if m.lag_events == 0
                 else f"{m.lag_events} event(s) behind, the oldest {m.lag_seconds:.0f} s old"
             )
-            + ("" if lag_ok else f" (limits {t.max_lag_events} events, {t.max_lag_seconds:g} s)"),
-            {"lag_events": m.lag_events, "lag_seconds": round(m.lag_seconds, 3)},
+            + ("" if lag_ok else f" (limits {t.max_lag_events} events, {t.max_lag_seconds:g} s)")
+            + (
+                f"; {m.quarantined} transfer(s) set aside, their events not applied:"
+                " see `ledger audit verify`"
+                if m.quarantined
+                else ""
+            ),
+            {
+                "lag_events": m.lag_events,
+                "lag_seconds": round(m.lag_seconds, 3),
+                "quarantined": m.quarantined,
+            },
         )
     )
     oldest_kind = max(m.due, key=lambda k: m.due[k].oldest_seconds)

@@ -142,6 +142,11 @@ class LedgerCollector(Collector):
         yield due
         yield oldest
         yield GaugeMetricFamily(
+            "ledger_quarantined_transfers",
+            "Transfers the projection set aside: their events cannot be applied.",
+            value=m.quarantined,
+        )
+        yield GaugeMetricFamily(
             "ledger_parked_items",
             "Work parked for an operator (`ledger parked list`).",
             value=m.parked,

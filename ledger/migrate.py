@@ -32,12 +32,17 @@ class Migration:
         return not self.sql.startswith(NO_TRANSACTION_MARKER)
 
     def statements(self) -> list[str]:
-        """Split on `;` at the end of a line; comments are dropped."""
-        lines = [line for line in self.sql.splitlines() if not line.strip().startswith("--")]
-        statements, current = [], []
-        for line in lines:
+        """Split on `;` at the end of a line, except inside a $$-quoted body
+        (a function's); comment lines outside such bodies are dropped."""
+        statements: list[str] = []
+        current: list[str] = []
+        quoted = False
+        for line in self.sql.splitlines():
+            if not quoted and line.strip().startswith("--"):
+                continue
             current.append(line)
-            if line.rstrip().endswith(";"):
+            quoted ^= line.count("$$") % 2 == 1
+            if not quoted and line.rstrip().endswith(";"):
                 statements.append("\n".join(current).strip().rstrip(";"))
                 current = []
         if "\n".join(current).strip():

@@ -246,7 +246,6 @@ class Reconciliation:
         return self.report.checked
 
     def run(self) -> Report:
-        self.ledger.ensure_current()
         if self.progress_out is not None:
             self._progress = Progress(
                 self.progress_out, self._count_ledger_rows(), label="reconcile", unit="transfers"
@@ -657,7 +656,6 @@ class Reconciliation:
         # What is dropped here is found again below, if it still holds.
         self._moved_twice -= again
         self._in_flight.clear()
-        self.ledger.ensure_current()
         for ledger_id, stripe_id in pairs:
             self.checked.rechecked += 1
             before = len(self.report.differences)

@@ -17,17 +17,17 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Final, Literal, Protocol, cast
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from eventsourcing.utils import Environment
-from psycopg import Cursor as PgCursor
-from psycopg.rows import DictRow, tuple_row
+from eventsourcing.utils import Environment, retry
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from ledger.errors import DatabaseUnavailable, first_line
@@ -95,6 +95,17 @@ class _PostgresCursor(_SQLiteCursor):
         with self._cursor.copy(sql) as copy:
             for row in rows:
                 copy.write_row(row)
+
+
+# What a database says of a value or a row it refuses (not of itself): a
+# constraint, a value it cannot store. Deterministic: trying again changes nothing.
+DATA_ERRORS: Final = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+)
 
 
 def is_version_conflict(error: BaseException) -> bool:
@@ -562,11 +573,39 @@ class LedgerPostgresFactory(PostgresFactory):
         kwargs.update(options)
 
 
+@dataclass(frozen=True)
+class Appended:
+    """What one append wrote, for the `AppendHook`s that write with it."""
+
+    events: Sequence[StoredEvent]
+    # Their positions in the log, where Python knows them inside the
+    # transaction (SQLite). On PostgreSQL the append's own INSERT drew them
+    # from the events' sequence, so SQL finds them: the last is its currval,
+    # the first len(events) - 1 before it (nobody else draws under the lock).
+    positions: Sequence[int] | None
+    # The aggregates these events are of, in their state after them (empty
+    # for an append of bare events).
+    aggregates: Sequence[Any]
+
+
+class AppendHook(Protocol):
+    """Something every append writes in its own transaction, after its events
+    and under the events table's lock (so in commit order): the chain's links
+    (ledger/audit/chain.py), the read table's rows and position (the inline
+    projection). The composition root gives the recorder its hooks; this
+    module knows none of them."""
+
+    def after_insert(self, cursor: Cursor, appended: Appended) -> None: ...
+
+
 class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
-    """The library's SQLite application recorder, which can also run the
-    ledger's own statements in the append's transaction: `save(...,
-    also_execute=[(sql, params), ...])`. The process managers release their
-    claim this way, in the same commit as the outcome they record."""
+    """The library's SQLite application recorder, which also runs, in the
+    append's transaction, the ledger's own statements (`save(...,
+    also_execute=[(sql, params), ...])`: the process managers release their
+    claim this way, in the same commit as the outcome they record) and its
+    append hooks. SQLite's single write lock serialises appends."""
+
+    append_hooks: Sequence[AppendHook] = ()
 
     def _insert_events(
         self,
@@ -574,9 +613,15 @@ class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         also_execute: Sequence[Statement] = (),
+        aggregates: Sequence[Any] = (),
         **kwargs: Any,
     ) -> Sequence[int] | None:
         notification_ids = super()._insert_events(c, stored_events, **kwargs)
+        if stored_events and self.append_hooks:
+            appended = Appended(stored_events, list(notification_ids or ()), aggregates)
+            cursor = _SQLiteCursor(c.sqlite_cursor)
+            for hook in self.append_hooks:
+                hook.after_insert(cursor, appended)
         for sql, params in also_execute:
             c.execute(sql, params)
         return notification_ids
@@ -602,32 +647,55 @@ class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
             " RETURNING notification_id"
         ).format(schema=Identifier(datastore.schema), table=Identifier(events_table_name))
 
-    def _insert_events(
+    append_hooks: Sequence[AppendHook] = ()
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
         self,
-        curs: PgCursor[DictRow],
         stored_events: Sequence[StoredEvent],
         *,
         also_execute: Sequence[Statement] = (),
+        aggregates: Sequence[Any] = (),
         **_: Any,
-    ) -> None:
-        # The library's hook for "other things" in the append's transaction,
-        # pipelined with it: the ledger's statements, as for SQLite above.
-        for sql, params in also_execute:
-            # None, not (): psycopg then leaves a literal % in the SQL alone.
-            curs.execute(sql.replace("?", "%s"), params or None)
-
-    def _insert_stored_events(
-        self, curs: PgCursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
-    ) -> None:
-        self._lock_table(curs)
-        self._notify_channel(curs)
-        curs.execute(
-            self._insert_arrays_statement,
-            (
-                [e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events],
-                [e.state for e in stored_events],
-            ),
-            binary=True,
-        )
+    ) -> Sequence[int] | None:
+        """One append, one transaction, every statement pipelined (two round
+        trips in all: the sync, and the commit): the ledger's statements
+        (`also_execute`, e.g. a claim's release), the library's EXCLUSIVE
+        lock and NOTIFY, the events, and the append hooks (chain links, read
+        rows). Written out here rather than through the library's method so
+        that the first failing statement is the error raised, whichever it
+        is (a constraint of the ledger's own statements included), and the
+        transaction is rolled back whole. Retried, as the library's is, after
+        a dropped connection: a retry of an append that did commit meets the
+        events' primary key, and callers recognise that (see
+        ledger.application.Transfers.change)."""
+        if not stored_events and not also_execute:
+            return []
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline() as pipeline,
+            conn.transaction(),
+            conn.cursor() as statements,
+            conn.cursor() as inserted,
+        ):
+            for sql, params in also_execute:
+                # None, not (): psycopg then leaves a literal % in the SQL alone.
+                statements.execute(sql.replace("?", "%s"), params or None)
+            if stored_events:
+                self._lock_table(statements)
+                self._notify_channel(statements)
+                inserted.execute(
+                    self._insert_arrays_statement,
+                    (
+                        [e.originator_id for e in stored_events],
+                        [e.originator_version for e in stored_events],
+                        [e.topic for e in stored_events],
+                        [e.state for e in stored_events],
+                    ),
+                    binary=True,
+                )
+                appended = Appended(stored_events, None, aggregates)
+                for hook in self.append_hooks:
+                    hook.after_insert(_PostgresCursor(statements), appended)
+            pipeline.sync()
+            return [row["notification_id"] for row in inserted.fetchall()] if stored_events else []

@@ -1,25 +1,35 @@
 """The `seller_transfers` read table, projected from the ledger's events.
 
-Exactly-once: each batch reads the events after this projection's tracking
-position, upserts the rows they change, and moves the position, all in ONE
-transaction. The tracking row is locked first, so concurrent projectors (CLI
-commands, daemons) take turns instead of double-applying.
+Inline: every append writes the rows it changes and moves the tracking
+position in its own transaction (`InlineProjection`, an append hook), so a
+command's effect is in the table when its events are, and never without them.
+
+The asynchronous projection (`SellerTransfersProjection`) stays as the safety
+net for events written any other way (an older version, another writer) and
+as the rebuild's engine. Exactly-once: each batch reads the events after this
+projection's tracking position, upserts the rows they change, and moves the
+position, all in ONE transaction. The tracking row is locked first, so
+concurrent projectors take turns instead of double-applying. A transfer whose
+events it cannot apply is quarantined (migration 0013), not allowed to stop
+the rest.
 
 Each row also carries the aggregate version it reflects, and an upsert only
 replaces an older version: replays and overlaps cannot move a row backwards.
 
 The row's state comes from running each event's own `apply` (the same method
-that evolves the aggregate) against a plain row object, so the read table and
-the aggregate cannot disagree about what an event means.
+that evolves the aggregate) against a plain row object, or from the aggregate
+itself, so the read table and the aggregate cannot disagree about what an
+event means.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from operator import attrgetter, itemgetter
 from typing import Any, Final
 from uuid import UUID
@@ -28,8 +38,12 @@ from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import resolve_topic
 
+from ledger import values
 from ledger.domain import STATE_FIELDS, Transfer
-from ledger.storage import Cursor, Database, Row
+from ledger.errors import first_line
+from ledger.storage import DATA_ERRORS, Appended, Cursor, Database, Row
+
+log = logging.getLogger("ledger.projection")
 
 TABLE: Final = "seller_transfers"
 TRACKING_NAME: Final = "seller_transfers"
@@ -43,6 +57,36 @@ _COLUMN_VALUES: Final = attrgetter(*COLUMNS)
 
 class ProjectionError(Exception):
     """The event log and the read table disagree in a way replay cannot explain."""
+
+
+# PostgreSQL's type of each column, for the inline projection's arrays.
+_PG_TYPES: Final = {
+    "id": "uuid",
+    "status": "text",
+    "seller_account_id": "text",
+    "order_ref": "text",
+    "amount": "bigint",
+    "currency": "text",
+    "retry_count": "integer",
+    "next_retry_at": "timestamptz",
+    "stripe_transfer_id": "text",
+    "amount_reversed": "bigint",
+    "last_error": "text",
+    "reversal_request_ref": "text",
+    "reversal_amount": "bigint",
+    "version": "integer",
+    "created_at": "timestamptz",
+    "updated_at": "timestamptz",
+}
+
+
+def _on_conflict(table: str) -> str:
+    assignments = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "id")
+    return (
+        f"ON CONFLICT (id) DO UPDATE SET {assignments}"
+        # The version guard: never replace a row with an older picture of it.
+        f" WHERE {table}.version < excluded.version"
+    )
 
 
 class TransferRow:
@@ -126,12 +170,7 @@ class SellerTransfersProjection:
         self.decode = decode
         self.table = table
         self.tracking_name = tracking_name
-        assignments = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "id")
-        self._on_conflict = (
-            f"ON CONFLICT (id) DO UPDATE SET {assignments}"
-            # The version guard: never replace a row with an older picture of it.
-            f" WHERE {table}.version < excluded.version"
-        )
+        self._on_conflict = _on_conflict(table)
 
     # ----- driving the projection ------------------------------------------
 
@@ -155,38 +194,73 @@ class SellerTransfersProjection:
         batch = self.db.select_stored_events_after(cursor, position, batch_size)
         if not batch:
             return 0
-        events = [(nid, self.decode(stored)) for nid, stored in batch]
-        self._apply(cursor, [e for _, e in events])
-        self._set_position(cursor, events[-1][0])
-        return len(events)
+        set_aside = self._quarantined_ids(cursor)
+        histories: dict[UUID, list[Any]] = {}
+        for at, stored in batch:
+            transfer_id = UUID(str(stored.originator_id))
+            if transfer_id in set_aside:
+                continue
+            try:
+                event = self.decode(stored)
+            except Exception as error:
+                problem = f"v{stored.originator_version} cannot be read: {type(error).__name__}"
+                self._quarantine(cursor, transfer_id, at, stored.originator_version, problem)
+                set_aside.add(transfer_id)
+                histories.pop(transfer_id, None)
+                continue
+            histories.setdefault(transfer_id, []).append((at, event))
+        if self._apply_or_undo(cursor, [e for h in histories.values() for _, e in h]) is not None:
+            # One of them cannot be applied: find which, transfer by transfer,
+            # and set it aside so that every other transfer goes on.
+            for transfer_id, history in histories.items():
+                failure = self._apply_or_undo(cursor, [e for _, e in history])
+                if failure is not None:
+                    at, event = history[0]
+                    problem = f"{type(failure).__name__}: {first_line(str(failure))}"
+                    self._quarantine(cursor, transfer_id, at, event.originator_version, problem)
+        self._set_position(cursor, batch[-1][0])
+        return len(batch)
+
+    def _apply_or_undo(self, cursor: Cursor, events: Sequence[Any]) -> Exception | None:
+        """Apply `events`, or leave no trace of trying (a savepoint) and say
+        why not, when the failure is the events' own: a history that cannot be
+        replayed, a row the database refuses. Any other failure (a lost
+        connection, a lock timeout) is raised: the batch is tried again whole."""
+        if not events:
+            return None
+        cursor.execute("SAVEPOINT projecting")
+        try:
+            self._apply(cursor, events)
+        except (ProjectionError, *DATA_ERRORS) as error:
+            cursor.execute("ROLLBACK TO SAVEPOINT projecting")
+            return error
+        cursor.execute("RELEASE SAVEPOINT projecting")
+        return None
+
+    def _quarantined_ids(self, cursor: Cursor) -> set[UUID]:
+        cursor.execute(
+            "SELECT transfer_id FROM projection_quarantine WHERE name = ?", (self.tracking_name,)
+        )
+        return {_uuid(row["transfer_id"]) for row in cursor.fetchall()}
+
+    def _quarantine(
+        self, cursor: Cursor, transfer_id: UUID, position: int, version: int, problem: str
+    ) -> None:
+        set_aside(
+            self.db,
+            cursor,
+            projection=self.tracking_name,
+            transfer_id=transfer_id,
+            position=position,
+            version=version,
+            problem=problem,
+        )
 
     def _set_position(self, cursor: Cursor, position: int) -> None:
         cursor.execute(
             "UPDATE projection_tracking SET position = ? WHERE name = ?",
             (position, self.tracking_name),
         )
-
-    def process_recorded(self, recorded: Sequence[tuple[int, Any]]) -> bool:
-        """Project events this process has just recorded, without reading them back.
-
-        Only when they are exactly the next events after the tracking position
-        (nobody else wrote in between); returns False otherwise, and the caller
-        falls back to `catch_up`, which reads the log. Bulk imports take this
-        path: decoding events back from the store would cost as much as the
-        rest of the import.
-        """
-        if not recorded:
-            return True
-        with self.db.transaction(write=True) as cursor:
-            position = self._lock_position(cursor)
-            first, last = recorded[0][0], recorded[-1][0]
-            if first <= position or self.db.count_events_between(cursor, position, last) != len(
-                recorded
-            ):
-                return False
-            self._apply(cursor, [event for _, event in recorded])
-            self._set_position(cursor, last)
-            return True
 
     def position(self) -> int:
         with self.db.transaction(write=False) as cursor:
@@ -241,6 +315,8 @@ class SellerTransfersProjection:
             event.apply(row)
             row.version = event.originator_version
             row.updated_at = event.timestamp
+        for row in rows.values():
+            check_storable(row)
         self.db.upsert(
             cursor,
             self.table,
@@ -267,6 +343,188 @@ class SellerTransfersProjection:
                 row.updated_at = self.db.from_db_time(raw["updated_at"]) or row.updated_at
                 loaded[row.id] = row
         return loaded
+
+
+def set_aside(
+    db: Database,
+    cursor: Cursor,
+    *,
+    projection: str,
+    transfer_id: UUID,
+    position: int,
+    version: int,
+    problem: str,
+) -> None:
+    """Quarantine a transfer for a projection (the live one, a rebuild's): its
+    events from here on are passed over. Logged once, here; reported by
+    `ledger health` and `ledger audit verify` for as long as it stays."""
+    problem = values.clipped(problem)
+    cursor.execute(
+        "INSERT INTO projection_quarantine"
+        " (name, transfer_id, position, version, problem, quarantined_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name, transfer_id) DO NOTHING",
+        (
+            projection,
+            db.to_db_id(transfer_id),
+            position,
+            version,
+            problem,
+            db.to_db_time(datetime.now(UTC)),
+        ),
+    )
+    log.error(
+        "transfer %s set aside by the %s projection at v%d (position %d): %s;"
+        " every other transfer goes on (see `ledger audit verify`)",
+        transfer_id,
+        projection,
+        version,
+        position,
+        problem,
+    )
+
+
+def check_storable(row: TransferRow) -> None:
+    """Raise ProjectionError for a row the database cannot store: text with a
+    NUL (PostgreSQL's text cannot hold it) or a lone surrogate (not UTF-8).
+    Text is refused at the boundary now; an event written before that, or by
+    another writer, may still carry such a value."""
+    for name, value in row.__dict__.items():
+        if isinstance(value, str) and ("\x00" in value or not _encodes(value)):
+            raise ProjectionError(
+                f"transfer {row.id}: {name} {values.printable(value)[:60]!r} cannot be stored"
+            )
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+# ----- inline: written by every append, in its transaction ----------------------------
+
+
+def row_of(transfer: Transfer) -> TransferRow:
+    """The row of a transfer as it stands: what the projection's own
+    replay of its events gives, straight from the aggregate."""
+    fields = {name: getattr(transfer, name) for name in STATE_FIELDS}
+    return TransferRow(
+        id=transfer.id,
+        **fields,
+        version=transfer.version,
+        created_at=transfer.created_on,
+        updated_at=transfer.modified_on,
+    )
+
+
+class InlineProjection:
+    """The append hook (ledger.storage.AppendHook) that writes, in the append's
+    own transaction and under the events table's lock, the rows of the
+    transfers it appends to and the projection's new tracking position.
+
+    The rows come from the aggregates saved (their state is exactly what the
+    events lead to). The position moves to the append's last event only when
+    nothing before the append is left unprojected (a writer that did not
+    write its rows: an older version); otherwise it stays, and the
+    asynchronous projection catches up over both, its version guard passing
+    over the rows written here. An append of bare events, without their
+    aggregates, writes nothing here: the asynchronous projection has it."""
+
+    def __init__(self, db: Database, *, table: str = TABLE, tracking_name: str = TRACKING_NAME):
+        self.db = db
+        self.table = table
+        self.tracking_name = tracking_name
+        self._on_conflict = _on_conflict(table)
+        names = ", ".join(COLUMNS)
+        arrays = ", ".join(f"?::{_PG_TYPES[c]}[]" for c in COLUMNS)
+        self._pg_upsert = (
+            f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {self._on_conflict}"
+        )
+        self._sqlite_upsert = (
+            f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(COLUMNS))})"
+            f" {self._on_conflict}"
+        )
+        events = db.events_table
+        position = db.notification_id_column
+        # The tracking row is taken first, whether the position moves or not:
+        # a rebuild's switch holds it while it replaces the table, and an
+        # append that wrote rows first would wait for it holding the table: a
+        # deadlock. (The async projection takes it first too.)
+        if db.dialect == "postgresql":
+            appended = f"currval(pg_get_serial_sequence('{events}', '{position}'))"
+            self._track = (
+                f"UPDATE projection_tracking SET position = CASE WHEN position >="
+                f" coalesce((SELECT max(e.notification_id) FROM {events} e"
+                f" WHERE e.notification_id <= {appended} - ?), 0)"
+                f" THEN {appended} ELSE position END WHERE name = ?"
+            )
+        else:
+            self._track = (
+                "UPDATE projection_tracking SET position = CASE WHEN position >="
+                f" coalesce((SELECT max({position}) FROM {events} WHERE {position} < ?), 0)"
+                " THEN ? ELSE position END WHERE name = ?"
+            )
+
+    def after_insert(self, cursor: Cursor, appended: Appended) -> None:
+        ids = {e.originator_id for e in appended.events}
+        transfers = [a for a in appended.aggregates if a.id in ids]
+        if {t.id for t in transfers} != ids:
+            return  # bare events: the asynchronous projection's
+        rows = [row_of(t) for t in transfers]
+        for row in rows:
+            check_storable(row)
+        if self.db.dialect == "postgresql":
+            cursor.execute(self._track, (len(appended.events), self.tracking_name))
+            columns = list(zip(*(_COLUMN_VALUES(row) for row in rows), strict=True))
+            # Ids as text: psycopg adapts a list of UUIDs one by one in Python.
+            columns[0] = tuple(str(i) for i in columns[0])
+            cursor.execute(self._pg_upsert, [list(c) for c in columns])
+            return
+        assert appended.positions is not None  # SQLite knows them
+        cursor.execute(
+            self._track,
+            (appended.positions[0], appended.positions[-1], self.tracking_name),
+        )
+        cursor.executemany(self._sqlite_upsert, [row.as_params(self.db) for row in rows])
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A transfer the projection set aside (migration 0013)."""
+
+    transfer_id: UUID
+    projection: str
+    position: int
+    version: int
+    problem: str
+    quarantined_at: datetime
+
+
+def quarantined(db: Database, tracking_name: str = TRACKING_NAME) -> list[Quarantined]:
+    with db.transaction(write=False) as cursor:
+        cursor.execute(
+            "SELECT transfer_id, name, position, version, problem, quarantined_at"
+            " FROM projection_quarantine WHERE name = ? ORDER BY position",
+            (tracking_name,),
+        )
+        rows = cursor.fetchall()
+    return [
+        Quarantined(
+            transfer_id=_uuid(r["transfer_id"]),
+            projection=str(r["name"]),
+            position=int(r["position"]),
+            version=int(r["version"]),
+            problem=str(r["problem"]),
+            quarantined_at=db.from_db_time(r["quarantined_at"]) or datetime.min,
+        )
+        for r in rows
+    ]
 
 
 # ----- whole histories in bulk (rebuild, audit verify) ------------------------

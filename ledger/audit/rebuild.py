@@ -22,6 +22,7 @@ and a rerun starts over.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sys
@@ -43,9 +44,12 @@ from projections.seller_transfers import (
     TABLE,
     TRACKING_NAME,
     HistoryDecoder,
+    ProjectionError,
     SellerTransfersProjection,
+    check_storable,
     copy_values,
     replay_history,
+    set_aside,
 )
 
 if TYPE_CHECKING:
@@ -125,6 +129,7 @@ def rebuild(
             cursor.execute(f"DROP TABLE IF EXISTS {NEW_TABLE}")  # an interrupted run's
             cursor.execute(_on_new_table(create_table, rename_index=False))
             cursor.execute("DELETE FROM projection_tracking WHERE name = ?", (NEW_TABLE,))
+            cursor.execute("DELETE FROM projection_quarantine WHERE name = ?", (NEW_TABLE,))
         new = SellerTransfersProjection(db, decode, table=NEW_TABLE, tracking_name=NEW_TABLE)
         live = SellerTransfersProjection(db, decode)
         total, newest = _log_extent(db)
@@ -229,37 +234,77 @@ def _load_share(
         conditions.append("originator_id < ?")
         params.append(share.high)
     sql = (
-        f"SELECT {db.uuid_as_text('originator_id', 'transfer_id')}, originator_version,"
+        f"SELECT {db.notification_id_column},"
+        f" {db.uuid_as_text('originator_id', 'transfer_id')}, originator_version,"
         f" topic, state FROM {db.events_table} WHERE {' AND '.join(conditions)}"
         " ORDER BY originator_id, originator_version"
     )
     decoder = HistoryDecoder(decode)
     events = 0
+    # Transfers whose history cannot become a row: set aside, as the live
+    # projection does, in the same transaction as the COPY.
+    aside: list[tuple[UUID, int, int, str]] = []
 
     def rows() -> Generator[list[Any], None, None]:
         nonlocal events
         next_report = PROGRESS_EVERY
         history: list[Any] = []
-        current = None
-        for transfer_id, version, topic, state in db.stream_rows(sql, params, index_order=True):
+        current: str | None = None
+        first: tuple[int, int] = (0, 0)  # the history's first position and version
+        broken: str | None = None
+        stream = db.stream_rows(sql, params, index_order=True)
+        for at, transfer_id, version, topic, state in itertools.chain(stream, [_END]):
             if transfer_id != current:
-                if history:
-                    yield copy_values(replay_history(history, strict=True))
+                if current is not None:
+                    row = None if broken else _folded(history)
+                    if isinstance(row, str) or broken:
+                        aside.append((UUID(current), *first, broken or str(row)))
+                    elif row is not None:
+                        yield row
                     events += len(history)
                     if events >= next_report:
                         show(events)
                         next_report = events + PROGRESS_EVERY
-                history, current = [], transfer_id
-            history.append(decoder(transfer_id, version, topic, state))
-        if history:
-            yield copy_values(replay_history(history, strict=True))
-            events += len(history)
+                if at is None:
+                    return
+                history, current, first, broken = [], transfer_id, (at, version), None
+            if broken is None:
+                try:
+                    history.append(decoder(transfer_id, version, topic, state))
+                except Exception as error:
+                    broken = f"v{version} cannot be read: {type(error).__name__}"
+
+    def record_aside(cursor: Cursor) -> None:
+        for transfer_id, at, version, problem in aside:
+            set_aside(
+                db,
+                cursor,
+                projection=NEW_TABLE,
+                transfer_id=transfer_id,
+                position=at,
+                version=version,
+                problem=problem,
+            )
 
     # closing: a COPY that fails leaves the stream suspended; end it now, not
     # whenever the garbage collector gets to it (the pool may be closed by then).
-    with closing(rows()) as folded:
-        db.copy_rows_into(NEW_TABLE, COLUMNS, folded)
+    with closing(rows()) as stream:
+        db.copy_rows_into(NEW_TABLE, COLUMNS, stream, then=record_aside)
     return events
+
+
+# Ends the stream of events in `_load_share` (no position: no more events).
+_END: Final = (None, None, 0, "", b"")
+
+
+def _folded(history: list[Any]) -> list[Any] | str:
+    """The COPY values of the row `history` leads to, or why there is none."""
+    try:
+        row = replay_history(history, strict=True)
+        check_storable(row)
+    except ProjectionError as error:
+        return str(error)
+    return copy_values(row)
 
 
 def _build_indexes(db: Database, statements: list[str]) -> None:
@@ -373,6 +418,12 @@ def _switch(db: Database, cursor: Cursor, indexes: list[str]) -> int:
         (NEW_TABLE, TRACKING_NAME),
     )
     cursor.execute("DELETE FROM projection_tracking WHERE name = ?", (NEW_TABLE,))
+    # What the rebuild set aside is what the table now lacks; what the live
+    # projection had set aside was tried again.
+    cursor.execute("DELETE FROM projection_quarantine WHERE name = ?", (TRACKING_NAME,))
+    cursor.execute(
+        "UPDATE projection_quarantine SET name = ? WHERE name = ?", (TRACKING_NAME, NEW_TABLE)
+    )
     cursor.execute(f"SELECT COUNT(*) AS n FROM {TABLE}")
     count = cursor.fetchone()
     return 0 if count is None else int(count["n"])

@@ -35,7 +35,9 @@ from projections.seller_transfers import (
     TABLE,
     TRACKING_NAME,
     HistoryDecoder,
+    Quarantined,
     compared_values,
+    quarantined,
     replay_history,
 )
 
@@ -60,6 +62,10 @@ class VerifyReport:
     findings: list[dict[str, Any]] = field(default_factory=list)
     transfers: int = 0
     events: int = 0
+    # Events after the read table's position (written without their rows, by
+    # another writer): checked against the matrix, compared with the table
+    # once the projection has them.
+    unprojected: int = 0
     chain: ChainReport | None = None
 
     @property
@@ -74,6 +80,7 @@ class VerifyReport:
             "events": self.events,
             "sealed": chain.sealed if chain else 0,
             "unsealed": chain.unsealed if chain else 0,
+            "unprojected": self.unprojected,
             "head": chain.head.as_json() if chain and chain.head else None,
             "findings": self.findings,
         }
@@ -96,7 +103,8 @@ def verify(db: Database, decode: Any, recorded_head: bytes | None = None) -> Ver
             Finding(
                 None,
                 "chain",
-                "the recorded head is not in the chain: history up to it was rewritten",
+                "the recorded head is not in the chain: the chain was rewritten or cut short"
+                " at or before it",
             ).as_json()
         )
     return report
@@ -104,25 +112,39 @@ def verify(db: Database, decode: Any, recorded_head: bytes | None = None) -> Ver
 
 def _check_histories_and_rows(db: Database, decode: Any, report: VerifyReport) -> None:
     """Checks 1 and 2, transfer by transfer, in id order."""
+    set_aside = {str(q.transfer_id): q for q in quarantined(db)}
     with closing(_table_rows(db)) as rows:
         # The read table's tracking position comes with its first row, read in
-        # the same snapshot: the events are read up to there, so a transfer that
-        # changes while verify runs is compared as the table has it, not flagged.
+        # the same snapshot: the table is compared with the events up to there,
+        # so a transfer that changes while verify runs is compared as the table
+        # has it, not flagged. Every event is checked against the matrix.
         first = next(rows, None)
         upto = None if first is None else first[0]
         row = None if first is None else first[1]
-        with closing(_histories(db, decode, report, upto)) as histories:
-            for transfer_id, events in histories:
+        with closing(_histories(db, decode, report)) as histories:
+            for transfer_id, events, positions in histories:
                 while row is not None and row[0] < transfer_id:
                     _row_without_events(report, row[0])
                     row = next(rows, (None, None))[1]
                 report.transfers += 1
                 report.events += len(events)
-                expected = _replayed(report, transfer_id, events)
+                _check_history(report, transfer_id, events)
+                projected = [
+                    e for e, at in zip(events, positions, strict=True) if upto is None or at <= upto
+                ]
+                report.unprojected += len(events) - len(projected)
+                aside = set_aside.pop(transfer_id, None)
+                if aside is not None:
+                    report.findings.append(_quarantine_finding(aside))
+                    if row is not None and row[0] == transfer_id:
+                        row = next(rows, (None, None))[1]
+                    continue
+                expected = _replayed(report, transfer_id, projected) if projected else None
                 if row is None or row[0] != transfer_id:
-                    report.findings.append(
-                        Finding(transfer_id, "read table", "events without a row").as_json()
-                    )
+                    if projected:
+                        report.findings.append(
+                            Finding(transfer_id, "read table", "events without a row").as_json()
+                        )
                     continue
                 if expected is not None and expected != row:
                     report.findings += [
@@ -132,14 +154,33 @@ def _check_histories_and_rows(db: Database, decode: Any, report: VerifyReport) -
         while row is not None:
             _row_without_events(report, row[0])
             row = next(rows, (None, None))[1]
+    report.findings += [_quarantine_finding(q) for q in set_aside.values()]
 
 
-def _replayed(report: VerifyReport, transfer_id: str, events: list[Any]) -> tuple[Any, ...] | None:
-    """Check 1 for one history, and the row it leads to (None: it cannot be
-    replayed, which is a finding of its own)."""
+def _quarantine_finding(aside: Quarantined) -> dict[str, Any]:
+    return Finding(
+        str(aside.transfer_id),
+        "projection",
+        f"set aside by the projection at v{aside.version} (position {aside.position})"
+        f" since {_shown(aside.quarantined_at)}: {aside.problem}",
+    ).as_json()
+
+
+def _check_history(report: VerifyReport, transfer_id: str, events: list[Any]) -> None:
+    """Check 1 for one history."""
     try:
         for finding in check_history(events):
             report.findings.append(finding.as_json())
+    except Exception as error:  # an event whose fields were edited away
+        report.findings.append(
+            Finding(transfer_id, "history", f"cannot be checked: {type(error).__name__}").as_json()
+        )
+
+
+def _replayed(report: VerifyReport, transfer_id: str, events: list[Any]) -> tuple[Any, ...] | None:
+    """The row `events` lead to (None: they cannot be replayed, which is a
+    finding of its own)."""
+    try:
         return compared_values(replay_history(events, strict=False))
     except Exception as error:  # an event whose fields were edited away
         report.findings.append(
@@ -172,18 +213,17 @@ def _table_rows(db: Database) -> Generator[tuple[int | None, tuple[Any, ...]], N
 
 
 def _histories(
-    db: Database, decode: Any, report: VerifyReport, upto: int | None
-) -> Generator[tuple[str, list[Any]], None, None]:
-    """(canonical transfer id, its decoded events in version order), by id.
-    An event that cannot be decoded (an edited event's bytes) is a finding,
-    not a crash, and its history goes on without it."""
+    db: Database, decode: Any, report: VerifyReport
+) -> Generator[tuple[str, list[Any], list[int]], None, None]:
+    """(canonical transfer id, its decoded events in version order, their
+    positions), by id. An event that cannot be decoded (an edited event's
+    bytes) is a finding, not a crash, and its history goes on without it."""
     position = db.notification_id_column
-    where = "" if upto is None else f" WHERE {position} <= ?"
     stored = db.stream_rows(
         f"SELECT {position}, {db.uuid_as_text('originator_id', 'transfer_id')},"
-        f" originator_version, topic, state FROM {db.events_table}{where}"
+        f" originator_version, topic, state FROM {db.events_table}"
         " ORDER BY originator_id, originator_version",
-        () if upto is None else (upto,),
+        (),
         index_order=True,
     )
     decoder = HistoryDecoder(decode)
@@ -191,14 +231,16 @@ def _histories(
     canonical = db.dialect != "postgresql"
     current = ""
     events: list[Any] = []
+    positions: list[int] = []
     for at, stored_id, version, topic, state in stored:
         transfer_id = str(UUID(stored_id)) if canonical else stored_id
         if transfer_id != current:
             if events:
-                yield current, events
-            current, events = transfer_id, []
+                yield current, events, positions
+            current, events, positions = transfer_id, [], []
         try:
             events.append(decoder(transfer_id, version, topic, state))
+            positions.append(int(at))
         except Exception as error:
             report.findings.append(
                 Finding(
@@ -208,7 +250,7 @@ def _histories(
                 ).as_json()
             )
     if events:
-        yield current, events
+        yield current, events, positions
 
 
 def check_history(events: Sequence[Any]) -> Iterator[Finding]:

@@ -31,7 +31,6 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
-from ledger.audit.chain import seal
 from ledger.errors import first_line
 from ledger.logs import Problems, log_context
 from ledger.processing.effects import (
@@ -150,15 +149,14 @@ class Daemon:
                 was_busy = self._busy()
                 # Each step on its own: the process managers decide on the
                 # aggregate, not the read table, so a stale table only delays
-                # new work, and an event the projection cannot apply stops
-                # neither the sealing nor the rest.
+                # new work. Every append writes its rows and chain links
+                # itself; the projection here is the safety net for events
+                # written otherwise, and quarantines what it cannot apply.
                 with self.problems.step("heartbeat"):
                     if self.heartbeat is not None:
                         self.heartbeat.beat()
                 with self.problems.step("projection"):
                     self.observer.events_projected(self.ledger.ensure_current())
-                with self.problems.step("sealing"):
-                    seal(self.ledger.db)  # the audit chain: see ledger/audit/chain.py
                 handed_out = 0
                 with self.problems.step("dispatch"):
                     handed_out = self._dispatch()

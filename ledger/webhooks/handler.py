@@ -313,18 +313,7 @@ def _record_reversals(
         # than it has left): a person must look, as for the matrix's refusals.
         # (ConcurrentUpdate goes up: a 500, and Stripe delivers it again later.)
         return delivered(Outcome.REFUSED, str(refusal), transfer_id)
-    # The read table is current when the answer goes back, as after any command.
-    try:
-        ledger.catch_up()
-    except Exception as error:
-        # The events and the delivery's row are committed: the answer is
-        # "recorded", and the next projector (any command, the daemon) catches up.
-        log.warning(
-            "delivery %s: recorded, but the read table is not up to date yet: %s: %s",
-            event_id,
-            type(error).__name__,
-            error,
-        )
+    # The read table is current: the append wrote the rows with the events.
     return delivery
 
 
@@ -349,7 +338,6 @@ def _find_transfer(
     if named is not None:
         # Whether the ledger has it is found when the change loads it.
         return named
-    ledger.ensure_current()
     # Transfers imported from the old table carry whatever transfer_group the
     # old system gave them: the read table knows them by their Stripe id.
     recording = find_by_stripe_transfer_ids(ledger.db, [stripe_transfer_id])

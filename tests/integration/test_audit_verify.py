@@ -18,7 +18,7 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from ledger.audit.chain import check_chain, stream_links, verify_chain
+from ledger.audit.chain import UNLINKED, check_chain, seal, stream_links, verify_chain
 from ledger.audit.verify import verify as verify_ledger
 from ledger.bootstrap import Ledger
 from ledger.cli import run
@@ -246,8 +246,9 @@ def test_a_rewritten_chain_no_longer_holds_the_recorded_head(
             q(ledger_url, f"UPDATE {table} SET state = ? WHERE {position} = ?"),
             (bytes(state).replace(b"payout-manager", b"payout-mangler"), at),
         )
-        conn.execute("DELETE FROM event_chain")  # and the chain made again over the edit
-    head(capsys, ledger_url)
+        conn.execute("DELETE FROM event_chain")
+    with Ledger.open(ledger_url) as ledger:
+        seal(ledger.db)  # and the chain made again over the edit
     assert verify(capsys, ledger_url)[0] == 0  # consistent with itself...
     code, report = verify(capsys, ledger_url, "--head", recorded)
     assert code == 1  # ...but not with what the operator wrote down
@@ -310,7 +311,7 @@ def test_the_database_checks_the_chain_as_verify_chain_does(
         # An event whose link is gone inside the chain reads as one inserted there.
         conn.execute("DELETE FROM event_chain WHERE position = %s", (at_unlinked,))
     with Ledger.open(url) as ledger:
-        ledger.create_transfer(  # after the last seal: not sealed yet
+        ledger.create_transfer(  # linked in its own append
             seller_account_id="acct_1A", order_ref="o-4", amount=400, currency="usd"
         )
         db = ledger.db
@@ -322,22 +323,25 @@ def test_the_database_checks_the_chain_as_verify_chain_does(
             assert in_sql == in_python
     assert [(f.transfer_id, f.problem.split(":")[0]) for f in in_sql.findings] == [
         (edited, "event edited or moved"),
-        (deleted, "event inserted"),
+        (deleted, "event without a link"),
         (deleted, "event deleted"),
     ]
-    assert (in_sql.sealed, in_sql.unsealed) == (4, 1)
+    assert (in_sql.sealed, in_sql.unsealed) == (5, 1)
 
 
 def test_the_table_is_compared_at_its_own_position(ledger_url: str) -> None:
-    """An event appended but not projected yet (a writer between its commit and
-    its catch-up) is not a difference: the table is compared with the events
-    up to the position it has reached, and the rest waits for the next run."""
+    """An event appended without its row (by another writer) and not projected
+    yet is not a difference: the table is compared with the events up to the
+    position it has reached, and the rest waits for the next run. It is
+    checked against the matrix all the same."""
     victim = UUID(transfer_of_order(ledger_url, "o-1"))
     with Ledger.open(ledger_url) as ledger:
-        ledger.transfers.set_status(victim, "completed", actor="alice", reason="paid by hand")
+        transfer = ledger.transfers.get(victim)
+        transfer.set_status_by_admin("completed", actor="alice", reason="paid by hand")
+        ledger.transfers.events.put(transfer.collect_events())
         report = verify_ledger(ledger.db, ledger.transfers.mapper.to_domain_event)
     assert report.ok, report.findings
-    assert (report.transfers, report.events) == (3, 6)
+    assert (report.transfers, report.events, report.unprojected) == (3, 7, 1)
 
 
 def test_an_event_whose_fields_were_edited_away_is_a_finding(
@@ -379,3 +383,106 @@ def test_verify_memory_stays_flat_as_the_log_grows(migrated_postgres_url: str) -
     large = peak_memory_verifying(migrated_postgres_url)
     # Eight times the transfers; one history and one row at a time.
     assert large < small * 1.5 + 256 * 1024, (small, large)
+
+
+# ----- tampering right after a command: no daemon ran, no head was recorded ----------
+
+
+def test_an_event_inserted_by_hand_is_found_with_its_transfer(
+    ledger_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Red-team (issue 16): an event added past the ledger used to pass as
+    "not sealed yet", and the next seal wrote it into the chain for good."""
+    victim = transfer_of_order(ledger_url, "o-1")
+    table, _ = events_table(ledger_url)
+    key: Any = UUID(victim).hex if ledger_url.startswith("sqlite") else UUID(victim)
+    with dba(ledger_url) as conn:
+        (state, topic) = conn.execute(
+            q(ledger_url, f"SELECT state, topic FROM {table} WHERE originator_id = ?"), (key,)
+        ).fetchone()
+        conn.execute(
+            q(
+                ledger_url,
+                f"INSERT INTO {table} (originator_id, originator_version, topic, state)"
+                " VALUES (?, 2, ?, ?)",
+            ),
+            (key, topic, state),
+        )
+    code, report = verify(capsys, ledger_url)
+    assert code == 1
+    assert any("event without a link" in p for p in problems_of(report, victim)), report
+    # A command afterwards links only its own events: the hand-made one stays a finding.
+    with Ledger.open(ledger_url) as ledger:
+        ledger.create_transfer(
+            seller_account_id="acct_1A", order_ref="o-after", amount=5, currency="usd"
+        )
+    after = verify(capsys, ledger_url)[1]
+    assert any("event without a link" in p for p in problems_of(after, victim))
+
+
+@pytest.mark.parametrize("with_head", [False, True])
+def test_a_link_deleted_from_the_middle_names_its_event_not_the_next_one(
+    ledger_url: str, capsys: pytest.CaptureFixture[str], with_head: bool
+) -> None:
+    recorded = head(capsys, ledger_url)
+    victim, neighbour = transfer_of_order(ledger_url, "o-2"), transfer_of_order(ledger_url, "o-3")
+    at = position_of(ledger_url, victim, 2)
+    with dba(ledger_url) as conn:
+        conn.execute(q(ledger_url, "DELETE FROM event_chain WHERE position = ?"), (at,))
+    code, report = verify(capsys, ledger_url, *(["--head", recorded] if with_head else []))
+    assert code == 1
+    assert any("event without a link" in p for p in problems_of(report, victim)), report
+    assert problems_of(report, neighbour) == [], report
+    gaps = [f for f in report["findings"] if f["transfer_id"] is None and "missing" in f["problem"]]
+    assert len(gaps) == 1 and f"between positions {at - 1} and {at + 1}" in gaps[0]["problem"]
+
+
+@pytest.mark.parametrize("with_head", [False, True])
+def test_a_truncated_chain_leaves_every_event_named_without_its_link(
+    ledger_url: str, capsys: pytest.CaptureFixture[str], with_head: bool
+) -> None:
+    recorded = head(capsys, ledger_url)
+    with dba(ledger_url) as conn:
+        conn.execute("DELETE FROM event_chain")
+    code, report = verify(capsys, ledger_url, *(["--head", recorded] if with_head else []))
+    assert code == 1
+    for order, events in (("o-1", 1), ("o-2", 2), ("o-3", 3)):
+        problems = problems_of(report, transfer_of_order(ledger_url, order))
+        assert problems.count("chain: " + UNLINKED) == events, report
+    assert report["sealed"] == 0 and report["unsealed"] == 6
+    if with_head:
+        assert any("recorded head" in f["problem"] for f in report["findings"]), report
+
+
+def test_a_chain_cut_short_names_the_events_after_the_cut(
+    ledger_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = transfer_of_order(ledger_url, "o-3")
+    cut = position_of(ledger_url, last, 2)
+    with dba(ledger_url) as conn:
+        conn.execute(q(ledger_url, "DELETE FROM event_chain WHERE position >= ?"), (cut,))
+    code, report = verify(capsys, ledger_url)
+    assert code == 1
+    assert problems_of(report, last).count("chain: " + UNLINKED) == 2, report
+    for order in ("o-1", "o-2"):
+        assert problems_of(report, transfer_of_order(ledger_url, order)) == [], report
+
+
+def test_an_event_deleted_with_its_link_names_the_deleted_transfer_not_its_neighbour(
+    ledger_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim, before = transfer_of_order(ledger_url, "o-3"), transfer_of_order(ledger_url, "o-2")
+    table, position = events_table(ledger_url)
+    at = position_of(ledger_url, victim, 2)
+    with dba(ledger_url) as conn:
+        conn.execute(q(ledger_url, f"DELETE FROM {table} WHERE {position} = ?"), (at,))
+        conn.execute(q(ledger_url, "DELETE FROM event_chain WHERE position = ?"), (at,))
+    code, report = verify(capsys, ledger_url)
+    assert code == 1
+    assert any("not contiguous" in p for p in problems_of(report, victim)), report
+    assert problems_of(report, before) == [], report
+    assert not any("edited or moved" in f["problem"] for f in report["findings"]), report
+    assert any(
+        f["transfer_id"] is None and "link 5 of the chain missing" in f["problem"]
+        for f in report["findings"]
+    ), report

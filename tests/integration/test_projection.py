@@ -1,5 +1,6 @@
-"""The seller_transfers projection: exactly in step with the events, once each,
-never backwards, all-or-nothing per batch, on SQLite and PostgreSQL."""
+"""The seller_transfers projection: written with every append, exactly in step
+with the events, once each, never backwards; the catch-up all-or-nothing per
+batch, and a transfer it cannot apply set aside; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
+import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
 from ledger.bootstrap import Ledger
 from ledger.domain import STATE_FIELDS, Transfer
 from projections.seller_transfers import (
-    ProjectionError,
     SellerTransfersProjection,
     list_transfers,
+    quarantined,
 )
 from tests.paying import pay_out
 
@@ -86,42 +88,87 @@ def test_replaying_the_whole_log_again_changes_no_row(ledger: Ledger) -> None:
     assert table(ledger) == before
 
 
-def test_a_batch_that_fails_midway_writes_neither_rows_nor_position(ledger: Ledger) -> None:
+def append_without_rows(ledger: Ledger, *transfers: Transfer) -> None:
+    """Append these transfers' events the way a writer that does not write
+    their rows leaves them (an older version of the ledger, another writer):
+    bare events, linked into the chain but not projected."""
+    ledger.transfers.events.put([e for t in transfers for e in t.collect_events()])
+
+
+def new_transfer(order: str, amount: int = 5) -> Transfer:
+    return Transfer.create(
+        seller_account_id="acct_9", order_ref=order, amount=amount, currency="usd", actor="t"
+    )
+
+
+def test_a_batch_that_fails_midway_writes_neither_rows_nor_position(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure that is not the events' own (the connection, a lock timeout)
+    leaves the batch as if never tried: it is tried again whole."""
     make_history(ledger, count=2)
     position = ledger.projection.position()
     rows_before = table(ledger)
-    # Four more events, not yet projected: save without the Ledger's catch-up.
-    for i in range(4):
-        ledger.transfers.save(
-            Transfer.create(
-                seller_account_id="acct_9",
-                order_ref=f"late-{i}",
-                amount=5,
-                currency="usd",
-                actor="system:test",
-            )
-        )
+    append_without_rows(ledger, *(new_transfer(f"late-{i}") for i in range(4)))
+    broken = SellerTransfersProjection(ledger.db, ledger.transfers.mapper.to_domain_event)
 
-    decoded = 0
+    def lose_the_connection(*_: object) -> None:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
 
-    def decode_then_fail(stored: StoredEvent) -> Any:
-        nonlocal decoded
-        decoded += 1
-        if decoded == 3:
-            raise RuntimeError("disk on fire")
-        return ledger.transfers.mapper.to_domain_event(stored)
-
-    broken = SellerTransfersProjection(ledger.db, decode_then_fail)
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    monkeypatch.setattr(broken, "_apply", lose_the_connection)
+    with pytest.raises(Exception, match="server closed the connection"):
         broken.catch_up()
     assert ledger.projection.position() == position
     assert table(ledger) == rows_before
+    assert quarantined(ledger.db) == []
     # The healthy projection then applies all four, once.
     assert ledger.catch_up() == 4
     assert len(table(ledger)) == len(rows_before) + 4
 
 
-def test_an_event_for_a_transfer_without_a_row_is_an_error_not_a_silent_skip(
+def test_an_event_that_cannot_be_read_sets_its_transfer_aside_and_the_rest_goes_on(
+    ledger: Ledger,
+) -> None:
+    """Red-team F2: one event the projection cannot apply wedged the read side
+    for good. Now that transfer is quarantined, reported, and passed over."""
+    make_history(ledger, count=2)
+    late = [new_transfer(f"late-{i}") for i in range(4)]
+    append_without_rows(ledger, *late)
+    decode = ledger.transfers.mapper.to_domain_event
+
+    def decode_but_not_the_third(stored: StoredEvent) -> Any:
+        if stored.originator_id == late[2].id:
+            raise ValueError("garbled bytes")
+        return decode(stored)
+
+    assert SellerTransfersProjection(ledger.db, decode_but_not_the_third).catch_up() == 4
+    assert ledger.projection.position() == max_notification_id(ledger)
+    assert set(table(ledger)) >= {late[0].id, late[1].id, late[3].id}
+    assert late[2].id not in table(ledger)
+    [aside] = quarantined(ledger.db)
+    assert (aside.transfer_id, aside.version) == (late[2].id, 1)
+    assert "cannot be read: ValueError" in aside.problem
+
+
+def test_a_row_the_database_cannot_store_sets_its_transfer_aside(ledger: Ledger) -> None:
+    poisoned = new_transfer("poisoned")
+    [created] = poisoned.collect_events()
+    object.__setattr__(created, "order_ref", "order\x00with a NUL")  # written past the validators
+    ledger.transfers.events.put([created])
+    healthy = new_transfer("healthy")
+    append_without_rows(ledger, healthy)
+
+    assert ledger.catch_up() == 2
+
+    assert list(table(ledger)) == [healthy.id]
+    [aside] = quarantined(ledger.db)
+    assert aside.transfer_id == poisoned.id and "cannot be stored" in aside.problem
+    # Every command and read still works.
+    ledger.create_transfer(seller_account_id="acct_1", order_ref="after", amount=1, currency="usd")
+    assert len(ledger.list()) == 2
+
+
+def test_an_event_for_a_transfer_without_a_row_is_quarantined_not_silently_skipped(
     ledger: Ledger,
 ) -> None:
     transfer_id, _ = ledger.create_transfer(
@@ -129,9 +176,14 @@ def test_an_event_for_a_transfer_without_a_row_is_an_error_not_a_silent_skip(
     )
     with ledger.db.transaction(write=True) as cursor:
         cursor.execute("DELETE FROM seller_transfers")
-    ledger.transfers.set_status(transfer_id, "failed", actor="alice", reason="bounced")
-    with pytest.raises(ProjectionError, match="has no row"):
-        ledger.catch_up()
+    transfer = ledger.transfers.get(transfer_id)
+    transfer.set_status_by_admin("failed", actor="alice", reason="bounced")
+    append_without_rows(ledger, transfer)
+
+    assert ledger.catch_up() == 1
+
+    [aside] = quarantined(ledger.db)
+    assert aside.transfer_id == transfer_id and "has no row" in aside.problem
 
 
 def test_concurrent_projectors_apply_each_event_exactly_once(migrated_url: str) -> None:
@@ -147,7 +199,7 @@ def test_concurrent_projectors_apply_each_event_exactly_once(migrated_url: str) 
             )
             transfer.set_status_by_admin("failed", actor="alice", reason="bounced")
             transfer.set_status_by_admin("completed", actor="alice", reason="paid by hand")
-            writer.transfers.save(transfer)
+            append_without_rows(writer, transfer)
             ids.append(transfer.id)
         expected_position = max_notification_id(writer)
 
@@ -179,59 +231,39 @@ def test_concurrent_projectors_apply_each_event_exactly_once(migrated_url: str) 
     assert {row["version"] for row in rows.values()} == {3}
 
 
-def test_events_recorded_here_are_projected_from_memory_only_when_nothing_came_between(
+def test_an_append_writes_its_rows_and_moves_the_position_in_its_own_transaction(
     ledger: Ledger,
 ) -> None:
     ledger.create_transfer(seller_account_id="acct_1", order_ref="o-1", amount=10, currency="usd")
-    # Someone else's event, not yet projected...
-    ledger.transfers.save(
-        Transfer.create(
-            seller_account_id="acct_2",
-            order_ref="o-2",
-            amount=20,
-            currency="usd",
-            actor="system:test",
-        )
+    assert ledger.projection.position() == max_notification_id(ledger)
+    # Someone else's event, written without its row...
+    someone_elses = new_transfer("o-2", amount=20)
+    append_without_rows(ledger, someone_elses)
+    # ...so an append after it writes its own row, but leaves the position
+    # where it is: the event before it is not projected yet.
+    before = ledger.projection.position()
+    mine, _ = ledger.create_transfer(
+        seller_account_id="acct_3", order_ref="o-3", amount=30, currency="usd"
     )
-    mine = Transfer.create(
-        seller_account_id="acct_3",
-        order_ref="o-3",
-        amount=30,
-        currency="usd",
-        actor="system:test",
-    )
-    recordings = ledger.transfers.save(mine)
-    recorded = [(r.notification.id, r.domain_event) for r in recordings]
-    # ...so projecting mine from memory would skip it: refused, nothing written.
-    assert ledger.projection.process_recorded(recorded) is False
-    assert len(table(ledger)) == 1
+    assert ledger.show(mine).amount == 30
+    assert ledger.projection.position() == before
+    # The catch-up projects the other one, and passes over mine (version guard).
     assert ledger.catch_up() == 2
-    # Now mine are next in line: projected from memory.
-    again = Transfer.create(
-        seller_account_id="acct_4",
-        order_ref="o-4",
-        amount=40,
-        currency="usd",
-        actor="system:test",
-    )
-    recordings = ledger.transfers.save(again)
-    assert ledger.projection.process_recorded(
-        [(r.notification.id, r.domain_event) for r in recordings]
+    assert ledger.show(someone_elses.id).amount == 20
+    assert ledger.projection.position() == max_notification_id(ledger)
+    # Now nothing lags: the next append moves the position itself.
+    again, _ = ledger.create_transfer(
+        seller_account_id="acct_4", order_ref="o-4", amount=40, currency="usd"
     )
     assert ledger.projection.position() == max_notification_id(ledger)
-    assert ledger.show(again.id).amount == 40
+    assert ledger.show(again).amount == 40
 
 
-def test_reads_first_project_what_an_interrupted_writer_left_behind(ledger: Ledger) -> None:
-    # Appended, but the writer died before projecting it.
-    ledger.transfers.save(
-        Transfer.create(
-            seller_account_id="acct_5",
-            order_ref="o-5",
-            amount=50,
-            currency="usd",
-            actor="system:test",
-        )
-    )
+def test_reads_never_write_and_the_catch_up_projects_what_another_writer_left(
+    ledger: Ledger,
+) -> None:
+    append_without_rows(ledger, new_transfer("o-5", amount=50))
+    assert ledger.list() == []
+    assert ledger.ensure_current() == 1
     assert [view.order_ref for view in ledger.list()] == ["o-5"]
     assert ledger.projection.position() == max_notification_id(ledger)

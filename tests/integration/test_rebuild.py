@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import sqlite3
 import subprocess
 import threading
@@ -19,6 +20,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from ledger.application import ImportRecord
+from ledger.audit import rebuild as rebuild_module
 from ledger.audit.rebuild import rebuild
 from ledger.audit.verify import verify
 from ledger.bootstrap import Ledger
@@ -27,8 +29,8 @@ from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
 from projections.seller_transfers import (
     HistoryDecoder,
-    ProjectionError,
     compared_values,
+    quarantined,
     replay_history,
 )
 from tests.e2e.support import LEDGER_SCRIPT
@@ -378,26 +380,32 @@ def test_a_rebuild_shared_between_worker_processes_loses_nothing_written_meanwhi
 
 
 def test_a_worker_that_fails_fails_the_rebuild_and_leaves_the_live_table(
-    migrated_postgres_url: str,
+    migrated_postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger_with_transfers(migrated_postgres_url, 30)
     with psycopg.connect(migrated_postgres_url) as conn:
         before = conn.execute("SELECT * FROM seller_transfers ORDER BY id").fetchall()
+    last_range = UUID("ffffffff-0000-4000-8000-000000000000")
+    real_copy_values = rebuild_module.copy_values  # type: ignore[attr-defined]
+
+    def fail_in_the_last_range(row: Any) -> list[Any]:
+        # A failure that is nobody's history's fault (the worker's memory, its
+        # connection), in the last worker's range of ids (inherited by the fork).
+        if UUID(str(row.id)) >= last_range:
+            raise RuntimeError("the worker ran out of memory")
+        return real_copy_values(row)
+
+    monkeypatch.setattr(rebuild_module, "copy_values", fail_in_the_last_range)
     with Ledger.open(migrated_postgres_url) as ledger:
-        # A history that starts with a status change, in the last worker's range
-        # of ids: the live projection refuses it, and so must that worker.
-        orphan = Transfer.StatusSetByAdmin(  # type: ignore[call-arg]
-            originator_id=UUID("ffffffff-0000-4000-8000-000000000000"),
-            originator_version=1,
-            timestamp=datetime.now(UTC),
-            from_status="pending",
-            to_status="completed",
-            actor="mallory",
-            reason="no transfer to change",
-            caused_by=None,
+        # A transfer in the last worker's range of ids (written as bare events,
+        # so the live table stays as it was).
+        transfer = Transfer.create(
+            seller_account_id="acct_1A", order_ref="x", amount=1, currency="usd", actor="t"
         )
-        ledger.transfers.events.put([orphan])
-        with pytest.raises(ProjectionError, match="has no row to apply to"):
+        [created] = transfer.collect_events()
+        object.__setattr__(created, "originator_id", UUID("ffffffff-0000-4000-8000-000000000001"))
+        ledger.transfers.events.put([created])
+        with pytest.raises(RuntimeError, match="ran out of memory"):
             rebuild(
                 ledger.db,
                 ledger.transfers.mapper.to_domain_event,
@@ -408,6 +416,38 @@ def test_a_worker_that_fails_fails_the_rebuild_and_leaves_the_live_table(
         assert conn.execute("SELECT * FROM seller_transfers ORDER BY id").fetchall() == before
         # The next run starts over from a fresh table.
         assert conn.execute("SELECT to_regclass('seller_transfers_rebuild')").fetchone() != (None,)
+
+
+def test_a_rebuild_sets_aside_a_history_it_cannot_apply_and_switches_over(
+    migrated_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Red-team F2: one event the projection cannot apply failed every rebuild.
+    Now that transfer is set aside, the rebuild switches, and verify says so."""
+    ids = ledger_with_transfers(migrated_url, 12)
+    orphan_id = UUID("ffffffff-0000-4000-8000-000000000000")
+    with Ledger.open(migrated_url) as ledger:
+        # A history that starts with a status change: no row to apply it to.
+        orphan = Transfer.StatusSetByAdmin(  # type: ignore[call-arg]
+            originator_id=orphan_id,
+            originator_version=1,
+            timestamp=datetime.now(UTC),
+            from_status="pending",
+            to_status="completed",
+            actor="mallory",
+            reason="no transfer to change",
+            caused_by=None,
+        )
+        ledger.transfers.events.put([orphan])
+        ledger.catch_up()
+    assert cli(capsys, "rebuild", "--database-url", migrated_url)[0] == 0
+    assert sorted(UUID(r["id"]) for r in table_rows(migrated_url)) == sorted(ids)
+    with Ledger.open(migrated_url) as ledger:
+        [aside] = quarantined(ledger.db)
+    assert aside.transfer_id == orphan_id and "has no row to apply to" in aside.problem
+    code, report, _ = cli(capsys, "audit", "verify", "--json", "--database-url", migrated_url)
+    assert code == 1
+    findings = json.loads(report)["findings"]
+    assert [f["transfer_id"] for f in findings if f["check"] == "projection"] == [str(orphan_id)]
 
 
 def test_the_bulk_decoder_reads_states_as_the_mapper_does_and_leaves_it_the_rest(

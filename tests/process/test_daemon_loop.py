@@ -75,20 +75,20 @@ def test_concurrency_n_keeps_exactly_n_stripe_calls_in_flight(migrated_url: str)
 def test_a_step_that_keeps_failing_is_one_log_line_not_a_traceback_every_turn(
     migrated_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Red-team item 13: while sealing (or projecting, or the database) keeps
-    failing, the daemon logs the problem once, and once more when it is
-    over; every turn meanwhile adds nothing at error level, and no traceback."""
+    """Red-team item 13: while projecting (or the database) keeps failing, the
+    daemon logs the problem once, and once more when it is over; every turn
+    meanwhile adds nothing at error level, and no traceback."""
     turns = 0
     broken = True
 
-    def seal(_: object) -> int:
+    def ensure_current(_: object) -> int:
         nonlocal turns
         turns += 1
         if broken:
-            raise RuntimeError("the chain cannot be sealed\nsecond line of detail")
+            raise RuntimeError("the projection cannot catch up\nsecond line of detail")
         return 0
 
-    monkeypatch.setattr("ledger.processing.daemon.seal", seal)
+    monkeypatch.setattr("ledger.bootstrap.Ledger.ensure_current", ensure_current)
     with running_simulator() as server:
         world = new_world(migrated_url, server)
         stop = threading.Event()
@@ -103,7 +103,7 @@ def test_a_step_that_keeps_failing_is_one_log_line_not_a_traceback_every_turn(
             runner = threading.Thread(target=daemon.run)
             runner.start()
             try:
-                wait_for(lambda: turns >= 20, what="twenty turns with sealing failing")
+                wait_for(lambda: turns >= 20, what="twenty turns with the projection failing")
                 paid = world.create("order-meanwhile")
                 wait_for(lambda: world.show(paid).status == "completed", what="work going on")
                 broken = False
@@ -113,6 +113,6 @@ def test_a_step_that_keeps_failing_is_one_log_line_not_a_traceback_every_turn(
                 runner.join(timeout=30)
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert [r.getMessage() for r in errors] == [
-        "sealing failed: RuntimeError: the chain cannot be sealed"
+        "projection failed: RuntimeError: the projection cannot catch up"
     ]
     assert all(r.exc_info is None for r in caplog.records if r.levelno >= 20)
