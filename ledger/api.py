@@ -21,6 +21,7 @@ re-exported here; the CLI maps each to its exit code:
     InvalidInput (and IdempotencyConflict)  2   malformed value, reused key
     TransitionRefused                       3   the matrix said no; nothing appended
     TransferNotFound                        4   well-formed id, no such transfer
+    DatabaseError (DatabaseUnavailable)     1   the database failed or cannot be reached
     LedgerError (NotMigrated, ...)          1   anything else the ledger raises
 
 One `TransferLedger` may be shared by the threads of a process (`pool_size`
@@ -29,10 +30,11 @@ connections on PostgreSQL); open it once at start-up, not per request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, TypeVar
 from uuid import UUID
 
 from ledger import values
@@ -41,6 +43,7 @@ from ledger.audit.history import Audit, audit
 from ledger.bootstrap import ImportResult, Ledger
 from ledger.config import database_url
 from ledger.errors import (
+    DatabaseError,
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidInput,
@@ -49,6 +52,7 @@ from ledger.errors import (
     TransferNotFound,
     TransitionRefused,
 )
+from ledger.storage import DATABASE_FAILURES, as_ledger_error, connection_lost
 from projections.seller_transfers import TransferView
 
 if TYPE_CHECKING:
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "API_ACTOR",
     "Audit",
+    "DatabaseError",
     "DatabaseUnavailable",
     "IdempotencyConflict",
     "InvalidInput",
@@ -84,6 +89,42 @@ class ReversalRequest:
     transfer: TransferView
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _ledger_errors(
+    *, safe_to_repeat: bool
+) -> Callable[
+    [Callable[Concatenate[TransferLedger, P], R]], Callable[Concatenate[TransferLedger, P], R]
+]:
+    """Only the ledger's own errors leave the API: a database's failure is a
+    DatabaseError (DatabaseUnavailable when the connection was lost), never
+    the driver's or the library's exception. A call that is `safe_to_repeat`
+    (a read, or a command whose idempotency key makes a second run append
+    nothing) is made once more after a lost connection (a server restart
+    between the pool's check and the statement); set_status is not."""
+
+    def decorate(
+        method: Callable[Concatenate[TransferLedger, P], R],
+    ) -> Callable[Concatenate[TransferLedger, P], R]:
+        @functools.wraps(method)
+        def wrapper(self: TransferLedger, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(self, *args, **kwargs)
+            except DATABASE_FAILURES as error:
+                if not (safe_to_repeat and connection_lost(error)):
+                    raise as_ledger_error(error) from error
+            try:
+                return method(self, *args, **kwargs)
+            except DATABASE_FAILURES as error:
+                raise as_ledger_error(error) from error
+
+        return wrapper
+
+    return decorate
+
+
 class TransferLedger:
     """Seller transfers for one database. Use `open_ledger(url)`."""
 
@@ -107,6 +148,7 @@ class TransferLedger:
 
     # ----- changes --------------------------------------------------------------
 
+    @_ledger_errors(safe_to_repeat=True)
     def create_transfer(
         self,
         *,
@@ -129,6 +171,7 @@ class TransferLedger:
         )
         return self._core.show(transfer_id)
 
+    @_ledger_errors(safe_to_repeat=True)
     def request_reversal(
         self,
         transfer_id: UUID | str,
@@ -152,6 +195,7 @@ class TransferLedger:
         )
         return ReversalRequest(recorded=recorded, transfer=self._core.show(transfer_id))
 
+    @_ledger_errors(safe_to_repeat=False)
     def set_status(
         self, transfer_id: UUID | str, status: str, *, actor: str, reason: str
     ) -> TransferView:
@@ -166,6 +210,7 @@ class TransferLedger:
         )
         return self._core.show(transfer_id)
 
+    @_ledger_errors(safe_to_repeat=True)
     def import_transfers(
         self, records: Sequence[ImportRecord], *, actor: str = API_ACTOR
     ) -> ImportResult:
@@ -196,14 +241,17 @@ class TransferLedger:
 
     # ----- reads ----------------------------------------------------------------
 
+    @_ledger_errors(safe_to_repeat=True)
     def get(self, transfer_id: UUID | str) -> TransferView:
         """The transfer's current state (its `seller_transfers` row)."""
         return self._core.show(values.transfer_id(transfer_id))
 
+    @_ledger_errors(safe_to_repeat=True)
     def list_transfers(self, status: str | None = None) -> list[TransferView]:
         """Rows of the read table, all or those in one status."""
         return self._core.list(values.status(status) if status is not None else None)
 
+    @_ledger_errors(safe_to_repeat=True)
     def history(
         self,
         transfer_id: UUID | str,
@@ -229,4 +277,7 @@ def open_ledger(url: str | None = None, *, pool_size: int = 2) -> TransferLedger
     default LEDGER_DATABASE_URL, else `sqlite:///ledger.db`). The database must
     have been migrated (`ledger migrate`): NotMigrated otherwise."""
     url = url if url is not None else database_url()
-    return TransferLedger(Ledger.open(url, pool_size=pool_size))
+    try:
+        return TransferLedger(Ledger.open(url, pool_size=pool_size))
+    except DATABASE_FAILURES as error:
+        raise as_ledger_error(error) from error

@@ -137,9 +137,10 @@ class DatabaseConfig:
             "POSTGRES_CONNECT_TIMEOUT": "10",
             # Appends take an EXCLUSIVE table lock; wait for it rather than fail fast.
             "POSTGRES_LOCK_TIMEOUT": "30",
-            # A pooled connection is checked before it is lent, so that one a
-            # server restart closed is replaced instead of failing a command.
-            "POSTGRES_PRE_PING": "y",
+            # Connections lost to a server restart are found when used, and the
+            # pool is then checked at once (ledger.storage): checking every
+            # connection before it is lent would cost each command a round trip.
+            "POSTGRES_PRE_PING": "n",
             # The ledger runs its own statements inside an append's transaction;
             # the library's insert function would skip them.
             "POSTGRES_ENABLE_DB_FUNCTIONS": "n",

@@ -48,8 +48,14 @@ class TransferNotFound(LedgerError):
         super().__init__(f"transfer not found: {self.transfer_id}")
 
 
-class DatabaseUnavailable(LedgerError):
-    """The database cannot be reached or refuses the credentials."""
+class DatabaseError(LedgerError):
+    """The database failed a statement: its disk is full, a constraint, a
+    value it cannot store. The message is the database's, on one line."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached, refuses the credentials, or the
+    connection was lost."""
 
 
 class NotMigrated(LedgerError):

@@ -12,6 +12,7 @@ table's shape, how a writer takes its lock) are methods here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -23,14 +24,19 @@ from typing import Any, Final, Literal, Protocol, cast
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import (
+    InterfaceError,
+    OperationalError,
+    PersistenceError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from eventsourcing.utils import Environment, retry
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from ledger.errors import DatabaseUnavailable, first_line
+from ledger.errors import DatabaseError, DatabaseUnavailable, LedgerError, first_line
 
 Row = dict[str, Any]
 # A statement (with `?` placeholders) and its parameters.
@@ -108,6 +114,19 @@ DATA_ERRORS: Final = (
 )
 
 
+@contextmanager
+def pool_checked_on_connection_loss(datastore: PostgresDatastore) -> Iterator[None]:
+    """On a lost connection, have the pool check (and replace) every idle
+    connection before the error goes up: after a restart all of them are
+    dead, and each caller would otherwise meet one in turn."""
+    try:
+        yield
+    except (InterfaceError, OperationalError, psycopg.OperationalError, psycopg.InterfaceError):
+        with contextlib.suppress(Exception):
+            datastore.pool.check()
+        raise
+
+
 def is_version_conflict(error: BaseException) -> bool:
     """Is this IntegrityError from an append a conflict on the events' primary
     key (another writer saved the same aggregate version first), rather than
@@ -119,6 +138,28 @@ def is_version_conflict(error: BaseException) -> bool:
         ).endswith("_pkey")
     # sqlite3: "UNIQUE constraint failed: stored_events.originator_id, ..."
     return "originator_version" in str(cause or error)
+
+
+# Every failure a database (or the library over it) can raise.
+DATABASE_FAILURES: Final = (PersistenceError, psycopg.Error, sqlite3.Error)
+
+
+def as_ledger_error(error: BaseException) -> LedgerError:
+    """A database's failure as the ledger's own error, one line: a lost or
+    refused connection is DatabaseUnavailable, anything else DatabaseError."""
+    message = describe_database_error(error)
+    if connection_lost(error):
+        return DatabaseUnavailable(message)
+    return DatabaseError(message)
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Did this failure happen because the connection was lost or could not
+    be made (a server restart, a network blip), not because of a statement?"""
+    cause = error.__cause__ or error
+    return isinstance(error, InterfaceError | OperationalError | DatabaseUnavailable) or isinstance(
+        cause, psycopg.OperationalError | psycopg.InterfaceError
+    )
 
 
 def describe_database_error(error: BaseException) -> str:
@@ -209,11 +250,26 @@ class Database:
                     conn.rollback()
         else:
             with (
-                self._postgres.get_connection() as pg_conn,
+                self._postgres_connection() as pg_conn,
                 pg_conn.transaction(force_rollback=not write),
                 pg_conn.cursor() as cursor,
             ):
                 yield _PostgresCursor(cursor)
+
+    @contextmanager
+    def _postgres_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection. One that turns out lost (the server restarted,
+        a failover) has the pool check every connection it holds before the
+        error goes up, so that whoever tries again (the Python API once, the
+        daemon's next turn, Stripe's next delivery) gets a live one at once.
+        The pool does not check a connection each time it lends it: that
+        would cost a round trip on every command, and psycopg's pool waits
+        seconds between failed checks."""
+        with (
+            pool_checked_on_connection_loss(self._postgres),
+            self._postgres.get_connection() as conn,
+        ):
+            yield conn
 
     def stream_stored_events(
         self, *, order: Literal["transfer", "log"] = "transfer", batch_size: int = 2000
@@ -241,7 +297,7 @@ class Database:
                     conn.rollback()
             return
         with (
-            self._postgres.get_connection() as pg_conn,
+            self._postgres_connection() as pg_conn,
             pg_conn.transaction(force_rollback=True),
             pg_conn.cursor(name=f"ledger_stream_events_{order}") as cursor,
         ):
@@ -274,7 +330,7 @@ class Database:
             with self._sqlite.get_connection(commit=True) as conn:
                 yield _SQLiteCursor(conn.cursor().sqlite_cursor)
         else:
-            with self._postgres.get_connection() as pg_conn, pg_conn.cursor() as cursor:
+            with self._postgres_connection() as pg_conn, pg_conn.cursor() as cursor:
                 yield _PostgresCursor(cursor)
 
     @contextmanager
@@ -288,7 +344,7 @@ class Database:
         if self.dialect == "sqlite":
             yield
             return
-        with self._postgres.get_connection() as conn, conn.cursor() as cursor:
+        with self._postgres_connection() as conn, conn.cursor() as cursor:
             # Try, don't block: a session blocked in pg_advisory_lock() is inside a
             # statement, and CREATE INDEX CONCURRENTLY in the holder's migration
             # waits for every such statement to end: a deadlock nobody detects.
@@ -469,7 +525,7 @@ class Database:
 
     @contextmanager
     def _bulk_connection(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._postgres.get_connection() as pg_conn:
+        with self._postgres_connection() as pg_conn:
             yield pg_conn
 
     # ----- the event log ----------------------------------------------------
@@ -672,6 +728,7 @@ class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
         if not stored_events and not also_execute:
             return []
         with (
+            pool_checked_on_connection_loss(self.datastore),
             self.datastore.get_connection() as conn,
             conn.pipeline() as pipeline,
             conn.transaction(),

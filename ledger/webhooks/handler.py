@@ -45,6 +45,7 @@ from prometheus_client import Counter
 from ledger.bootstrap import Ledger
 from ledger.domain import Transfer
 from ledger.errors import InvalidInput, TransferNotFound, TransitionRefused
+from ledger.storage import connection_lost
 from ledger.stripe.listing import ledger_id_named
 from ledger.webhooks import deliveries
 from ledger.webhooks.deliveries import Delivery, Outcome
@@ -186,17 +187,15 @@ def handle_delivery(
     if not (isinstance(event_id, str) and event_id and isinstance(event_type, str)):
         return _refused(MALFORMED, "the event has no id or type", secrets)
     try:
-        previous = deliveries.previous(core.db, event_id)
-        if previous is not None and previous.outcome not in deliveries.RECONSIDERED:
-            return _answered(previous, DUPLICATE)
-        if event_type in REVERSAL_EVENT_TYPES:
-            delivery = _record_reversals(core, event_id, event_type, event, received_at)
-        else:
-            delivery = Delivery(event_id, event_type, Outcome.IGNORED, received_at)
-        if delivery.outcome != Outcome.RECORDED and not deliveries.save_alone(core.db, delivery):
-            # Another delivery of this event got there first.
-            return _answered(delivery, DUPLICATE)
-        return _answered(delivery, delivery.outcome)
+        try:
+            return _deal_with(core, event_id, event_type, event, received_at)
+        except Exception as error:
+            if not connection_lost(error):
+                raise
+            # The pool has been checked (a server restart): once more, on a
+            # live connection. Dealing with a delivery twice is safe: it is
+            # deduplicated by its event id, and recorded in one transaction.
+            return _deal_with(core, event_id, event_type, event, received_at)
     except Exception as error:
         # Not Stripe's doing (the database is down, a bug): nothing was saved,
         # so Stripe's redelivery will find it new.
@@ -209,6 +208,26 @@ def handle_delivery(
         )
         DELIVERIES.labels(_type_label(event_type), ERROR).inc()
         return WebhookResponse(500, _json({"error": "not dealt with; deliver again"}), ERROR)
+
+
+def _deal_with(
+    core: Ledger,
+    event_id: str,
+    event_type: str,
+    event: Mapping[str, Any],
+    received_at: datetime,
+) -> WebhookResponse:
+    previous = deliveries.previous(core.db, event_id)
+    if previous is not None and previous.outcome not in deliveries.RECONSIDERED:
+        return _answered(previous, DUPLICATE)
+    if event_type in REVERSAL_EVENT_TYPES:
+        delivery = _record_reversals(core, event_id, event_type, event, received_at)
+    else:
+        delivery = Delivery(event_id, event_type, Outcome.IGNORED, received_at)
+    if delivery.outcome != Outcome.RECORDED and not deliveries.save_alone(core.db, delivery):
+        # Another delivery of this event got there first.
+        return _answered(delivery, DUPLICATE)
+    return _answered(delivery, delivery.outcome)
 
 
 # ----- reversals made outside the ledger ----------------------------------------
