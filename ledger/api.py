@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, TypeVar
 from uuid import UUID
 
 from ledger import values
-from ledger.application import ImportRecord
 from ledger.audit.history import Audit, audit
-from ledger.bootstrap import ImportResult, Ledger
+from ledger.backend import Backend
+from ledger.bootstrap import open_backend
 from ledger.config import database_url
 from ledger.errors import (
     DatabaseError,
@@ -52,8 +51,10 @@ from ledger.errors import (
     TransferNotFound,
     TransitionRefused,
 )
+from ledger.importing import ImportRecord
+from ledger.service import ImportResult, ReversalRequest
 from ledger.storage import DATABASE_FAILURES, as_ledger_error, connection_lost
-from projections.seller_transfers import TransferView
+from ledger.views import TransferView
 
 if TYPE_CHECKING:
     from ledger.webhooks import WebhookResponse
@@ -77,16 +78,6 @@ __all__ = [
 
 # Who acted, when the caller does not say: the marketplace's own code.
 API_ACTOR: Final = "system:api"
-
-
-@dataclass(frozen=True)
-class ReversalRequest:
-    """The outcome of `request_reversal`: `recorded` is False when this
-    `request_ref` was already recorded (a retried refund handler), in which
-    case nothing was appended."""
-
-    recorded: bool
-    transfer: TransferView
 
 
 P = ParamSpec("P")
@@ -126,10 +117,12 @@ def _ledger_errors(
 
 
 class TransferLedger:
-    """Seller transfers for one database. Use `open_ledger(url)`."""
+    """Seller transfers for one database. Use `open_ledger(url)`. A thin face
+    over the application service (`ledger.service.LedgerService`), which the
+    CLI and the webhook handler use too: the same rules, the same errors."""
 
-    def __init__(self, core: Ledger) -> None:
-        self._core = core
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
 
     def __enter__(self) -> TransferLedger:
         return self
@@ -138,13 +131,16 @@ class TransferLedger:
         self.close()
 
     def close(self) -> None:
-        self._core.close()
+        self._backend.close()
 
     @property
-    def core(self) -> Ledger:
-        """The `ledger.bootstrap.Ledger` underneath: for the ledger's own
+    def backend(self) -> Backend:
+        """What the URL opened (`ledger.backend.Backend`): for the ledger's own
         modules (`ledger.webhooks.handle_delivery` takes either)."""
-        return self._core
+        return self._backend
+
+    # The name this had before the backend had one.
+    core = backend
 
     # ----- changes --------------------------------------------------------------
 
@@ -162,14 +158,9 @@ class TransferLedger:
         connected account). `order_ref` is the idempotency key: the same order
         again with the same values returns the same transfer and appends
         nothing; with other values it raises IdempotencyConflict."""
-        transfer_id, _created = self._core.create_transfer(
-            seller_account_id=values.seller_account_id(seller),
-            order_ref=values.order_ref(order_ref),
-            amount=values.amount(amount),
-            currency=values.currency(currency),
-            actor=values.actor(actor),
-        )
-        return self._core.show(transfer_id)
+        return self._backend.service.create_transfer(
+            seller=seller, amount=amount, currency=currency, order_ref=order_ref, actor=actor
+        ).transfer
 
     @_ledger_errors(safe_to_repeat=True)
     def request_reversal(
@@ -185,15 +176,9 @@ class TransferLedger:
         ReversalRequested for `amount` (default: all that is not reversed yet).
         `request_ref` (the refund's id) is the idempotency key. The daemon then
         asks Stripe for the reversal."""
-        transfer_id = values.transfer_id(transfer_id)
-        recorded = self._core.request_reversal(
-            transfer_id,
-            request_ref=values.request_ref(request_ref),
-            amount=values.amount(amount) if amount is not None else None,
-            reason=values.reason(reason),
-            actor=values.actor(actor),
+        return self._backend.service.request_reversal(
+            transfer_id, request_ref=request_ref, reason=reason, amount=amount, actor=actor
         )
-        return ReversalRequest(recorded=recorded, transfer=self._core.show(transfer_id))
 
     @_ledger_errors(safe_to_repeat=False)
     def set_status(
@@ -201,21 +186,14 @@ class TransferLedger:
     ) -> TransferView:
         """An administrator's change, through the matrix, with who and why.
         To `reversal_pending` it records a full-amount reversal request."""
-        transfer_id = values.transfer_id(transfer_id)
-        self._core.set_status(
-            transfer_id,
-            values.status(status),
-            actor=values.actor(actor),
-            reason=values.reason(reason),
-        )
-        return self._core.show(transfer_id)
+        return self._backend.service.set_status(transfer_id, status, actor=actor, reason=reason)
 
     @_ledger_errors(safe_to_repeat=True)
     def import_transfers(
         self, records: Sequence[ImportRecord], *, actor: str = API_ACTOR
     ) -> ImportResult:
         """Bulk-load transfers from an existing table (see `ledger.importing`)."""
-        return self._core.import_transfers(records, actor=values.actor(actor))
+        return self._backend.service.import_transfers(records, actor=actor)
 
     def handle_stripe_webhook(
         self,
@@ -230,13 +208,13 @@ class TransferLedger:
         """One Stripe webhook delivery, for a marketplace that mounts the
         handler in its own web framework: answer with the returned status,
         body and content type. A delivery signed more than `tolerance_seconds`
-        ago is refused. Never raises for what Stripe sent. See
-        `ledger.webhooks.handle_delivery`."""
+        ago (or dated further ahead) is refused. Never raises for what Stripe
+        sent. See `ledger.webhooks.handle_delivery`."""
         # Imported here: stripe-python is for webhook handling only.
         from ledger.webhooks import handle_delivery  # noqa: PLC0415
 
         return handle_delivery(
-            self._core, payload, signature_header, secret, tolerance_seconds=tolerance_seconds
+            self._backend, payload, signature_header, secret, tolerance_seconds=tolerance_seconds
         )
 
     # ----- reads ----------------------------------------------------------------
@@ -244,12 +222,12 @@ class TransferLedger:
     @_ledger_errors(safe_to_repeat=True)
     def get(self, transfer_id: UUID | str) -> TransferView:
         """The transfer's current state (its `seller_transfers` row)."""
-        return self._core.show(values.transfer_id(transfer_id))
+        return self._backend.service.get(transfer_id)
 
     @_ledger_errors(safe_to_repeat=True)
     def list_transfers(self, status: str | None = None) -> list[TransferView]:
         """Rows of the read table, all or those in one status."""
-        return self._core.list(values.status(status) if status is not None else None)
+        return self._backend.service.list_transfers(status)
 
     @_ledger_errors(safe_to_repeat=True)
     def history(
@@ -268,7 +246,7 @@ class TransferLedger:
             raise InvalidInput("give version or at, not both")
         if at is not None and at.tzinfo is None:
             raise InvalidInput("invalid at: a time with no UTC offset is ambiguous")
-        events = list(self._core.transfers.events.get(transfer_id))
+        events = list(self._backend.transfers.events.get(transfer_id))
         return audit(events, transfer_id, version=version, at=at)
 
 
@@ -278,6 +256,6 @@ def open_ledger(url: str | None = None, *, pool_size: int = 2) -> TransferLedger
     have been migrated (`ledger migrate`): NotMigrated otherwise."""
     url = url if url is not None else database_url()
     try:
-        return TransferLedger(Ledger.open(url, pool_size=pool_size))
+        return TransferLedger(open_backend(url, pool_size=pool_size))
     except DATABASE_FAILURES as error:
         raise as_ledger_error(error) from error

@@ -9,8 +9,6 @@ saved the same transfer first.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from itertools import islice
 from typing import Any, Final, TypeVar
 from uuid import UUID
@@ -19,8 +17,8 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.utils import Environment, EnvType
 
-from ledger.domain import STATE_FIELDS, Transfer
-from ledger.errors import IdempotencyConflict, LedgerError, TransferNotFound
+from ledger.domain import Transfer
+from ledger.errors import LedgerError, TransferNotFound
 from ledger.storage import Statement, is_version_conflict
 
 T = TypeVar("T")
@@ -31,34 +29,6 @@ SAVE_CONFLICT_RETRIES: Final = 5
 
 class ConcurrentUpdate(LedgerError):
     """Other writers kept saving the same transfer; the command gave up."""
-
-
-@dataclass(frozen=True)
-class ImportRecord:
-    """One existing transfer to bring into the ledger (validated by the reader)."""
-
-    line: int
-    transfer_id: UUID
-    seller_account_id: str
-    order_ref: str
-    amount: int
-    currency: str
-    status: str
-    retry_count: int
-    next_retry_at: datetime | None
-    stripe_transfer_id: str | None
-    amount_reversed: int
-    last_error: str | None
-    reversal_request_ref: str | None
-    reversal_amount: int | None
-    source_updated_at: datetime | None
-
-    def state(self) -> tuple[Any, ...]:
-        """What the Imported event records from this line (its STATE_FIELDS)."""
-        return tuple(getattr(self, name) for name in STATE_FIELDS)
-
-    def same_as(self, event: Transfer.Imported) -> bool:
-        return self.state() == tuple(getattr(event, name) for name in STATE_FIELDS)
 
 
 class Transfers(Application[UUID]):
@@ -137,73 +107,20 @@ class Transfers(Application[UUID]):
         stored = list(self.events.get(transfer_id, gt=first - 1, lte=first + len(pending) - 1))
         return stored == pending
 
-    def request_reversal(
-        self,
-        transfer_id: UUID,
-        *,
-        request_ref: str,
-        amount: int | None,
-        actor: str,
-        reason: str | None,
-    ) -> bool:
-        return self.change(
-            transfer_id,
-            lambda t: t.request_reversal(
-                request_ref=request_ref, amount=amount, actor=actor, reason=reason
-            ),
-        )
-
-    def set_status(self, transfer_id: UUID, to_status: str, *, actor: str, reason: str) -> None:
-        self.change(
-            transfer_id, lambda t: t.set_status_by_admin(to_status, actor=actor, reason=reason)
-        )
-
-    # ----- import -----------------------------------------------------------
-
-    def save_imported(
-        self, records: Sequence[ImportRecord], actor: str, *, also_execute: Sequence[Statement] = ()
+    def save_new(
+        self, transfers: Sequence[Transfer], *, also_execute: Sequence[Statement] = ()
     ) -> list[Recording[UUID]]:
-        """Save one batch of new transfers in one append (one transaction).
+        """Save brand-new transfers (an import's batch) in one append.
 
         Goes to the event store directly rather than through `save()`: the
         batch is only creation events of fresh aggregates, and save()'s
         per-object protocol checks cost more than the insert itself here.
-        """
-        transfers = [
-            Transfer.import_existing(
-                transfer_id=r.transfer_id,
-                seller_account_id=r.seller_account_id,
-                order_ref=r.order_ref,
-                amount=r.amount,
-                currency=r.currency,
-                status=r.status,
-                retry_count=r.retry_count,
-                next_retry_at=r.next_retry_at,
-                stripe_transfer_id=r.stripe_transfer_id,
-                amount_reversed=r.amount_reversed,
-                last_error=r.last_error,
-                reversal_request_ref=r.reversal_request_ref,
-                reversal_amount=r.reversal_amount,
-                source_updated_at=r.source_updated_at,
-                actor=actor,
-            )
-            for r in records
-        ]
+        The aggregates go down with their events, for the append hooks."""
         return self.events.put(
             [e for t in transfers for e in t.collect_events()],
             also_execute=also_execute,
             aggregates=transfers,
         )
-
-
-def check_same_order(existing: Any, requested: Transfer) -> None:
-    """`existing` is a transfer, or a read-table row of one, for the same order."""
-    for name in ("seller_account_id", "amount", "currency"):
-        if getattr(existing, name) != getattr(requested, name):
-            raise IdempotencyConflict(
-                f"order {requested.order_ref!r} already has transfer {existing.id} with"
-                f" {name} {getattr(existing, name)!r}, not {getattr(requested, name)!r}"
-            )
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:

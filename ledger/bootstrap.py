@@ -1,8 +1,13 @@
-"""The composition root: builds the ledger for one database URL.
+"""The composition root: the one place that names concrete parts and wires
+them. Only the entry points (the CLI, the Python API, the servers) import it.
 
-Only this module (and the CLI above it) names concrete adapters. `Ledger` runs
-each command, then brings the read table up to date before returning, so that a
-command's effect is visible in `seller_transfers` as soon as it returns.
+- `open_backend(url)`: what a database URL opens (`ledger.backend.Backend`),
+  with the append hooks that make every append write its chain links and
+  read-table rows in its own transaction;
+- `migrate_database(url)`;
+- `build_daemon`, `build_metrics_server`, `build_webhook_app`,
+  `build_reconciliation`, `health_report`: the long-running parts, each on a
+  backend.
 """
 
 from __future__ import annotations
@@ -11,270 +16,111 @@ import logging
 import os
 import secrets
 import socket
+import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
-from uuid import UUID
+from typing import TYPE_CHECKING, Final, TextIO
 
-from eventsourcing.persistence import IntegrityError
+import psycopg
+from eventsourcing.persistence import PersistenceError
 
-from ledger import orders
-from ledger.application import ImportRecord, Transfers, batched, check_same_order
+from ledger.application import Transfers
 from ledger.audit.chain import InlineLinks, seal
+from ledger.backend import Backend
 from ledger.config import DatabaseConfig
-from ledger.domain import Transfer
-from ledger.errors import IdempotencyConflict, InvalidInput, NotMigrated, TransferNotFound
-from ledger.importing import WithinFile
+from ledger.errors import DatabaseUnavailable, InvalidInput, NotMigrated, first_line
+from ledger.health import Check, HealthReport, Thresholds, check_migrations, judge, measure
 from ledger.migrate import Migration, apply_migrations, require_migrated
 from ledger.processing.clock import DatabaseClock
 from ledger.processing.daemon import Daemon, DaemonOptions
-from ledger.processing.effects import ProcessManager
 from ledger.processing.heartbeat import Heartbeat
+from ledger.processing.manager import ProcessManager
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.policy import RetryPolicy
 from ledger.processing.work import WorkStore
-from ledger.storage import Database, check_postgres_reachable, is_version_conflict, use_sqlite_wal
-from projections import seller_transfers
-from projections.seller_transfers import (
-    InlineProjection,
-    SellerTransfersProjection,
-    TransferView,
-)
+from ledger.projections.inline import InlineProjection
+from ledger.projections.projection import SellerTransfersProjection
+from ledger.projections.queries import SellerTransfers
+from ledger.service import LedgerService
+from ledger.storage import Database, check_postgres_reachable, use_sqlite_wal
 
 if TYPE_CHECKING:
-    from ledger.stripe.gateway import StripeSettings
+    from starlette.applications import Starlette
 
-IMPORT_BATCH_SIZE: Final = 2000
+    from ledger.metrics import MetricsServer
+    from ledger.reconcile import Reconciliation
+    from ledger.stripe.gateway import StripeSettings
+    from ledger.webhooks.server import WebhookSettings
+
 # A claim outlives the longest Stripe call by this much, so a slow call is
 # never taken over while it may still be running.
 CLAIM_MARGIN_SECONDS: Final = 30.0
-CLI_ACTOR: Final = "system:cli"
 
 
-@dataclass(frozen=True)
-class ImportResult:
-    imported: int
-    already_present: int
-
-
-class Ledger:
-    def __init__(self, config: DatabaseConfig, *, pool_size: int = 2) -> None:
-        if config.kind == "postgresql":
-            check_postgres_reachable(config.libpq_params())
-        elif Path(config.path).is_dir():
-            raise InvalidInput(f"invalid database URL: {config.path} is a directory, not a file")
-        else:
-            use_sqlite_wal(config.path)
-        self.config = config
-        self.transfers = Transfers(env=config.eventsourcing_env(pool_size))
-        self.db = Database(self.transfers.recorder)
-        self.projection = SellerTransfersProjection(self.db, self.transfers.mapper.to_domain_event)
-        # What every append writes in its own transaction, with its events:
-        # their chain links and the read table's rows and position.
-        self.transfers.recorder.append_hooks = [  # type: ignore[attr-defined]
-            InlineLinks(self.db),
-            InlineProjection(self.db),
-        ]
-
-    @classmethod
-    def open(cls, url: str, *, pool_size: int = 2) -> Ledger:
-        """For every command but `migrate`: refuses a database that is not migrated."""
-        config = DatabaseConfig.from_url(url)
-        if config.kind == "sqlite" and not Path(config.path).exists():
+def open_backend(url: str, *, pool_size: int = 2, migrated: bool = True) -> Backend:
+    """The ledger's database at `url`. `migrated` (every command but `migrate`
+    and `health`): a database that is not migrated is refused (NotMigrated)."""
+    config = DatabaseConfig.from_url(url)
+    if config.kind == "sqlite":
+        if migrated and not Path(config.path).exists():
             # Opening would create an empty file: say what is wrong instead.
             raise NotMigrated(f"no ledger database at {config.path}: run `ledger migrate`")
-        ledger = cls(config, pool_size=pool_size)
+        if Path(config.path).is_dir():
+            raise InvalidInput(f"invalid database URL: {config.path} is a directory, not a file")
+        use_sqlite_wal(config.path)
+    else:
+        check_postgres_reachable(config.libpq_params())
+    transfers = Transfers(env=config.eventsourcing_env(pool_size))
+    db = Database(transfers.recorder)
+    # What every append writes in its own transaction, with its events: their
+    # chain links, and the read table's rows and position.
+    transfers.recorder.append_hooks = [InlineLinks(db), InlineProjection(db)]  # type: ignore[attr-defined]
+    backend = Backend(
+        config=config,
+        transfers=transfers,
+        db=db,
+        projection=SellerTransfersProjection(db, transfers.mapper.to_domain_event),
+        service=LedgerService(transfers, db, SellerTransfers(db)),
+    )
+    if migrated:
         try:
-            require_migrated(ledger.db)
+            require_migrated(db)
         except BaseException:
-            ledger.close()
+            backend.close()
             raise
-        return ledger
-
-    def migrate(self) -> list[Migration]:
-        return apply_migrations(self.db)
-
-    def close(self) -> None:
-        self.transfers.close()
-
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ----- commands -----------------------------------------------------------
-
-    def create_transfer(
-        self,
-        *,
-        seller_account_id: str,
-        order_ref: str,
-        amount: int,
-        currency: str,
-        actor: str = CLI_ACTOR,
-    ) -> tuple[UUID, bool]:
-        transfer = Transfer.create(
-            seller_account_id=seller_account_id,
-            order_ref=order_ref,
-            amount=amount,
-            currency=currency,
-            actor=actor,
-        )
-        # The order may be reserved already: by this very transfer (a retried
-        # create), or by one imported from the old table under an id of its own.
-        owner = orders.owners(self.db, [transfer.order_ref]).get(transfer.order_ref)
-        if owner is None:
-            reservation = orders.reserve(self.db, [(transfer.order_ref, transfer.id)])
-            try:
-                self.transfers.save(transfer, also_execute=reservation)
-            except IntegrityError as error:
-                if is_version_conflict(error):
-                    # Created before reservations existed, and not yet in the read
-                    # table when migration 0010 reserved its orders.
-                    owner = transfer.id
-                else:
-                    # Reserved meanwhile, by a create of this order or an import.
-                    owner = orders.owners(self.db, [transfer.order_ref]).get(transfer.order_ref)
-                    if owner is None:
-                        raise
-            else:
-                return transfer.id, True
-        check_same_order(self.transfers.get(owner), transfer)
-        return owner, False
-
-    def request_reversal(
-        self,
-        transfer_id: UUID,
-        *,
-        request_ref: str,
-        amount: int | None,
-        reason: str | None,
-        actor: str = CLI_ACTOR,
-    ) -> bool:
-        return self.transfers.request_reversal(
-            transfer_id, request_ref=request_ref, amount=amount, actor=actor, reason=reason
-        )
-
-    def set_status(self, transfer_id: UUID, to_status: str, *, actor: str, reason: str) -> None:
-        self.transfers.set_status(transfer_id, to_status, actor=actor, reason=reason)
-
-    def import_transfers(
-        self, records: Sequence[ImportRecord], actor: str = CLI_ACTOR
-    ) -> ImportResult:
-        """Bring these transfers into the ledger (see `import_from`)."""
-        return self.import_from(lambda: records, actor)
-
-    def import_from(
-        self, records: Callable[[], Iterable[ImportRecord]], actor: str = CLI_ACTOR
-    ) -> ImportResult:
-        """Save every record not yet in the ledger, in batches of one append each.
-
-        Two passes over `records()`. The first checks everything before anything
-        is saved, so that one bad record refuses the whole import: within the
-        records, an order and a Stripe transfer belong to one transfer each;
-        against the ledger, a transfer already present must have the same values
-        (then it appends nothing, so an interrupted import can be run again), an
-        order must not be another transfer's, a Stripe transfer must not be
-        recorded by another transfer. The second pass saves, each batch with the
-        reservations of its orders in the same append.
-        """
-        within = WithinFile()
-        for batch in batched(records(), IMPORT_BATCH_SIZE):
-            for record in batch:
-                within.add(record)
-            self._check_against_ledger(batch)
-        repeated = within.confirm(records)
-        imported = present = 0
-        for batch in batched(records(), IMPORT_BATCH_SIZE):
-            fresh = [r for r in batch if (r.transfer_id, r.line) not in repeated]
-            with self.db.transaction(write=False) as cursor:
-                stored = self.db.first_stored_events(cursor, [r.transfer_id for r in fresh])
-            new = [r for r in fresh if r.transfer_id not in stored]
-            present += len(fresh) - len(new)
-            if not new:
-                continue
-            # Checked in the first pass; a writer that got there since makes
-            # this append fail on its reservations, and the import stops here.
-            # The batch's rows are written in the same append (inline).
-            reservations = orders.reserve(self.db, [(r.order_ref, r.transfer_id) for r in new])
-            self.transfers.save_imported(new, actor, also_execute=reservations)
-            imported += len(new)
-        return ImportResult(imported=imported, already_present=present)
-
-    def _check_against_ledger(self, batch: Sequence[ImportRecord]) -> None:
-        """Refuse (IdempotencyConflict, naming the line) a record that the
-        ledger contradicts; see `import_from`."""
-        with self.db.transaction(write=False) as cursor:
-            existing = self.db.first_stored_events(cursor, [r.transfer_id for r in batch])
-        for record in batch:
-            stored = existing.get(record.transfer_id)
-            if stored is not None:
-                _check_reimport(record, self.transfers.mapper.to_domain_event(stored))
-        reserved = orders.owners(self.db, (r.order_ref for r in batch))
-        for record in batch:
-            owner = reserved.get(record.order_ref)
-            if owner is not None and owner != record.transfer_id:
-                raise IdempotencyConflict(
-                    f"line {record.line}: order {record.order_ref!r} already has transfer"
-                    f" {owner}: one order, one transfer"
-                )
-        recorded = seller_transfers.find_by_stripe_transfer_ids(
-            self.db, (r.stripe_transfer_id for r in batch if r.stripe_transfer_id)
-        )
-        for record in batch:
-            for other in recorded.get(record.stripe_transfer_id or "", []):
-                if other.id != record.transfer_id:
-                    raise IdempotencyConflict(
-                        f"line {record.line}: Stripe transfer {record.stripe_transfer_id} is"
-                        f" recorded by transfer {other.id} already"
-                    )
-
-    # ----- reads --------------------------------------------------------------
-
-    def catch_up(self) -> int:
-        """Project what was appended without its rows (by an older version, or
-        another writer): the daemon's safety net, and `ledger migrate`'s."""
-        return self.projection.catch_up()
-
-    def ensure_current(self) -> int:
-        """`catch_up` when the table is behind the log: two cheap queries when
-        it is not. Returns how many events it projected."""
-        if self.projection.position() < (self.transfers.recorder.max_notification_id() or 0):
-            return self.catch_up()
-        return 0
-
-    # Reads never write: every append writes its rows itself.
-
-    def show(self, transfer_id: UUID) -> TransferView:
-        view = seller_transfers.get_transfer(self.db, transfer_id)
-        if view is None:
-            raise TransferNotFound(transfer_id)
-        return view
-
-    def list(self, status: str | None = None) -> list[TransferView]:
-        return seller_transfers.list_transfers(self.db, status)
-
-
-def _check_reimport(record: ImportRecord, first_event: object) -> None:
-    if not (isinstance(first_event, Transfer.Imported) and record.same_as(first_event)):
-        raise IdempotencyConflict(
-            f"line {record.line}: transfer {record.transfer_id} is already in the"
-            " ledger with other values"
-        )
+    return backend
 
 
 def migrate_database(url: str) -> list[Migration]:
-    """Create the event store's tables (the library's) and apply our migrations."""
-    with Ledger(DatabaseConfig.from_url(url)) as ledger:
-        applied = ledger.migrate()
-        ledger.catch_up()
-        # What a database written before links were made in the append holds
-        # (migration 0012): linked once, here, in log order.
-        seal(ledger.db)
+    """Create the event store's tables (the library's) and apply our migrations;
+    then bring the read table up to date and link, once, what a database
+    written before links were made in the append holds (migration 0012)."""
+    with open_backend(url, migrated=False) as backend:
+        applied = apply_migrations(backend.db)
+        backend.catch_up()
+        seal(backend.db)
         return applied
+
+
+def health_report(url: str, thresholds: Thresholds) -> HealthReport:
+    """Every check of `ledger health`, stopping early where the rest could not be read."""
+    config = DatabaseConfig.from_url(url)
+    if config.kind == "sqlite" and not Path(config.path).exists():
+        return HealthReport([Check("database", False, f"no ledger database at {config.path}")])
+    try:
+        backend = open_backend(url, migrated=False)
+    except (DatabaseUnavailable, PersistenceError, psycopg.Error, sqlite3.Error) as error:
+        return HealthReport([Check("database", False, f"unreachable: {first_line(str(error))}")])
+    with backend:
+        checks = [Check("database", True, f"{config.kind} answers")]
+        migrations = check_migrations(backend.db)
+        checks.append(migrations)
+        if not migrations.ok:
+            return HealthReport(checks)
+        now = DatabaseClock(backend.db)()
+        measured = measure(backend.db, backend.transfers.mapper.to_domain_event, now)
+        return HealthReport(checks + judge(measured, thresholds))
 
 
 def daemon_identity() -> str:
@@ -282,14 +128,14 @@ def daemon_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def work_store(ledger: Ledger, *, claim_seconds: float = 0.0) -> WorkStore:
+def work_store(backend: Backend, *, claim_seconds: float = 0.0) -> WorkStore:
     """The Stripe work table; `claim_seconds` only matters to a daemon (the
     operator's `parked` commands and the tests' look-ups take no claims)."""
-    return WorkStore(ledger.db, daemon_identity(), claim_seconds)
+    return WorkStore(backend.db, daemon_identity(), claim_seconds)
 
 
 def build_daemon(
-    ledger: Ledger,
+    backend: Backend,
     stripe: StripeSettings,
     policy: RetryPolicy,
     options: DaemonOptions,
@@ -314,11 +160,49 @@ def build_daemon(
     # Imported here: stripe-python costs every other command ~40 ms of start-up.
     from ledger.stripe.gateway import StripeGateway  # noqa: PLC0415
 
-    work = work_store(ledger, claim_seconds=claim_seconds)
-    clock = DatabaseClock(ledger.db)
+    work = work_store(backend, claim_seconds=claim_seconds)
+    clock = DatabaseClock(backend.db)
     gateway = StripeGateway(stripe, observer)
-    manager = ProcessManager(ledger.transfers, work, gateway, policy, clock, observer=observer)
+    manager = ProcessManager(backend.transfers, work, gateway, policy, clock, observer=observer)
     heartbeat = Heartbeat(
-        ledger.db, work.owner, options.concurrency, clock, options.heartbeat_seconds
+        backend.db, work.owner, options.concurrency, clock, options.heartbeat_seconds
     )
-    return Daemon(ledger, manager, work, options, stop, heartbeat=heartbeat, observer=observer)
+    return Daemon(backend, manager, work, options, stop, heartbeat=heartbeat, observer=observer)
+
+
+def build_metrics_server(
+    backend: Backend, port: int, host: str, thresholds: Thresholds
+) -> MetricsServer:
+    """`/metrics` for a daemon; its `observer` counts what the daemon does."""
+    # Imported here: prometheus-client is for the daemon only.
+    from ledger.metrics import MetricsServer  # noqa: PLC0415
+
+    return MetricsServer(
+        port,
+        host,
+        backend.db,
+        backend.transfers.mapper.to_domain_event,
+        DatabaseClock(backend.db),
+        daemon_seen_seconds=thresholds.daemon_seen_seconds,
+    )
+
+
+def build_webhook_app(backend: Backend, settings: WebhookSettings) -> Starlette:
+    # Imported here: Starlette and stripe-python are for the webhook server only.
+    from ledger.webhooks.server import build_app  # noqa: PLC0415
+
+    return build_app(backend, settings)
+
+
+def build_reconciliation(
+    backend: Backend,
+    stripe: StripeSettings,
+    *,
+    since: datetime | None = None,
+    progress_out: TextIO | None = None,
+) -> Reconciliation:
+    # Imported here: stripe-python costs every other command ~40 ms of start-up.
+    from ledger.reconcile import Reconciliation  # noqa: PLC0415
+    from ledger.stripe.listing import StripeReader  # noqa: PLC0415
+
+    return Reconciliation(backend, StripeReader(stripe), since=since, progress_out=progress_out)

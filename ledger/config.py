@@ -86,9 +86,7 @@ class DatabaseConfig:
             options[key] = value
         dbname = unquote(parts.path.lstrip("/"))
         if not hostname or not dbname or not username:
-            raise InvalidInput(
-                "invalid database URL: expected postgresql://user:pass@host:port/db"
-            )
+            raise InvalidInput("invalid database URL: expected postgresql://user:pass@host:port/db")
         return cls(
             kind="postgresql",
             host=hostname,

@@ -11,6 +11,7 @@ No database, HTTP or Stripe code is imported here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -25,21 +26,35 @@ from ledger.matrix import Status, can_transition
 # "create the transfer for order X" is idempotent across retries and processes.
 ORDER_NAMESPACE: Final = uuid5(NAMESPACE_URL, "urn:transfer-ledger:order")
 
+
+@dataclass(frozen=True)
+class TransferState:
+    """What a transfer is at a point in its history: the fields defined once.
+    The read table's row (`TransferView`) is this with its id, version and
+    times; an import line (`ImportRecord`) is this with its line and id. The
+    aggregate and its Imported event spell the fields out again, as the
+    event-sourcing library builds them from their own annotations (and the
+    stored events name them); a test keeps all of them equal to these."""
+
+    status: str
+    seller_account_id: str
+    order_ref: str
+    amount: int
+    currency: str
+    retry_count: int
+    next_retry_at: datetime | None
+    stripe_transfer_id: str | None
+    amount_reversed: int
+    last_error: str | None
+    reversal_request_ref: str | None
+    reversal_amount: int | None
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in STATE_FIELDS)
+
+
 # The fields every status-bearing thing (the aggregate, a read-table row) has.
-STATE_FIELDS: Final = (
-    "status",
-    "seller_account_id",
-    "order_ref",
-    "amount",
-    "currency",
-    "retry_count",
-    "next_retry_at",
-    "stripe_transfer_id",
-    "amount_reversed",
-    "last_error",
-    "reversal_request_ref",
-    "reversal_amount",
-)
+STATE_FIELDS: Final = tuple(f.name for f in fields(TransferState))
 
 
 # The stages whose outcomes the process managers record.
@@ -284,7 +299,7 @@ class Transfer(Aggregate):
         *,
         seller_account_id: str,
         order_ref: str,
-        amount: int,
+        amount: int | str,
         currency: str,
         actor: str,
     ) -> Transfer:
@@ -306,47 +321,39 @@ class Transfer(Aggregate):
         cls,
         *,
         transfer_id: UUID,
-        seller_account_id: str,
-        order_ref: str,
-        amount: int,
-        currency: str,
-        status: str,
-        retry_count: int,
-        next_retry_at: datetime | None,
-        stripe_transfer_id: str | None,
-        amount_reversed: int,
-        last_error: str | None,
+        state: TransferState,
         source_updated_at: datetime | None,
         actor: str,
-        reversal_request_ref: str | None = None,
-        reversal_amount: int | None = None,
     ) -> Transfer:
-        amount = values.amount(amount)
-        status = values.status(status)
-        amount_reversed = values.non_negative_int(amount_reversed, "amount_reversed")
+        """A transfer brought over from the old mutable table, in `state`,
+        whatever its status."""
+        amount = values.amount(state.amount)
+        status = values.status(state.status)
+        amount_reversed = values.non_negative_int(state.amount_reversed, "amount_reversed")
         reversal_amount = imported_reversal_amount(
             status=status,
             amount=amount,
             amount_reversed=amount_reversed,
-            reversal_amount=reversal_amount,
+            reversal_amount=state.reversal_amount,
         )
+        reversal_request_ref = state.reversal_request_ref
         if reversal_request_ref is not None:
             reversal_request_ref = values.request_ref(reversal_request_ref, "reversal_request_ref")
+        stripe_transfer_id = state.stripe_transfer_id
+        if stripe_transfer_id is not None:
+            stripe_transfer_id = values.stripe_id(stripe_transfer_id, "stripe_transfer_id")
+        last_error = state.last_error
         return cls._create(
             cls.Imported,
             id=transfer_id,
-            seller_account_id=values.seller_account_id(seller_account_id),
-            order_ref=values.order_ref(order_ref, "order_ref"),
+            seller_account_id=values.seller_account_id(state.seller_account_id),
+            order_ref=values.order_ref(state.order_ref, "order_ref"),
             amount=amount,
-            currency=values.currency(currency),
+            currency=values.currency(state.currency),
             status=status,
-            retry_count=values.non_negative_int(retry_count, "retry_count"),
-            next_retry_at=next_retry_at,
-            stripe_transfer_id=(
-                None
-                if stripe_transfer_id is None
-                else values.stripe_id(stripe_transfer_id, "stripe_transfer_id")
-            ),
+            retry_count=values.non_negative_int(state.retry_count, "retry_count"),
+            next_retry_at=state.next_retry_at,
+            stripe_transfer_id=stripe_transfer_id,
             amount_reversed=amount_reversed,
             last_error=None if last_error is None else values.text(last_error, "last_error"),
             reversal_request_ref=reversal_request_ref,
@@ -411,7 +418,7 @@ class Transfer(Aggregate):
         self,
         *,
         request_ref: str,
-        amount: int | None,
+        amount: int | str | None,
         actor: str,
         reason: str | None,
         caused_by: str | None = None,
@@ -435,7 +442,7 @@ class Transfer(Aggregate):
         self,
         *,
         request_ref: str,
-        amount: int | None,
+        amount: int | str | None,
         actor: str,
         reason: str | None,
         caused_by: str | None,

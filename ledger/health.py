@@ -14,28 +14,16 @@ the environment:
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Final
 
-import psycopg
-from eventsourcing.persistence import PersistenceError
-
-from ledger.bootstrap import Ledger
-from ledger.config import DatabaseConfig, env_number
-from ledger.errors import DatabaseUnavailable, first_line
+from ledger.config import env_number
 from ledger.migrate import available_migrations, pending_migrations
-from ledger.processing.clock import DatabaseClock
+from ledger.projections.queries import DUE_PAYOUT_RETRY_WHERE, DUE_PAYOUT_WHERE, DUE_REVERSAL_WHERE
+from ledger.projections.rows import TRACKING_NAME
 from ledger.storage import Database
-from projections.seller_transfers import (
-    DUE_PAYOUT_RETRY_WHERE,
-    DUE_PAYOUT_WHERE,
-    DUE_REVERSAL_WHERE,
-    TRACKING_NAME,
-)
 
 # Each kind of due work (the daemon's due queries' conditions) with the
 # expression for when it became due.
@@ -199,26 +187,6 @@ class HealthReport:
 
     def as_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "checks": [c.as_json() for c in self.checks]}
-
-
-def health_report(url: str, thresholds: Thresholds) -> HealthReport:
-    """Every check, stopping early where the rest could not be read."""
-    config = DatabaseConfig.from_url(url)
-    if config.kind == "sqlite" and not Path(config.path).exists():
-        return HealthReport([Check("database", False, f"no ledger database at {config.path}")])
-    try:
-        ledger = Ledger(config)
-    except (DatabaseUnavailable, PersistenceError, psycopg.Error, sqlite3.Error) as error:
-        return HealthReport([Check("database", False, f"unreachable: {first_line(str(error))}")])
-    with ledger:
-        checks = [Check("database", True, f"{config.kind} answers")]
-        migrations = check_migrations(ledger.db)
-        checks.append(migrations)
-        if not migrations.ok:
-            return HealthReport(checks)
-        now = DatabaseClock(ledger.db)()
-        measured = measure(ledger.db, ledger.transfers.mapper.to_domain_event, now)
-        return HealthReport(checks + judge(measured, thresholds))
 
 
 def check_migrations(db: Database) -> Check:

@@ -13,6 +13,7 @@ import itertools
 import json
 from array import array
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -21,13 +22,26 @@ from uuid import UUID
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from ledger import values
-from ledger.application import ImportRecord
-from ledger.domain import imported_reversal_amount
+from ledger.domain import STATE_FIELDS, TransferState, imported_reversal_amount
 from ledger.errors import InvalidInput
 
 # Files up to this size keep their parsed records between the import's two
 # passes (check everything, then save) instead of being read and parsed twice.
 KEEP_RECORDS_BYTES: Final = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImportRecord(TransferState):
+    """One existing transfer to bring into the ledger: its state as the old
+    table had it, with its id and the line it came from (validated)."""
+
+    line: int
+    transfer_id: UUID
+    source_updated_at: datetime | None
+
+    def same_as(self, event: Any) -> bool:
+        """Does this line record what an Imported event recorded?"""
+        return self.as_tuple() == tuple(getattr(event, name) for name in STATE_FIELDS)
 
 
 def _uuid(value: Any) -> UUID:
@@ -258,8 +272,8 @@ class WithinFile:
             if hash(record.transfer_id) in suspects["id"]:
                 earlier = by_id.setdefault(record.transfer_id, record)
                 if earlier is not record:
-                    if (earlier.state(), earlier.source_updated_at) != (
-                        record.state(),
+                    if (earlier.as_tuple(), earlier.source_updated_at) != (
+                        record.as_tuple(),
                         record.source_updated_at,
                     ):
                         raise InvalidInput(

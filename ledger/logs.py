@@ -186,9 +186,7 @@ class Problems:
                     self._log.debug("%s failed again: %s", name, what, exc_info=error)
                     return
                 self._failing[name] = (what, now, known[2])
-                self._log.error(
-                    "%s still failing (for %.0f s): %s", name, now - known[2], what
-                )
+                self._log.error("%s still failing (for %.0f s): %s", name, now - known[2], what)
                 return
             self._failing[name] = (what, now, now if known is None else known[2])
         self._log.error("%s failed: %s", name, what)

@@ -51,7 +51,7 @@ class Migration:
 
 
 def available_migrations(dialect: str) -> list[Migration]:
-    folder = resources.files("migrations").joinpath(dialect)
+    folder = resources.files("ledger.migrations").joinpath(dialect)
     found = []
     for entry in folder.iterdir():
         match = _FILE_RE.fullmatch(entry.name)

@@ -218,3 +218,16 @@ def timestamp(value: object, field: str) -> datetime:
         raise InvalidInput(
             f"invalid {field} {_show(value)}: out of range (years 1 to 9999 in UTC)"
         ) from None
+
+
+# ----- stored values, read back (not input: no refusal, only their one form) -----
+
+
+def as_uuid(value: object) -> UUID:
+    """A stored id (a UUID, or its text as SQLite and JSON keep it) as a UUID."""
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+def iso(value: datetime) -> str:
+    """A time as the ledger prints it everywhere: ISO 8601, UTC as `Z`."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

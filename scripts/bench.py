@@ -81,8 +81,8 @@ sys.path.insert(0, str(ROOT))
 from eventsourcing.application import project_aggregate  # noqa: E402
 from eventsourcing.persistence import StoredEvent  # noqa: E402
 
-from ledger.bootstrap import Ledger  # noqa: E402
 from ledger.domain import Transfer  # noqa: E402
+from tests.ledgers import Ledger  # noqa: E402
 from tests.postgres_server import create_database, database_url, postgres_server  # noqa: E402
 
 LEDGER: Final = str(Path(sys.executable).with_name("ledger"))
@@ -476,7 +476,7 @@ def measure_reversals(admin_url: str, tmp: Path, count: int, concurrency: int) -
         # its first turn, as after an outage or a bulk refund.
         with Ledger.open(url) as ledger:
             for number, row in enumerate(paid):
-                ledger.transfers.request_reversal(
+                ledger.service.request_reversal(
                     row.id,
                     request_ref=f"bench-refund-{number}",
                     amount=None,
@@ -575,7 +575,7 @@ def measure_wakeup(url: str, tmp: Path, samples: int, name: str) -> list[float]:
                 time.sleep(rng.uniform(*WAKEUP_SPACING_SECONDS))
                 # What Ledger.request_reversal does, with the clock read between
                 # its two steps: the save's return is the commit.
-                ledger.transfers.request_reversal(
+                ledger.service.request_reversal(
                     row.id,
                     request_ref=f"bench-refund-{number}",
                     amount=None,

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from ledger.bootstrap import Ledger
+from ledger.backend import Backend
 from ledger.domain import payout_cause
 
 PAYOUT_MANAGER = "system:payout-manager"
 
 
-def pay_out(ledger: Ledger, transfer_id: UUID, stripe_transfer_id: str | None = None) -> str:
+def pay_out(ledger: Backend, transfer_id: UUID, stripe_transfer_id: str | None = None) -> str:
     """Record `transfer_id` as paid out as `stripe_transfer_id` (default: one
     derived from the id); returns the Stripe id."""
     stripe_id = stripe_transfer_id or f"tr_{transfer_id.hex[:16]}"

@@ -14,8 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import migrate_database
 from ledger.config import DatabaseConfig
+from tests.ledgers import Ledger
 from tests.postgres_server import database_url as url_on_server
 from tests.postgres_server import scratch_database
 

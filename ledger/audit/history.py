@@ -15,7 +15,8 @@ from uuid import UUID
 
 from ledger.domain import Transfer
 from ledger.errors import TransferNotFound
-from projections.seller_transfers import COLUMNS, TransferRow, TransferView
+from ledger.projections.rows import TransferRow
+from ledger.views import COLUMNS, TransferView
 
 # Fields every event has, shown in their own columns; the rest are "details".
 _COMMON: Final = frozenset(

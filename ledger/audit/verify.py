@@ -29,17 +29,16 @@ from uuid import UUID
 from ledger.audit.chain import ChainReport, check_chain
 from ledger.domain import Transfer
 from ledger.matrix import can_transition
-from ledger.storage import Database
-from projections.seller_transfers import (
-    COLUMNS,
+from ledger.projections.projection import Quarantined, quarantined
+from ledger.projections.rows import (
     TABLE,
     TRACKING_NAME,
     HistoryDecoder,
-    Quarantined,
     compared_values,
-    quarantined,
     replay_history,
 )
+from ledger.storage import Database
+from ledger.views import COLUMNS
 
 # Where the read table's datetime columns are in COLUMNS (stored as text on SQLite).
 _DATETIME_COLUMNS: Final = tuple(

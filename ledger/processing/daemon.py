@@ -25,33 +25,26 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 from uuid import UUID
 
 import psycopg
 from psycopg import sql
 
+from ledger.backend import Backend
 from ledger.errors import first_line
 from ledger.logs import Problems, log_context
-from ledger.processing.effects import (
-    NOTHING_DUE,
-    PAYOUT,
-    REVERSAL,
-    OperatorProblem,
-    ProcessManager,
-)
+from ledger.processing.effects import NOTHING_DUE, PAYOUT, REVERSAL, OperatorProblem
 from ledger.processing.heartbeat import BEAT_SECONDS, Heartbeat
+from ledger.processing.manager import ProcessManager
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.work import Claim, WorkStore
-from projections.seller_transfers import (
+from ledger.projections.queries import (
     DUE_PAYOUT_RETRIES_SQL,
     DUE_PAYOUTS_SQL,
     DUE_REVERSALS_SQL,
     due_ids,
 )
-
-if TYPE_CHECKING:
-    from ledger.bootstrap import Ledger  # the composition root builds the daemon
 
 log = logging.getLogger("ledger.daemon")
 
@@ -96,7 +89,7 @@ class DaemonOptions:
 class Daemon:
     def __init__(
         self,
-        ledger: Ledger,
+        backend: Backend,
         manager: ProcessManager,
         work: WorkStore,
         options: DaemonOptions,
@@ -105,7 +98,7 @@ class Daemon:
         heartbeat: Heartbeat | None = None,
         observer: Observer = NO_OBSERVER,
     ) -> None:
-        self.ledger = ledger
+        self.backend = backend
         self.heartbeat = heartbeat
         self.observer = observer
         self.manager = manager
@@ -114,7 +107,7 @@ class Daemon:
         self.stop = stop or threading.Event()
         self.wake = threading.Event()
         self.poll_seconds = options.poll_seconds or (
-            POSTGRES_POLL_SECONDS if ledger.db.dialect == "postgresql" else SQLITE_POLL_SECONDS
+            POSTGRES_POLL_SECONDS if backend.db.dialect == "postgresql" else SQLITE_POLL_SECONDS
         )
         self._queue: queue.Queue[Claim] = queue.Queue()
         self._in_flight: set[UUID] = set()
@@ -156,7 +149,7 @@ class Daemon:
                     if self.heartbeat is not None:
                         self.heartbeat.beat()
                 with self.problems.step("projection"):
-                    self.observer.events_projected(self.ledger.ensure_current())
+                    self.observer.events_projected(self.backend.ensure_current())
                 handed_out = 0
                 with self.problems.step("dispatch"):
                     handed_out = self._dispatch()
@@ -177,7 +170,7 @@ class Daemon:
             self._drain()
         with contextlib.suppress(Exception):
             # What the last outcomes recorded, visible on exit.
-            self.observer.events_projected(self.ledger.catch_up())
+            self.observer.events_projected(self.backend.catch_up())
         if self.heartbeat is not None:
             with contextlib.suppress(Exception):
                 self.heartbeat.stopped()
@@ -187,7 +180,7 @@ class Daemon:
     def _dispatch(self) -> int:
         """Hand due work to free workers; returns how many items were handed out."""
         now = self.manager.clock()
-        position = self.ledger.projection.position()
+        position = self.backend.projection.position()
         with self._lock:
             free = self._backlog_limit - len(self._in_flight)
             busy = set(self._in_flight)
@@ -199,7 +192,7 @@ class Daemon:
         for query, kind in DUE_QUERIES:
             # Ask for enough rows that the ones to skip cannot crowd out the rest.
             limit = free + len(skip) + len(not_due)
-            for transfer_id in due_ids(self.ledger.db, query, now, limit):
+            for transfer_id in due_ids(self.backend.db, query, now, limit):
                 if len(wanted) == free:
                     break
                 if transfer_id in skip or (transfer_id, kind) in not_due:
@@ -269,7 +262,7 @@ class Daemon:
                 # The read table said due, the transfer said no: it lags the
                 # events. Not again until the projection moves. (Work another
                 # daemon holds is skipped through its claim instead.)
-                position = self.ledger.projection.position() if outcome == NOTHING_DUE else None
+                position = self.backend.projection.position() if outcome == NOTHING_DUE else None
                 with self._lock:
                     if position is not None:
                         self._not_due[(transfer_id, kind)] = position
@@ -316,7 +309,7 @@ class Daemon:
 
     @contextlib.contextmanager
     def _listening(self) -> Iterator[None]:
-        if self.ledger.db.dialect != "postgresql":
+        if self.backend.db.dialect != "postgresql":
             yield  # SQLite cannot notify: the short poll finds new work.
             return
         listener = threading.Thread(target=self._listen, name="ledger-listen", daemon=True)
@@ -328,8 +321,8 @@ class Daemon:
             listener.join(timeout=LISTEN_TIMEOUT_SECONDS * 2)
 
     def _listen(self) -> None:
-        config = self.ledger.config
-        channel = self.ledger.transfers.recorder.channel_name  # type: ignore[attr-defined]
+        config = self.backend.config
+        channel = self.backend.transfers.recorder.channel_name  # type: ignore[attr-defined]
         while not self.stop.is_set():
             try:
                 with psycopg.connect(**config.libpq_params(), autocommit=True) as conn:

@@ -2,13 +2,11 @@
 
 `handle_delivery` is the whole of it, as a plain function a marketplace can
 mount in its own web framework; `ledger webhook serve` serves it with
-Starlette on uvicorn (`ledger.webhooks.server`), imported only when asked for
-so that mounting the handler needs neither.
+Starlette on uvicorn (`ledger.webhooks.server`, imported only when asked for,
+so that mounting the handler needs neither).
 """
 
 from __future__ import annotations
-
-import argparse
 
 from ledger.webhooks.deliveries import Outcome
 from ledger.webhooks.handler import (
@@ -24,12 +22,4 @@ __all__ = [
     "Outcome",
     "WebhookResponse",
     "handle_delivery",
-    "serve_from_args",
 ]
-
-
-def serve_from_args(args: argparse.Namespace) -> int:
-    """`ledger webhook serve [--port P] [--host H]`."""
-    from ledger.webhooks.server import serve_from_args as serve  # noqa: PLC0415
-
-    return serve(args)

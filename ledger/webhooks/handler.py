@@ -36,24 +36,29 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 from uuid import UUID
 
 import stripe
 from prometheus_client import Counter
 
-from ledger.bootstrap import Ledger
-from ledger.domain import Transfer
+from ledger.backend import Backend
 from ledger.errors import InvalidInput, TransferNotFound, TransitionRefused
+from ledger.projections.queries import find_by_stripe_transfer_ids
+from ledger.service import NothingNew, NotThisMoney, ReversalAtStripe
 from ledger.storage import connection_lost
 from ledger.stripe.listing import ledger_id_named
 from ledger.webhooks import deliveries
 from ledger.webhooks.deliveries import Delivery, Outcome
-from projections.seller_transfers import find_by_stripe_transfer_ids
 
-if TYPE_CHECKING:
-    # Not imported when running: ledger.api imports this module.
-    from ledger.api import TransferLedger
+
+class OpensABackend(Protocol):
+    """What `open_ledger` returns (ledger.api.TransferLedger): the handler
+    takes it or a Backend. (Named structurally: the API is above this module.)"""
+
+    @property
+    def backend(self) -> Backend: ...
+
 
 log = logging.getLogger("ledger.webhooks")
 
@@ -103,16 +108,6 @@ class WebhookResponse:
     content_type: str = "application/json"
 
 
-@dataclass(frozen=True)
-class _Reversal:
-    """A reversal in the Transfer object of a delivery, as Stripe sent it."""
-
-    id: str
-    amount: int
-    created: datetime | None
-    made_by_ledger: bool
-
-
 class _BadSignature(Exception):
     """The delivery is not signed by Stripe as this endpoint expects: the
     message says why, in a few words."""
@@ -120,16 +115,6 @@ class _BadSignature(Exception):
 
 class _Unreadable(Exception):
     """The (signed) payload is not the event it says it is."""
-
-
-class _NothingNew(Exception):
-    """Every reversal in the delivery is known already: append nothing. The
-    message says why, for the delivery's row."""
-
-
-class _NotThisMoney(Exception):
-    """The delivery's Stripe transfer is not the one the ledger transfer was
-    paid out as (or the ledger records none): refused, nothing appended."""
 
 
 def signing_secrets(secret: str | Sequence[str]) -> tuple[str, ...]:
@@ -154,7 +139,7 @@ def check_tolerance(tolerance_seconds: int) -> int:
 
 
 def handle_delivery(
-    ledger: Ledger | TransferLedger,
+    ledger: Backend | OpensABackend,
     payload: bytes,
     signature_header: str | None,
     secret: str | Sequence[str],
@@ -169,11 +154,11 @@ def handle_delivery(
     `tolerance_seconds` (1 to 86,400): a delivery signed longer ago than this,
     or dated further ahead, is refused. `ledger` is the Python API's
     `TransferLedger` (from `ledger.api.open_ledger`) or a
-    `ledger.bootstrap.Ledger`. Safe to call from several threads at once with
+    `ledger.backend.Backend`. Safe to call from several threads at once with
     one ledger; never raises for what Stripe sent."""
     # Outside the catch-all below: a wrong object or setting is the caller's
     # bug, to be raised now, not answered 500 to Stripe for ever.
-    core = ledger if isinstance(ledger, Ledger) else ledger.core
+    core = ledger if isinstance(ledger, Backend) else ledger.backend
     check_tolerance(tolerance_seconds)
     secrets = signing_secrets(secret)
     received_at = datetime.now(UTC)
@@ -211,7 +196,7 @@ def handle_delivery(
 
 
 def _deal_with(
-    core: Ledger,
+    core: Backend,
     event_id: str,
     event_type: str,
     event: Mapping[str, Any],
@@ -234,7 +219,7 @@ def _deal_with(
 
 
 def _record_reversals(
-    ledger: Ledger,
+    backend: Backend,
     event_id: str,
     event_type: str,
     event: Mapping[str, Any],
@@ -270,54 +255,20 @@ def _record_reversals(
 
     if event_type == "transfer.updated" and not _shows_reversal(data):
         return delivered(Outcome.IGNORED, "the update is not a reversal")
-    found = _find_transfer(ledger, obj, stripe_transfer_id)
+    found = _find_transfer(backend, obj, stripe_transfer_id)
     if isinstance(found, _NotFound):
         return delivered(found.outcome, found.detail)
     transfer_id = found
-    outside = [r for r in reversals if not r.made_by_ledger]
-
-    def record(current: Transfer) -> None:
-        # Nothing to record, whoever was paid by this Stripe transfer (checked
-        # once the ledger transfer is known to exist).
-        if not reversals:
-            raise _NothingNew("the transfer shows no reversals")
-        if not outside:
-            raise _NothingNew("every reversal is the ledger's own")
-        # Checked here, on the aggregate `change()` has just loaded (and loads
-        # again after a conflict), never on an earlier copy: the daemon may
-        # record the payout between the two, and a reversal of another Stripe
-        # transfer (a duplicate payout, say) must not be booked against it.
-        # With no Stripe id recorded (an admin's `set-status completed`), the
-        # ledger cannot tell it is the same money either.
-        if current.stripe_transfer_id != stripe_transfer_id:
-            raise _NotThisMoney(
-                f"transfer {current.id} ({current.status}) was paid out as"
-                f" {current.stripe_transfer_id}, not {stripe_transfer_id}"
-                if current.stripe_transfer_id is not None
-                else f"transfer {current.id} ({current.status}): the ledger records no"
-                f" Stripe transfer for it, and cannot tell that {stripe_transfer_id} is its"
-                " money"
-            )
-        # Oldest first: each one's amount_reversed adds to the one before. A
-        # delivery is recorded whole or not at all: one refusal refuses it.
-        recorded = [
-            current.record_external_reversal(
-                stripe_reversal_id=r.id,
-                amount=r.amount,
-                amount_reversed_at_stripe=at_stripe,
-                made_at=r.created,
-                actor=WEBHOOK_ACTOR,
-                caused_by=event_id,
-            )
-            for r in outside
-        ]
-        if not any(recorded):
-            raise _NothingNew("recorded before")
-
     delivery = delivered(Outcome.RECORDED, None, transfer_id)
     try:
-        ledger.transfers.change(
-            transfer_id, record, also_execute=[deliveries.save_statement(ledger.db, delivery)]
+        backend.service.record_reversals_made_at_stripe(
+            transfer_id,
+            stripe_transfer_id=stripe_transfer_id,
+            reversals=reversals,
+            amount_reversed_at_stripe=at_stripe,
+            actor=WEBHOOK_ACTOR,
+            caused_by=event_id,
+            also_execute=[deliveries.save_statement(backend.db, delivery)],
         )
     except TransferNotFound:
         return delivered(
@@ -325,9 +276,9 @@ def _record_reversals(
             f"Stripe transfer {stripe_transfer_id} names ledger transfer {transfer_id},"
             " which the ledger does not have",
         )
-    except _NothingNew as known:
+    except NothingNew as known:
         return delivered(Outcome.ALREADY_KNOWN, str(known), transfer_id)
-    except (_NotThisMoney, TransitionRefused, InvalidInput) as refusal:
+    except (NotThisMoney, TransitionRefused, InvalidInput) as refusal:
         # InvalidInput: Stripe's figures contradict the ledger's (more reversed
         # than it has left): a person must look, as for the matrix's refusals.
         # (ConcurrentUpdate goes up: a 500, and Stripe delivers it again later.)
@@ -345,7 +296,7 @@ class _NotFound:
 
 
 def _find_transfer(
-    ledger: Ledger, obj: Mapping[str, Any], stripe_transfer_id: str
+    backend: Backend, obj: Mapping[str, Any], stripe_transfer_id: str
 ) -> UUID | _NotFound:
     """The id of the ledger transfer this Stripe transfer belongs to, found as
     `ledger reconcile` finds it: the ledger id it names (`_named_ledger_id`);
@@ -359,7 +310,7 @@ def _find_transfer(
         return named
     # Transfers imported from the old table carry whatever transfer_group the
     # old system gave them: the read table knows them by their Stripe id.
-    recording = find_by_stripe_transfer_ids(ledger.db, [stripe_transfer_id])
+    recording = find_by_stripe_transfer_ids(backend.db, [stripe_transfer_id])
     paid_as = [row.id for row in recording.get(stripe_transfer_id, [])]
     if not paid_as:
         # One of the platform's other Stripe transfers: not the ledger's
@@ -382,7 +333,7 @@ def _named_ledger_id(obj: Mapping[str, Any]) -> UUID | None:
     )
 
 
-def _reversals(obj: Mapping[str, Any]) -> list[_Reversal]:
+def _reversals(obj: Mapping[str, Any]) -> list[ReversalAtStripe]:
     """The reversals embedded in a Transfer object, oldest first (Stripe lists
     them newest first, the ten newest; older ones came in their own events)."""
     listing = obj.get("reversals")
@@ -396,7 +347,7 @@ def _reversals(obj: Mapping[str, Any]) -> list[_Reversal]:
         metadata = item.get("metadata")
         created = item.get("created")
         found.append(
-            _Reversal(
+            ReversalAtStripe(
                 id=_text(item.get("id"), "reversal id"),
                 amount=_whole(item.get("amount"), "reversal amount"),
                 created=(

@@ -12,36 +12,28 @@ flight, then the command exits 0.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
 import os
-import socket
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 import anyio
 import anyio.to_thread
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ledger import logs
-from ledger.bootstrap import Ledger
+from ledger.backend import Backend
 from ledger.config import env_number
-from ledger.errors import InvalidInput, LedgerError
-from ledger.signals import stop_on_signals
+from ledger.errors import InvalidInput
 from ledger.webhooks.handler import (
     DEFAULT_TOLERANCE_SECONDS,
     MAX_TOLERANCE_SECONDS,
     MIN_TOLERANCE_SECONDS,
     handle_delivery,
-    signing_secrets,
 )
 
 log = logging.getLogger("ledger.webhooks")
@@ -79,8 +71,8 @@ class WebhookSettings:
         return cls(secret=secret, tolerance_seconds=int(tolerance))
 
 
-def build_app(ledger: Ledger, settings: WebhookSettings) -> Starlette:
-    """The ASGI app; `ledger` stays open for as long as the app serves."""
+def build_app(backend: Backend, settings: WebhookSettings) -> Starlette:
+    """The ASGI app; `backend` stays open for as long as the app serves."""
     limiter = anyio.CapacityLimiter(CONCURRENT_DELIVERIES)
 
     async def receive(request: Request) -> Response:
@@ -89,7 +81,7 @@ def build_app(ledger: Ledger, settings: WebhookSettings) -> Starlette:
             return JSONResponse({"error": "the body is too large"}, status_code=413)
         answer = await anyio.to_thread.run_sync(
             lambda: handle_delivery(
-                ledger,
+                backend,
                 body,
                 request.headers.get("stripe-signature"),
                 settings.secret,
@@ -101,7 +93,7 @@ def build_app(ledger: Ledger, settings: WebhookSettings) -> Starlette:
 
     async def healthz(_request: Request) -> Response:
         try:
-            await anyio.to_thread.run_sync(lambda: _ping(ledger), limiter=limiter)
+            await anyio.to_thread.run_sync(lambda: _ping(backend), limiter=limiter)
         except Exception as error:  # The probe's answer is the point.
             return JSONResponse(
                 {"status": "unavailable", "error": type(error).__name__}, status_code=503
@@ -135,77 +127,7 @@ async def _body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def _ping(ledger: Ledger) -> None:
-    with ledger.db.transaction(write=False) as cursor:
+def _ping(backend: Backend) -> None:
+    with backend.db.transaction(write=False) as cursor:
         cursor.execute("SELECT 1 AS ok")
         cursor.fetchone()
-
-
-def serve_from_args(args: argparse.Namespace) -> int:
-    # Configuration first: a missing secret or a bad port is bad input (exit 2)
-    # before anything is opened.
-    settings = WebhookSettings.from_env()
-    port = _port(args.port)
-    # Text on a terminal, one JSON object per line otherwise, as the daemon's;
-    # both secrets scrubbed from every line as a last line of defence.
-    logs.configure(
-        getattr(args, "log_format", "auto"),
-        secrets=[*signing_secrets(settings.secret), os.environ.get("STRIPE_API_KEY", "")],
-    )
-    listener = _listen(args.host, port)
-    stop = threading.Event()
-    with (
-        contextlib.closing(listener),
-        # uvicorn stops on these signals itself, then raises them again once
-        # it is done: this handler then takes them, and the command exits 0.
-        stop_on_signals(stop),
-        Ledger.open(args.database_url, pool_size=CONCURRENT_DELIVERIES + 1) as ledger,
-    ):
-        host, bound_port = listener.getsockname()[:2]
-        server = uvicorn.Server(
-            uvicorn.Config(
-                build_app(ledger, settings),
-                # The ledger's own log line per delivery says what matters;
-                # uvicorn's access lines would double it, and its dictConfig
-                # would replace ours.
-                log_config=None,
-                access_log=False,
-                log_level="warning",
-                lifespan="off",
-            )
-        )
-        log.info(
-            "webhook server listening on http://%s:%d%s (%s)",
-            host,
-            bound_port,
-            WEBHOOK_PATH,
-            ledger.db.dialect,
-        )
-        server.run(sockets=[listener])
-        log.info("webhook server stopped")
-    return 0
-
-
-def _port(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit()) or not 0 <= int(raw) <= 65535:
-        raise InvalidInput(f"invalid --port {raw!r}: expected a whole number 0-65535")
-    return int(raw)
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind before serving, so that the log line names the port really bound
-    (`--port 0` picks a free one) and connections wait in the backlog."""
-    try:
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = info[0]
-        listener = socket.socket(family, kind, proto)
-    except OSError as error:
-        raise LedgerError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(address)
-        listener.listen(128)
-    except OSError as error:
-        listener.close()
-        raise LedgerError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-    return listener

@@ -15,9 +15,9 @@ from uuid import UUID
 
 import pytest
 
-from ledger.bootstrap import Ledger
 from ledger.cli import run
 from tests.design_matrix import LEGAL
+from tests.ledgers import Ledger
 from tests.paying import pay_out
 
 # The console script installed next to the interpreter running the tests.

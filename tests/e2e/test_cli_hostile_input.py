@@ -243,7 +243,7 @@ def test_stored_text_with_control_characters_is_printed_escaped(
     """A value stored before these rules (written here past the validators,
     as an older version could) never reaches the terminal raw."""
     transfer_id = cli.create("order-legacy")
-    from ledger.bootstrap import Ledger  # noqa: PLC0415
+    from tests.ledgers import Ledger  # noqa: PLC0415
 
     with Ledger.open(cli.url) as ledger, ledger.db.transaction() as cursor:
         cursor.execute(
@@ -255,9 +255,10 @@ def test_stored_text_with_control_characters_is_printed_escaped(
         result = cli.cli(*argv, "--database-url", cli.url)
         assert result.code == 0
         assert "\x1b" not in result.out and "\u2028" not in result.out
-    assert "boom\\x1b[2J\\u2028done" in cli.cli(
-        "transfer", "show", transfer_id, "--database-url", cli.url
-    ).out
+    assert (
+        "boom\\x1b[2J\\u2028done"
+        in cli.cli("transfer", "show", transfer_id, "--database-url", cli.url).out
+    )
 
 
 def test_a_usage_error_names_ledger_once(run_cli: Cli) -> None:

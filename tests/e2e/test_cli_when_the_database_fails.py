@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 import psycopg
 
-from ledger.bootstrap import Ledger
 from tests.e2e.support import LedgerCli, assert_one_line_error
+from tests.ledgers import Ledger
 
 
 @contextmanager

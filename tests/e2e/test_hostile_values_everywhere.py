@@ -237,9 +237,7 @@ def test_transfer_import_with_hostile_lines(
 
 @hostile
 @given(
-    call=st.sampled_from(
-        ["create", "reverse", "set_status", "get", "list", "history", "webhook"]
-    ),
+    call=st.sampled_from(["create", "reverse", "set_status", "get", "list", "history", "webhook"]),
     text=any_text,
     other=any_text,
     number=st.one_of(st.integers(-(10**15), 10**15), st.floats(allow_nan=True), any_text),

@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from ledger.bootstrap import Ledger
 from ledger.config import DatabaseConfig
+from tests.ledgers import Ledger
 
 RULE = "the event log is append-only"
 

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import pytest
 
 from ledger.audit.history import export
-from ledger.bootstrap import Ledger
 from ledger.cli import run
 from ledger.importing import parse_lines
+from tests.ledgers import Ledger
 
 
 def import_pending(ledger: Ledger, count: int, prefix: str) -> None:

@@ -20,11 +20,11 @@ import pytest
 
 from ledger.audit.chain import UNLINKED, check_chain, seal, stream_links, verify_chain
 from ledger.audit.verify import verify as verify_ledger
-from ledger.bootstrap import Ledger
 from ledger.cli import run
 from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
 from tests.integration.test_audit_export import import_pending
+from tests.ledgers import Ledger
 from tests.paying import pay_out
 
 

@@ -11,10 +11,10 @@ from uuid import uuid4
 import pytest
 from eventsourcing.persistence import IntegrityError
 
-from ledger.bootstrap import Ledger
 from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, TransitionRefused
 from ledger.importing import parse_lines
+from tests.ledgers import Ledger
 from tests.paying import pay_out
 
 

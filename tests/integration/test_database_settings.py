@@ -14,9 +14,10 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 
 from ledger.application import ConcurrentUpdate
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import migrate_database
 from ledger.errors import DatabaseUnavailable
 from tests.e2e.support import assert_one_line_error, run_script, script_result
+from tests.ledgers import Ledger
 from tests.process.world import World, ledger_matches_stripe, new_world, running_simulator
 
 

@@ -11,14 +11,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from ledger.bootstrap import Ledger
-from projections.seller_transfers import (
-    COLUMNS,
+from ledger.projections.queries import (
     DUE_PAYOUT_RETRIES_SQL,
     DUE_PAYOUTS_SQL,
     DUE_REVERSALS_SQL,
     due_ids,
 )
+from ledger.views import COLUMNS
+from tests.ledgers import Ledger
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -6,8 +6,8 @@ from uuid import uuid4
 
 from eventsourcing.persistence import StoredEvent
 
-from ledger.bootstrap import Ledger
 from ledger.storage import ArrayInsertPostgresRecorder
+from tests.ledgers import Ledger
 
 
 def test_a_batch_append_reads_back_byte_for_byte_in_notification_order(

@@ -10,10 +10,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import migrate_database
 from ledger.config import DatabaseConfig
 from ledger.errors import NotMigrated
 from ledger.migrate import available_migrations
+from tests.ledgers import Ledger
 from tests.postgres_server import create_database
 
 # What `ledger migrate` must leave behind, per dialect: (column, type, not null).
@@ -268,7 +269,7 @@ def test_plain_sql_files_applied_by_hand_give_the_same_schema_as_the_runner(
     by_hand = create_database(postgres_admin_url, "by_hand_" + postgres_url.rsplit("_", 1)[-1])
     # The events table is the eventsourcing library's: `ledger migrate` has its
     # recorder create it before the files run, and so does a DBA.
-    with Ledger(DatabaseConfig.from_url(by_hand)) as ledger:
+    with Ledger.open(by_hand, migrated=False) as ledger:
         ledger.db.create_event_store_tables()
     with psycopg.connect(by_hand, autocommit=True) as pg:
         for migration in available_migrations("postgresql"):
@@ -285,7 +286,7 @@ def test_commands_refuse_a_database_that_is_not_migrated(database_url: str) -> N
     config = DatabaseConfig.from_url(database_url)
     if config.kind == "sqlite":
         # Creating the event store's table alone is not enough.
-        with Ledger(config) as ledger:
+        with Ledger.open(database_url, migrated=False) as ledger:
             ledger.db.create_event_store_tables()
     with pytest.raises(NotMigrated, match="ledger migrate"):
         Ledger.open(database_url)

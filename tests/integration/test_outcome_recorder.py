@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
-from ledger.bootstrap import Ledger
 from ledger.domain import Transfer
 from ledger.errors import TransitionRefused
 from ledger.processing.recording import OutcomeRecorder, _Outcome
+from tests.ledgers import Ledger
 
 
 def paid(stripe_id: str) -> Callable[[Transfer], None]:

@@ -13,8 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ledger.bootstrap import Ledger, migrate_database
+from ledger.bootstrap import migrate_database
 from ledger.cli import run
+from tests.ledgers import Ledger
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "previous_release"
 # What that release left: 12 transfers, 25 events, 19 of them sealed.

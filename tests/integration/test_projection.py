@@ -13,13 +13,10 @@ import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from ledger.bootstrap import Ledger
 from ledger.domain import STATE_FIELDS, Transfer
-from projections.seller_transfers import (
-    SellerTransfersProjection,
-    list_transfers,
-    quarantined,
-)
+from ledger.projections.projection import SellerTransfersProjection, quarantined
+from ledger.projections.queries import list_transfers
+from tests.ledgers import Ledger
 from tests.paying import pay_out
 
 

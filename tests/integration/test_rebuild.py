@@ -19,23 +19,19 @@ import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from ledger.application import ImportRecord
-from ledger.audit import rebuild as rebuild_module
-from ledger.audit.rebuild import rebuild
 from ledger.audit.verify import verify
-from ledger.bootstrap import Ledger
 from ledger.cli import run
 from ledger.config import DatabaseConfig
-from ledger.domain import Transfer
-from projections.seller_transfers import (
-    HistoryDecoder,
-    compared_values,
-    quarantined,
-    replay_history,
-)
+from ledger.domain import Transfer, TransferState
+from ledger.importing import ImportRecord
+from ledger.projections import rebuild as rebuild_module
+from ledger.projections.projection import quarantined
+from ledger.projections.rebuild import rebuild
+from ledger.projections.rows import HistoryDecoder, compared_values, replay_history
 from tests.e2e.support import LEDGER_SCRIPT
 from tests.integration.test_audit_export import import_pending
 from tests.integration.test_migrations import describe
+from tests.ledgers import Ledger
 from tests.waiting import wait_for
 
 
@@ -307,16 +303,20 @@ def legacy_event_with_control_characters(ledger: Ledger) -> None:
     the live projection does (COPY escapes the tab and the newline)."""
     transfer = Transfer.import_existing(
         transfer_id=uuid4(),
-        seller_account_id="acct_1Old",
-        order_ref="imported-by-an-older-version",
-        amount=800,
-        currency="usd",
-        status="failed",
-        retry_count=1,
-        next_retry_at=None,
-        stripe_transfer_id=None,
-        amount_reversed=0,
-        last_error="written later",
+        state=TransferState(
+            status="failed",
+            seller_account_id="acct_1Old",
+            order_ref="imported-by-an-older-version",
+            amount=800,
+            currency="usd",
+            retry_count=1,
+            next_retry_at=None,
+            stripe_transfer_id=None,
+            amount_reversed=0,
+            last_error="written later",
+            reversal_request_ref=None,
+            reversal_amount=None,
+        ),
         source_updated_at=PARIS_SPRING,
         actor=SYSTEM,
     )

@@ -17,8 +17,9 @@ from uuid import UUID
 
 import pytest
 
-from ledger.bootstrap import Ledger, work_store
-from ledger.processing.failpoints import NAMES
+from ledger.bootstrap import work_store
+from ledger.failpoints import NAMES
+from tests.ledgers import Ledger
 from tests.process.world import (
     World,
     finish,

@@ -88,7 +88,7 @@ def test_a_step_that_keeps_failing_is_one_log_line_not_a_traceback_every_turn(
             raise RuntimeError("the projection cannot catch up\nsecond line of detail")
         return 0
 
-    monkeypatch.setattr("ledger.bootstrap.Ledger.ensure_current", ensure_current)
+    monkeypatch.setattr("ledger.backend.Backend.ensure_current", ensure_current)
     with running_simulator() as server:
         world = new_world(migrated_url, server)
         stop = threading.Event()

@@ -35,7 +35,7 @@ from uuid import UUID
 
 import pytest
 
-from ledger.bootstrap import Ledger
+from tests.ledgers import Ledger
 from tests.process.world import (
     World,
     finish,

@@ -17,9 +17,9 @@ from typing import Any
 
 import stripe
 
-from ledger.bootstrap import Ledger
 from ledger.domain import payout_cause
 from ledger.processing.effects import idempotency_key
+from tests.ledgers import Ledger
 from tests.process.world import (
     World,
     finish,

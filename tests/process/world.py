@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
-from ledger.bootstrap import Ledger, build_daemon
+from ledger.bootstrap import build_daemon
 from ledger.processing.daemon import DaemonOptions
 from ledger.processing.policy import RetryPolicy
 from ledger.stripe.gateway import StripeSettings
 from ledger.stripe.simulator import OFF, SimulatorConfig, SimulatorServer, StripeSimulator
-from projections.seller_transfers import TransferView
+from ledger.views import TransferView
+from tests.ledgers import Ledger
 from tests.waiting import wait_for
 
 API_KEY = "sk_test_ledgerSecretKey4242"

@@ -10,6 +10,7 @@ import argparse
 import pytest
 import stripe
 
+from ledger.cli.stripe_sim import config_from_args, configure_parser
 from ledger.errors import InvalidInput
 from ledger.stripe.simulator import (
     LIVE_MODE,
@@ -17,8 +18,6 @@ from ledger.stripe.simulator import (
     TEST_MODE,
     RateLimit,
     SimulatorConfig,
-    config_from_args,
-    configure_parser,
 )
 from tests.stripe_sim import (
     SteppedClock,

@@ -19,8 +19,9 @@ from typing import IO, Any
 import pytest
 import stripe
 
+from ledger.cli import run
 from ledger.errors import InvalidInput
-from ledger.stripe.simulator import SimulatorConfig, main, mask_api_key, parse_faults
+from ledger.stripe.simulator import SimulatorConfig, mask_api_key, parse_faults
 from tests.stripe_sim import (
     create_transfer,
     raw_request,
@@ -660,7 +661,7 @@ def test_parse_faults_reads_good_specs() -> None:
 
 
 def test_cli_refuses_a_bad_fault_spec_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--port", "0", "--faults", "meteor=0.5"]) == 2
+    assert run(["stripe-sim", "--port", "0", "--faults", "meteor=0.5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "unknown fault 'meteor'" in err
@@ -680,7 +681,7 @@ def test_cli_serves_until_sigterm_and_never_shows_the_key() -> None:
     env = {k: v for k, v in os.environ.items() if k != "STRIPE_SIM_API_KEY"}
     env["STRIPE_SIM_API_KEY"] = secret
     process = subprocess.Popen(
-        [sys.executable, "-m", "ledger.stripe.simulator", "--port", "0", "--latency-ms", "1"],
+        [sys.executable, "-m", "ledger.cli", "stripe-sim", "--port", "0", "--latency-ms", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

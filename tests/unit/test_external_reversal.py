@@ -11,7 +11,7 @@ from uuid import uuid4
 
 import pytest
 
-from ledger.domain import Transfer
+from ledger.domain import Transfer, TransferState
 from ledger.errors import InvalidInput, TransitionRefused
 from tests.unit.builders import (
     AMOUNT,
@@ -210,16 +210,20 @@ def test_a_malformed_report_is_not_recorded(change: dict[str, Any]) -> None:
 def test_a_reversal_older_than_an_import_is_counted_in_what_was_imported() -> None:
     transfer = Transfer.import_existing(
         transfer_id=uuid4(),
-        seller_account_id=SELLER,
-        order_ref="legacy-1",
-        amount=AMOUNT,
-        currency="usd",
-        status="completed",
-        retry_count=0,
-        next_retry_at=None,
-        stripe_transfer_id="tr_legacy",
-        amount_reversed=2_000,
-        last_error=None,
+        state=TransferState(
+            status="completed",
+            seller_account_id=SELLER,
+            order_ref="legacy-1",
+            amount=AMOUNT,
+            currency="usd",
+            retry_count=0,
+            next_retry_at=None,
+            stripe_transfer_id="tr_legacy",
+            amount_reversed=2_000,
+            last_error=None,
+            reversal_request_ref=None,
+            reversal_amount=None,
+        ),
         source_updated_at=None,
         actor="system:import",
     )

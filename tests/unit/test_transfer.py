@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from ledger.domain import Transfer, event_ref, transfer_id_for_order
+from ledger.domain import Transfer, TransferState, event_ref, transfer_id_for_order
 from ledger.errors import IdempotencyConflict, InvalidInput, TransitionRefused
 from tests.design_matrix import LEGAL, STATUSES
 from tests.unit.builders import (
@@ -713,16 +713,20 @@ def an_imported_transfer(
 ) -> Transfer:
     return Transfer.import_existing(
         transfer_id=transfer_id or uuid4(),
-        seller_account_id=SELLER,
-        order_ref="legacy-77",
-        amount=AMOUNT,
-        currency="USD",
-        status=status,
-        retry_count=3,
-        next_retry_at=LATER,
-        stripe_transfer_id="tr_legacy",
-        amount_reversed=amount_reversed,  # type: ignore[arg-type]
-        last_error="previous error",
+        state=TransferState(
+            seller_account_id=SELLER,
+            order_ref="legacy-77",
+            amount=AMOUNT,
+            currency="USD",
+            status=status,
+            retry_count=3,
+            next_retry_at=LATER,
+            stripe_transfer_id="tr_legacy",
+            amount_reversed=amount_reversed,  # type: ignore[arg-type]
+            last_error="previous error",
+            reversal_request_ref=None,
+            reversal_amount=None,
+        ),
         source_updated_at=SOURCE_UPDATED_AT,
         actor="system:import",
     )

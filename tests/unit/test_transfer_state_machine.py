@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from ledger.domain import Transfer
+from ledger.domain import Transfer, TransferState
 from ledger.errors import IdempotencyConflict, InvalidInput, LedgerError, TransitionRefused
 from tests.design_matrix import LEGAL, STATUSES
 from tests.unit.builders import in_memory_app
@@ -172,16 +172,20 @@ class TransferLifecycle(RuleBasedStateMachine):
             amount_reversed = amount // 2 if origin == "reversed" else 0
             self._transfer = Transfer.import_existing(
                 transfer_id=uuid4(),
-                seller_account_id="acct_1",
-                order_ref="legacy-1",
-                amount=amount,
-                currency="usd",
-                status=origin,
-                retry_count=2,
-                next_retry_at=None,
-                stripe_transfer_id="tr_legacy",
-                amount_reversed=amount_reversed,
-                last_error=None,
+                state=TransferState(
+                    status=origin,
+                    seller_account_id="acct_1",
+                    order_ref="legacy-1",
+                    amount=amount,
+                    currency="usd",
+                    retry_count=2,
+                    next_retry_at=None,
+                    stripe_transfer_id="tr_legacy",
+                    amount_reversed=amount_reversed,
+                    last_error=None,
+                    reversal_request_ref=None,
+                    reversal_amount=None,
+                ),
                 source_updated_at=None,
                 actor="system:import",
             )

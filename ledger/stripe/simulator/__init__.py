@@ -98,14 +98,6 @@ from __future__ import annotations
 
 from ledger.stripe.simulator.api import ApiRequest, ApiResponse, StripeErrorResponse
 from ledger.stripe.simulator.auth import mask_api_key
-from ledger.stripe.simulator.cli import (
-    DESCRIPTION,
-    config_from_args,
-    configure_parser,
-    main,
-    run_from_args,
-    startup_line,
-)
 from ledger.stripe.simulator.config import (
     DEFAULT_IDEMPOTENCY_TTL_SECONDS,
     DEFAULT_PORT,
@@ -122,7 +114,6 @@ __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL_SECONDS",
     "DEFAULT_PORT",
     "DEFAULT_SLOW_MS",
-    "DESCRIPTION",
     "FAULT_NAMES",
     "LIVE_MODE",
     "OFF",
@@ -138,13 +129,8 @@ __all__ = [
     "SimulatorServer",
     "StripeErrorResponse",
     "StripeSimulator",
-    "config_from_args",
-    "configure_parser",
     "format_faults",
-    "main",
     "mask_api_key",
     "parse_faults",
-    "run_from_args",
     "signature_header",
-    "startup_line",
 ]

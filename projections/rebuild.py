@@ -36,21 +36,12 @@ from uuid import UUID
 
 from ledger.errors import LedgerError
 from ledger.migrate import available_migrations
-from ledger.processing.failpoints import failpoint
+from ledger.failpoints import failpoint
 from ledger.progress import Progress
 from ledger.storage import Cursor, Database
-from projections.seller_transfers import (
-    COLUMNS,
-    TABLE,
-    TRACKING_NAME,
-    HistoryDecoder,
-    ProjectionError,
-    SellerTransfersProjection,
-    check_storable,
-    copy_values,
-    replay_history,
-    set_aside,
-)
+from ledger.projections.projection import SellerTransfersProjection, set_aside
+from ledger.projections.rows import HistoryDecoder, ProjectionError, TABLE, TRACKING_NAME, check_storable, copy_values, replay_history
+from ledger.views import COLUMNS
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

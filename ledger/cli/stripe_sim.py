@@ -1,4 +1,5 @@
-"""``ledger stripe-sim`` (and ``python -m ledger.stripe.simulator``): options, start-up, serving."""
+"""`ledger stripe-sim` (and `python -m ledger.cli stripe-sim`): the simulator's
+options, start-up and serving."""
 
 from __future__ import annotations
 
@@ -196,18 +197,3 @@ def run_from_args(args: argparse.Namespace) -> int:
         finally:
             server.stop()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m ledger.stripe.simulator`, for when the `ledger` command is not at hand."""
-    parser = argparse.ArgumentParser(prog="stripe-sim", description=DESCRIPTION)
-    configure_parser(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_from_args(args)
-    except InvalidInput as error:
-        print(f"stripe-sim: error: {error}", file=sys.stderr)
-        return 2
-    except LedgerError as error:
-        print(f"stripe-sim: error: {error}", file=sys.stderr)
-        return 1

@@ -36,33 +36,24 @@ Stripe is read through `StripeSide` (`ledger.stripe.listing.StripeReader`).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import math
-import os
-import sys
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final, Protocol, TextIO
 from uuid import UUID
 
 from ledger import values
-from ledger.bootstrap import Ledger
-from ledger.errors import InvalidInput
+from ledger.backend import Backend
 from ledger.matrix import Status
 from ledger.processing.work import WorkStore
 from ledger.progress import Progress
+from ledger.projections.queries import find_by_stripe_transfer_ids
+from ledger.projections.rows import TABLE
+from ledger.reconcile.report import Checked, Difference, Report, describe, summary
 from ledger.storage import Database
-from ledger.stripe.gateway import StripeSettings
-from ledger.stripe.listing import ListedReversal, ListedTransfer, StripeReader
-from projections.seller_transfers import (
-    COLUMNS,
-    TABLE,
-    TransferView,
-    find_by_stripe_transfer_ids,
-)
+from ledger.stripe.listing import ListedReversal, ListedTransfer
+from ledger.views import COLUMNS, TransferView
 
 EXIT_AGREE: Final = 0
 EXIT_DIFFERENCES: Final = 1
@@ -90,139 +81,17 @@ class StripeSide(Protocol):
     def reversals(self, transfer_id: str) -> tuple[ListedReversal, ...]: ...
 
 
-@dataclass(frozen=True)
-class Difference:
-    """One thing the ledger and Stripe disagree on, with both sides' values."""
-
-    transfer_id: str | None
-    stripe_transfer_id: str | None
-    field: str
-    ledger: Any
-    stripe: Any
-    note: str = ""
-    # A daemon may be between its Stripe call and recording the answer.
-    in_flight: bool = False
-    money_moved_twice: bool = False
-    # More for machines (a webhook delivery's event id and time).
-    # (`dataclasses.field`: within this class, `field` is the attribute above.)
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "transfer_id": self.transfer_id,
-            "stripe_transfer_id": self.stripe_transfer_id,
-            "field": self.field,
-            "ledger": self.ledger,
-            "stripe": self.stripe,
-            "note": self.note,
-            "in_flight": self.in_flight,
-            "money_moved_twice": self.money_moved_twice,
-            **self.extra,
-        }
-
-    def as_text(self) -> str:
-        line = (
-            f"{self.transfer_id or '-'} {self.stripe_transfer_id or '-'} {self.field}:"
-            f" ledger {_show(self.ledger)}, Stripe {_show(self.stripe)}"
-        )
-        return f"{line} -- {self.note}" if self.note else line
-
-    def rank(self) -> int:
-        """Money moved twice first, things that may settle by themselves last."""
-        return 0 if self.money_moved_twice else 2 if self.in_flight else 1
-
-
-@dataclass
-class Checked:
-    # Ledger transfers compared with their Stripe transfer, or found to
-    # record none although their status says Stripe paid them.
-    ledger_transfers: int = 0
-    # Stripe transfers listed, and those among them that name no ledger
-    # transfer and that no ledger transfer records (the platform's other
-    # business): those are left alone.
-    stripe_transfers: int = 0
-    other_stripe_transfers: int = 0
-    # Of the ledger transfers: how many had to be retrieved one by one (pass 2).
-    retrieved: int = 0
-    reversals: int = 0
-    # Second payouts already reversed in full at Stripe: money moved twice and
-    # came back, nothing left to do, so not a difference.
-    extra_payouts_reversed: int = 0
-    # Deliveries listed; None when there is no webhook table to read.
-    webhook_events: int | None = None
-    # Differences that may have been in flight, checked again; how many settled.
-    rechecked: int = 0
-    settled: int = 0
-    # 429s waited out.
-    rate_limited: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-
-@dataclass
-class Report:
-    since: datetime | None
-    checked: Checked = field(default_factory=Checked)
-    differences: list[Difference] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.differences
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "since": _iso(self.since) if self.since else None,
-            "checked": self.checked.as_json(),
-            "money_moved_twice": sum(d.money_moved_twice for d in self.differences),
-            "in_flight": sum(d.in_flight for d in self.differences),
-            "differences": [d.as_json() for d in self.differences],
-        }
-
-    def lines(self) -> list[str]:
-        """For a person: one line per difference, then a summary line."""
-        checked = self.checked
-        scope = (
-            f"{checked.ledger_transfers:,} ledger transfers, {checked.stripe_transfers:,} Stripe"
-            f" transfers ({checked.other_stripe_transfers:,} not the ledger's),"
-            f" {checked.reversals:,} reversals checked"
-        )
-        if self.since:
-            scope += f" since {_iso(self.since)}"
-        if checked.rate_limited:
-            scope += f"; waited out {checked.rate_limited} Stripe rate limits"
-        if self.ok:
-            return [f"reconcile: the ledger and Stripe agree: {scope}"]
-        counts = [
-            f"{n} {what}"
-            for n, what in (
-                (sum(d.money_moved_twice for d in self.differences), "money moved twice"),
-                (sum(d.in_flight for d in self.differences), "may be in flight"),
-            )
-            if n
-        ]
-        total = len(self.differences)
-        summary = f"reconcile: {total} difference{'s' if total != 1 else ''}"
-        if counts:
-            summary += f" ({', '.join(counts)})"
-        return [*(d.as_text() for d in self.differences), f"{summary}: {scope}"]
-
-
-# ----- the comparison ---------------------------------------------------------
-
-
 class Reconciliation:
     def __init__(
         self,
-        ledger: Ledger,
+        backend: Backend,
         stripe: StripeSide,
         *,
         since: datetime | None = None,
         progress_out: TextIO | None = None,
     ) -> None:
-        self.ledger = ledger
-        self.db: Database = ledger.db
+        self.backend = backend
+        self.db: Database = backend.db
         self.stripe = stripe
         self.since = since
         self.progress_out = progress_out
@@ -301,7 +170,7 @@ class Reconciliation:
                     transfer.id,
                     "transfer",
                     None,
-                    _summary(transfer),
+                    summary(transfer),
                     "money moved without a ledger record: Stripe paid under a ledger transfer"
                     " id the ledger does not have",
                 )
@@ -327,7 +196,7 @@ class Reconciliation:
                     row.stripe_transfer_id,
                     transfer.id,
                     f"{_MOVED_TWICE}: Stripe paid this ledger transfer again"
-                    f" ({_describe(transfer)}) besides {row.stripe_transfer_id}, the payout the"
+                    f" ({describe(transfer)}) besides {row.stripe_transfer_id}, the payout the"
                     f" ledger records; reverse {transfer.id} at Stripe",
                     money_moved_twice=True,
                 )
@@ -356,22 +225,22 @@ class Reconciliation:
         if in_flight:
             note = (
                 f"may be in flight: the ledger's payout manager made this Stripe transfer"
-                f" ({_describe(transfer)}) and the ledger ({row.status}) has not recorded it yet"
+                f" ({describe(transfer)}) and the ledger ({row.status}) has not recorded it yet"
             )
         elif row.status in _AWAITING_PAYOUT:
             note = (
                 f"Stripe has a transfer for this {row.status} ledger transfer that the ledger"
-                f" did not make ({_describe(transfer)}): the daemon's next attempt would pay"
+                f" did not make ({describe(transfer)}): the daemon's next attempt would pay"
                 " it again"
             )
         elif row.status == Status.PERMANENTLY_FAILED:
             note = (
-                f"money moved that the ledger says did not: Stripe paid ({_describe(transfer)})"
+                f"money moved that the ledger says did not: Stripe paid ({describe(transfer)})"
                 " a transfer the ledger gave up on"
             )
         else:
             note = (
-                f"Stripe paid this transfer ({_describe(transfer)}); the ledger ({row.status})"
+                f"Stripe paid this transfer ({describe(transfer)}); the ledger ({row.status})"
                 " records no Stripe transfer for it"
             )
         self._add(
@@ -481,7 +350,7 @@ class Reconciliation:
     def _recorded_reversals(self, transfer_id: UUID) -> dict[str, None]:
         """The Stripe reversal ids the ledger's events name, in order."""
         recorded: dict[str, None] = {}
-        for event in self.ledger.transfers.events.get(transfer_id):
+        for event in self.backend.transfers.events.get(transfer_id):
             reversal_id = getattr(event, "stripe_reversal_id", None)
             if reversal_id:
                 recorded[reversal_id] = None
@@ -528,7 +397,7 @@ class Reconciliation:
         listed = "no Stripe transfer names it"
         if self.since is not None:
             listed += (
-                f" among those made since {_iso(self.since)} (a full run, without --since,"
+                f" among those made since {values.iso(self.since)} (a full run, without --since,"
                 " looks at all of them)"
             )
         self._add(
@@ -558,7 +427,9 @@ class Reconciliation:
                     f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE {where} ORDER BY id LIMIT ?",
                     [*params, LEDGER_ROWS_PER_BATCH],
                 )
-                batch = [TransferView.from_row(self.db, row) for row in cursor.fetchall()]
+                batch = [
+                    TransferView.from_row(row, self.db.from_db_time) for row in cursor.fetchall()
+                ]
             if not batch:
                 return
             yield batch
@@ -592,7 +463,7 @@ class Reconciliation:
                 f" WHERE id IN ({', '.join('?' * len(ids))})",
                 [self.db.to_db_id(i) for i in ids],
             )
-            rows = [TransferView.from_row(self.db, row) for row in cursor.fetchall()]
+            rows = [TransferView.from_row(row, self.db.from_db_time) for row in cursor.fetchall()]
         return {row.id: row for row in rows}
 
     # ----- pass 3: webhook deliveries that need a person ----------------------
@@ -632,7 +503,7 @@ class Reconciliation:
                     note,
                     extra={
                         "stripe_event_id": row["stripe_event_id"],
-                        "received_at": _iso(received) if received else None,
+                        "received_at": values.iso(received) if received else None,
                     },
                 )
             )
@@ -680,7 +551,7 @@ class Reconciliation:
             state = f"the daemon parked the {kind}: see `ledger parked list`"
         elif work.claimed_by is not None:
             expires = work.claim_expires_at
-            until = f" until {_iso(expires)}" if expires else ""
+            until = f" until {values.iso(expires)}" if expires else ""
             state = f"daemon {work.claimed_by} holds the {kind}{until}"
         elif work.outcome_unknown:
             state = (
@@ -719,68 +590,10 @@ class Reconciliation:
 
 
 def reconcile(
-    ledger: Ledger,
+    backend: Backend,
     stripe: StripeSide,
     *,
     since: datetime | None = None,
     progress_out: TextIO | None = None,
 ) -> Report:
-    return Reconciliation(ledger, stripe, since=since, progress_out=progress_out).run()
-
-
-# ----- the command -------------------------------------------------------------------
-
-
-def stripe_settings(environ: Mapping[str, str] = os.environ) -> StripeSettings:
-    if not environ.get("STRIPE_API_KEY", "").strip():
-        raise InvalidInput(
-            "STRIPE_API_KEY is not set: reconcile reads Stripe with the platform's secret key"
-        )
-    return StripeSettings.from_env(environ)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """`ledger reconcile [--json] [--since TIME]`: exit 0 when the ledger and
-    Stripe agree, 1 with the differences."""
-    since = values.timestamp(args.since, "--since") if args.since is not None else None
-    settings = stripe_settings()
-    with Ledger.open(args.database_url) as ledger:
-        report = reconcile(ledger, StripeReader(settings), since=since, progress_out=sys.stderr)
-    if args.json:
-        json.dump(report.as_json(), sys.stdout, separators=(", ", ": "))
-        sys.stdout.write("\n")
-    else:
-        for line in report.lines():
-            print(line)
-    return EXIT_AGREE if report.ok else EXIT_DIFFERENCES
-
-
-# ----- formatting --------------------------------------------------------------------
-
-
-def _summary(transfer: ListedTransfer) -> dict[str, Any]:
-    return {
-        "amount": transfer.amount,
-        "currency": transfer.currency,
-        "destination": transfer.destination,
-    }
-
-
-def _describe(transfer: ListedTransfer) -> str:
-    return _show(_summary(transfer))
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, Mapping):
-        if "destination" in value:
-            return f"{value['amount']} {value['currency']} to {value['destination']}"
-        if "id" in value and "amount" in value:
-            return f"{value['id']} of {value['amount']}"
-        return json.dumps(value)
-    return str(value)
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
+    return Reconciliation(backend, stripe, since=since, progress_out=progress_out).run()

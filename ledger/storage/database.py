@@ -1,209 +1,46 @@
-"""One small interface over the two databases the ledger runs on.
-
-The event store is the eventsourcing library's recorder; this module lends its
-connection pool to the ledger's own SQL (read table, tracking positions,
-migrations) so that everything lives in one database and a projection can
-write its rows and its tracking position in one transaction.
-
-SQL in the ledger is written once with `?` placeholders and rewritten to
-`%s` for psycopg; the few real dialect differences (time values, the events
-table's shape, how a writer takes its lock) are methods here.
-"""
+"""The ledger's view of its one database, shared by the event store and the
+ledger's own SQL (read table, tracking positions, migrations), on SQLite or
+PostgreSQL: the event store is the eventsourcing library's recorder, and this
+lends its connection pool to the rest, so that everything lives in one
+database and a projection writes its rows and its position in one
+transaction. The few real dialect differences (time values, the events
+table's shape, how a writer takes its lock) are methods here."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, Protocol, cast
+from typing import Any, Final, Literal, cast
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import (
-    InterfaceError,
-    OperationalError,
-    PersistenceError,
-    StoredEvent,
-)
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from eventsourcing.utils import Environment, retry
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
 
-from ledger.errors import DatabaseError, DatabaseUnavailable, LedgerError, first_line
+from ledger.errors import DatabaseUnavailable
+from ledger.storage.cursors import (
+    SQLITE_MAX_PARAMS,
+    Cursor,
+    Row,
+    _PostgresCursor,
+    _SQLiteCursor,
+)
+from ledger.storage.failures import POLL_SECONDS, pool_checked_on_connection_loss
 
-Row = dict[str, Any]
-# A statement (with `?` placeholders) and its parameters.
-Statement = tuple[str, Sequence[Any]]
 # From this many rows on, PostgreSQL upserts go through COPY (see Database.upsert).
-COPY_THRESHOLD = 64
-# How long exclusive_session waits for another holder, and how often it asks.
-EXCLUSIVE_WAIT_SECONDS = 600.0
-EXCLUSIVE_POLL_SECONDS = 0.1
-# Stay under old SQLite builds' limit of 999 bound parameters per statement.
-SQLITE_MAX_PARAMS = 900
+COPY_THRESHOLD: Final = 64
+# How long exclusive_session waits for another holder.
+EXCLUSIVE_WAIT_SECONDS: Final = 600.0
 # Rows per chunk when streaming a whole table (Database.stream_rows).
-STREAM_CHUNK_ROWS = 1000
+STREAM_CHUNK_ROWS: Final = 1000
 # libpq 17 brought chunked results (many rows per fetch, one statement); older
 # libpq streams row by row, which is slower but as flat in memory.
-_LIBPQ_CHUNKED_ROWS = 170000
+_LIBPQ_CHUNKED_ROWS: Final = 170000
 Dialect = Literal["sqlite", "postgresql"]
-
-
-class Cursor(Protocol):
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
-    def fetchone(self) -> Row | None: ...
-    def fetchall(self) -> list[Row]: ...
-
-
-class _SQLiteCursor:
-    """A Cursor over sqlite3: `?` placeholders, rows as dicts."""
-
-    def __init__(self, cursor: Any) -> None:
-        self._cursor = cursor
-
-    def _sql(self, sql: str) -> str:
-        return sql
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._cursor.execute(self._sql(sql), params)
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self._cursor.executemany(self._sql(sql), rows)
-
-    def fetchone(self) -> Row | None:
-        row = self._cursor.fetchone()
-        return None if row is None else dict(row)
-
-    def fetchall(self) -> list[Row]:
-        return [dict(row) for row in self._cursor.fetchall()]
-
-
-class _PostgresCursor(_SQLiteCursor):
-    """The same over psycopg, whose placeholders are `%s`."""
-
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s")
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        # None, not (): psycopg then leaves a literal % in the SQL alone.
-        self._cursor.execute(self._sql(sql), params or None)
-
-    def copy_rows(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self._cursor.copy(sql) as copy:
-            for row in rows:
-                copy.write_row(row)
-
-
-# What a database says of a value or a row it refuses (not of itself): a
-# constraint, a value it cannot store. Deterministic: trying again changes nothing.
-DATA_ERRORS: Final = (
-    psycopg.DataError,
-    psycopg.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.IntegrityError,
-    sqlite3.InterfaceError,
-)
-
-
-@contextmanager
-def pool_checked_on_connection_loss(datastore: PostgresDatastore) -> Iterator[None]:
-    """On a lost connection, have the pool check (and replace) every idle
-    connection before the error goes up: after a restart all of them are
-    dead, and each caller would otherwise meet one in turn."""
-    try:
-        yield
-    except (InterfaceError, OperationalError, psycopg.OperationalError, psycopg.InterfaceError):
-        with contextlib.suppress(Exception):
-            datastore.pool.check()
-        raise
-
-
-def is_version_conflict(error: BaseException) -> bool:
-    """Is this IntegrityError from an append a conflict on the events' primary
-    key (another writer saved the same aggregate version first), rather than
-    a constraint of one of the ledger's own statements in the append?"""
-    cause = error.__cause__
-    if isinstance(cause, psycopg.errors.UniqueViolation):
-        return (cause.diag.table_name or "").endswith("_events") and (
-            cause.diag.constraint_name or ""
-        ).endswith("_pkey")
-    # sqlite3: "UNIQUE constraint failed: stored_events.originator_id, ..."
-    return "originator_version" in str(cause or error)
-
-
-# Every failure a database (or the library over it) can raise.
-DATABASE_FAILURES: Final = (PersistenceError, psycopg.Error, sqlite3.Error)
-
-
-def as_ledger_error(error: BaseException) -> LedgerError:
-    """A database's failure as the ledger's own error, one line: a lost or
-    refused connection is DatabaseUnavailable, anything else DatabaseError."""
-    message = describe_database_error(error)
-    if connection_lost(error):
-        return DatabaseUnavailable(message)
-    return DatabaseError(message)
-
-
-def connection_lost(error: BaseException) -> bool:
-    """Did this failure happen because the connection was lost or could not
-    be made (a server restart, a network blip), not because of a statement?"""
-    cause = error.__cause__ or error
-    return isinstance(error, InterfaceError | OperationalError | DatabaseUnavailable) or isinstance(
-        cause, psycopg.OperationalError | psycopg.InterfaceError
-    )
-
-
-def describe_database_error(error: BaseException) -> str:
-    """One line for a database's error, as the driver put it (never the
-    password), with a full disk said plainly."""
-    text = first_line(str(error))
-    cause = error.__cause__ or error
-    if isinstance(cause, psycopg.errors.DiskFull) or "disk is full" in text:
-        return f"the database's disk is full: {text}"
-    return f"database error: {text}"
-
-
-def use_sqlite_wal(path: str, timeout_seconds: float = 30.0) -> None:
-    """Put the SQLite file in WAL mode (readers never block the writer), once.
-
-    The eventsourcing pool switches each new file itself, but switching needs
-    the file to itself and SQLite answers "database is locked" at once instead
-    of waiting: several processes migrating a new file at once would fail. Here
-    the switch is retried until a deadline; once done, it lasts with the file.
-    """
-    deadline = time.monotonic() + timeout_seconds
-    with closing(sqlite3.connect(path, timeout=timeout_seconds)) as conn:
-        while True:
-            try:
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            except sqlite3.OperationalError:
-                mode = None
-            if mode == "wal":
-                return
-            if time.monotonic() > deadline:
-                raise DatabaseUnavailable(f"cannot put {path} in WAL mode: it stays locked")
-            time.sleep(EXCLUSIVE_POLL_SECONDS)
-
-
-def check_postgres_reachable(params: Mapping[str, Any], timeout_seconds: int = 5) -> None:
-    """Connect once, directly, so that an unreachable server or a wrong password
-    is reported as the server said it, at once. (The pool would retry for its
-    whole timeout and then say only that it got no connection.)"""
-    try:
-        psycopg.connect(**params, connect_timeout=timeout_seconds).close()
-    except psycopg.OperationalError as error:
-        # libpq's message names host, port and user, never the password.
-        reason = " ".join(str(error).split())
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {reason}") from None
 
 
 class Database:
@@ -359,7 +196,7 @@ class Database:
                         f"another process held lock {key} for {EXCLUSIVE_WAIT_SECONDS:.0f} s;"
                         " is a `ledger migrate` stuck?"
                     )
-                time.sleep(EXCLUSIVE_POLL_SECONDS)
+                time.sleep(POLL_SECONDS)
             try:
                 yield
             finally:
@@ -610,149 +447,3 @@ def _stored_event(row: Row) -> StoredEvent:
         topic=row["topic"],
         state=bytes(row["state"]),
     )
-
-
-class LedgerPostgresFactory(PostgresFactory):
-    """The library's PostgreSQL factory, whose pool also passes every libpq
-    parameter of the ledger's URL (sslmode, sslrootcert, application_name,
-    ...) to each connection it opens. The library knows only host, port,
-    user, password and dbname; its pool opens when the recorder is made, so
-    the parameters go in here, before that."""
-
-    LIBPQ_OPTIONS = "LEDGER_LIBPQ_OPTIONS"
-
-    def __init__(self, env: Environment) -> None:
-        super().__init__(env)
-        options = json.loads(self.env.get(self.LIBPQ_OPTIONS) or "{}")
-        kwargs = self.datastore.pool.kwargs
-        assert isinstance(kwargs, dict)  # the library gives its pool a dict
-        kwargs.update(options)
-
-
-@dataclass(frozen=True)
-class Appended:
-    """What one append wrote, for the `AppendHook`s that write with it."""
-
-    events: Sequence[StoredEvent]
-    # Their positions in the log, where Python knows them inside the
-    # transaction (SQLite). On PostgreSQL the append's own INSERT drew them
-    # from the events' sequence, so SQL finds them: the last is its currval,
-    # the first len(events) - 1 before it (nobody else draws under the lock).
-    positions: Sequence[int] | None
-    # The aggregates these events are of, in their state after them (empty
-    # for an append of bare events).
-    aggregates: Sequence[Any]
-
-
-class AppendHook(Protocol):
-    """Something every append writes in its own transaction, after its events
-    and under the events table's lock (so in commit order): the chain's links
-    (ledger/audit/chain.py), the read table's rows and position (the inline
-    projection). The composition root gives the recorder its hooks; this
-    module knows none of them."""
-
-    def after_insert(self, cursor: Cursor, appended: Appended) -> None: ...
-
-
-class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
-    """The library's SQLite application recorder, which also runs, in the
-    append's transaction, the ledger's own statements (`save(...,
-    also_execute=[(sql, params), ...])`: the process managers release their
-    claim this way, in the same commit as the outcome they record) and its
-    append hooks. SQLite's single write lock serialises appends."""
-
-    append_hooks: Sequence[AppendHook] = ()
-
-    def _insert_events(
-        self,
-        c: SQLiteCursor,
-        stored_events: Sequence[StoredEvent],
-        *,
-        also_execute: Sequence[Statement] = (),
-        aggregates: Sequence[Any] = (),
-        **kwargs: Any,
-    ) -> Sequence[int] | None:
-        notification_ids = super()._insert_events(c, stored_events, **kwargs)
-        if stored_events and self.append_hooks:
-            appended = Appended(stored_events, list(notification_ids or ()), aggregates)
-            cursor = _SQLiteCursor(c.sqlite_cursor)
-            for hook in self.append_hooks:
-                hook.after_insert(cursor, appended)
-        for sql, params in also_execute:
-            c.execute(sql, params)
-        return notification_ids
-
-
-class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
-    """The library's PostgreSQL application recorder, appending with four
-    parallel arrays instead of one array of a composite type.
-
-    Everything that makes an append safe is the library's own and unchanged:
-    the EXCLUSIVE table lock (insert order = commit order), the NOTIFY, the
-    RETURNING of notification ids, the transaction and the pipeline. Only the
-    statement differs: psycopg adapts a composite array row by row in Python,
-    escaping every `state` as text, which made it the slowest step of a bulk
-    import; plain arrays go over in binary.
-    """
-
-    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
-        super().__init__(datastore, events_table_name=events_table_name)
-        self._insert_arrays_statement = SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
-            " RETURNING notification_id"
-        ).format(schema=Identifier(datastore.schema), table=Identifier(events_table_name))
-
-    append_hooks: Sequence[AppendHook] = ()
-
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-    def insert_events(
-        self,
-        stored_events: Sequence[StoredEvent],
-        *,
-        also_execute: Sequence[Statement] = (),
-        aggregates: Sequence[Any] = (),
-        **_: Any,
-    ) -> Sequence[int] | None:
-        """One append, one transaction, every statement pipelined (two round
-        trips in all: the sync, and the commit): the ledger's statements
-        (`also_execute`, e.g. a claim's release), the library's EXCLUSIVE
-        lock and NOTIFY, the events, and the append hooks (chain links, read
-        rows). Written out here rather than through the library's method so
-        that the first failing statement is the error raised, whichever it
-        is (a constraint of the ledger's own statements included), and the
-        transaction is rolled back whole. Retried, as the library's is, after
-        a dropped connection: a retry of an append that did commit meets the
-        events' primary key, and callers recognise that (see
-        ledger.application.Transfers.change)."""
-        if not stored_events and not also_execute:
-            return []
-        with (
-            pool_checked_on_connection_loss(self.datastore),
-            self.datastore.get_connection() as conn,
-            conn.pipeline() as pipeline,
-            conn.transaction(),
-            conn.cursor() as statements,
-            conn.cursor() as inserted,
-        ):
-            for sql, params in also_execute:
-                # None, not (): psycopg then leaves a literal % in the SQL alone.
-                statements.execute(sql.replace("?", "%s"), params or None)
-            if stored_events:
-                self._lock_table(statements)
-                self._notify_channel(statements)
-                inserted.execute(
-                    self._insert_arrays_statement,
-                    (
-                        [e.originator_id for e in stored_events],
-                        [e.originator_version for e in stored_events],
-                        [e.topic for e in stored_events],
-                        [e.state for e in stored_events],
-                    ),
-                    binary=True,
-                )
-                appended = Appended(stored_events, None, aggregates)
-                for hook in self.append_hooks:
-                    hook.after_insert(_PostgresCursor(statements), appended)
-            pipeline.sync()
-            return [row["notification_id"] for row in inserted.fetchall()] if stored_events else []

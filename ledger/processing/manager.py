@@ -1,0 +1,282 @@
+"""The process manager: runs one transfer's due Stripe work (a payout or a
+reversal, ledger/processing/effects.py), once.
+
+`ProcessManager.handle` runs one transfer's due work through these steps:
+
+1. it arrives claimed (one daemon at a time; the claim expires if its holder
+   dies; the daemon's dispatcher claims what it hands out, many at once);
+2. load the transfer and ask the effect which event asks for work now (none:
+   another daemon or an operator got there first; release and stop);
+3. if an earlier call's outcome is unknown, look the object up at Stripe and
+   record what is there instead of calling again;
+4. record the attempt as started (committed), then call Stripe with the key
+   `ledger-<kind>-<cause>-a<attempt>`, outside any database transaction;
+5. record the outcome through the aggregate's commands (the matrix decides),
+   and release the claim.
+
+A crash between any two steps leaves either nothing done (the work is found
+again) or `outcome_unknown` set (the next daemon looks up before calling), so
+money never moves twice. Stripe's answer is classified by the gateway:
+succeeded, retry later, permanent refusal, unknown (look it up), operator
+problem (stop, spend nothing) or our own bug (park).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ledger import values
+from ledger.application import Transfers
+from ledger.domain import Transfer
+from ledger.failpoints import failpoint
+from ledger.processing.effects import (
+    EFFECTS,
+    NOTHING_DUE,
+    Found,
+    NothingToReverse,
+    OperatorProblem,
+    StripeEffect,
+    UnresolvedOutcome,
+    idempotency_key,
+)
+from ledger.processing.observer import NO_OBSERVER, Observer
+from ledger.processing.policy import RetryPolicy
+from ledger.processing.ports import FailureKind, PaymentsGateway, StripeCallFailed
+from ledger.processing.recording import OutcomeRecorder
+from ledger.processing.work import Claim, LostClaim, WorkStore
+
+log = logging.getLogger("ledger.processing")
+
+
+@dataclass
+class _Progress:
+    """How far one handling got: decides what `outcome_unknown` must say if it stops."""
+
+    claim: Claim
+    outcome_unknown: bool
+    call_started: bool = False
+    # The claim was released with the recorded outcome, in its transaction.
+    released: bool = False
+
+
+class ProcessManager:
+    """Runs due work through the steps in this module's docstring."""
+
+    def __init__(
+        self,
+        transfers: Transfers,
+        work: WorkStore,
+        gateway: PaymentsGateway,
+        policy: RetryPolicy,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        observer: Observer = NO_OBSERVER,
+    ) -> None:
+        self.observer = observer
+        self.transfers = transfers
+        self.work = work
+        self.gateway = gateway
+        self.policy = policy
+        self.clock = clock
+        self.recorder = OutcomeRecorder(transfers)
+
+    def handle(self, claim: Claim) -> str:
+        """Do the claimed work if it is still due; returns what happened, in a
+        few words (for logs). The daemon's dispatcher claims what it hands out,
+        many in one statement (`WorkStore.claim_many`)."""
+        transfer_id, kind = claim.transfer_id, claim.kind
+        effect = EFFECTS[kind]
+        progress = _Progress(claim=claim, outcome_unknown=claim.outcome_unknown)
+        try:
+            transfer = self.transfers.get(transfer_id)
+            cause = effect.cause(transfer, self.clock())
+            if cause is None:
+                self.work.release(claim, outcome_unknown=progress.outcome_unknown, now=self.clock())
+                return NOTHING_DUE
+            # A new cause (a new request) starts with a clean slate.
+            progress.outcome_unknown = claim.outcome_unknown and claim.cause == cause
+            outcome = self._run(effect, transfer, cause, progress)
+        except LostClaim:
+            return "taken over"
+        except OperatorProblem:
+            # Stripe did nothing on a 401/403; keep only what we knew before.
+            self.work.release(claim, outcome_unknown=progress.outcome_unknown, now=self.clock())
+            raise
+        except Exception as error:
+            # Not Stripe's answer (a bug, an unreadable event, the database):
+            # never skipped, never blocking others: back off, then park.
+            failure = values.clipped(f"{type(error).__name__}: {error}")
+            # Parked at once: Stripe saying "this key was used with other
+            # parameters" (a bug somewhere), and attempts run out while money
+            # may have moved. A person looks before any new key is used.
+            park_now = isinstance(error, UnresolvedOutcome | NothingToReverse) or (
+                isinstance(error, StripeCallFailed) and error.kind == FailureKind.BUG
+            )
+            parked = self.work.handling_failed(
+                claim,
+                failure=failure,
+                outcome_unknown=progress.outcome_unknown or progress.call_started,
+                retry_at=self.clock() + self.policy.delay(claim.handling_failures + 1),
+                now=self.clock(),
+                park_now=park_now,
+            )
+            log.error(  # noqa: TRY400 - the failure is in the line; no traceback in logs
+                "%s of transfer %s failed to process%s: %s",
+                kind,
+                transfer_id,
+                " and is parked" if parked else "; will retry",
+                failure,
+            )
+            return "parked" if parked else "handling failed"
+        if not progress.released:
+            self.work.release(claim, outcome_unknown=progress.outcome_unknown, now=self.clock())
+        return outcome
+
+    def _run(
+        self,
+        effect: StripeEffect,
+        transfer: Transfer,
+        cause: str,
+        progress: _Progress,
+    ) -> str:
+        if progress.outcome_unknown:
+            # An earlier call may have happened: what Stripe has decides.
+            try:
+                found = effect.look_up(self.gateway, transfer, cause)
+            except StripeCallFailed as failure:
+                return self._failed(
+                    effect, transfer, cause, failure, progress, note="look-up failed"
+                )
+            if found is not None:
+                self._record_success(effect, transfer, found, cause, progress)
+                return f"found {found.stripe_id} at Stripe (an earlier call's outcome was unknown)"
+        try:
+            effect.check_callable(self.gateway, transfer)
+        except StripeCallFailed as failure:
+            return self._failed(effect, transfer, cause, failure, progress, note="look-up failed")
+        attempt = self.work.begin_attempt(progress.claim, cause, self.clock())
+        self.observer.attempt_started(effect.kind)
+        failpoint("before_stripe_call")
+        progress.call_started = True
+        try:
+            found = effect.call(
+                self.gateway, transfer, cause, idempotency_key(effect.kind, cause, attempt)
+            )
+        except StripeCallFailed as failure:
+            if failure.kind != FailureKind.UNKNOWN:
+                # A definite answer to this call (and a look-up, if one ran,
+                # found nothing from before): nothing is unknown any more.
+                progress.outcome_unknown = False
+                return self._failed(effect, transfer, cause, failure, progress)
+            # It may have happened: the object tells, not the error.
+            progress.outcome_unknown = True
+            try:
+                looked_up = effect.look_up(self.gateway, transfer, cause)
+            except StripeCallFailed as lookup_failure:
+                if lookup_failure.kind in (FailureKind.OPERATOR, FailureKind.BUG):
+                    return self._failed(effect, transfer, cause, lookup_failure, progress)
+                note = f"the look-up failed too: {lookup_failure.summary()}"
+                return self._failed(effect, transfer, cause, failure, progress, note=note)
+            if looked_up is None:
+                return self._failed(effect, transfer, cause, failure, progress, note="not found")
+            self._record_success(effect, transfer, looked_up, cause, progress)
+            return f"found {looked_up.stripe_id} at Stripe after {failure.summary()}"
+        failpoint("after_stripe_call")
+        self._record_success(effect, transfer, found, cause, progress)
+        failpoint("after_record")
+        return f"succeeded: {found.stripe_id}"
+
+    def _record_success(
+        self,
+        effect: StripeEffect,
+        transfer: Transfer,
+        found: Found,
+        cause: str,
+        progress: _Progress,
+    ) -> None:
+        progress.outcome_unknown = False
+        self._record(transfer, lambda t: effect.record_success(t, found, cause), progress, cause)
+
+    def _failed(
+        self,
+        effect: StripeEffect,
+        transfer: Transfer,
+        cause: str,
+        failure: StripeCallFailed,
+        progress: _Progress,
+        *,
+        note: str = "",
+    ) -> str:
+        """Record a failed attempt (or give up) as the failure's kind says."""
+        if failure.kind == FailureKind.OPERATOR:
+            raise OperatorProblem(
+                f"Stripe refused the API key ({failure.http_status}): {failure};"
+                " check STRIPE_API_KEY. No transfer was touched."
+            )
+        if failure.kind == FailureKind.BUG:
+            raise failure  # handle() parks it: the same request cannot succeed
+        error = values.clipped(failure.summary())
+        failed_attempts = transfer.retry_count + 1
+        if progress.outcome_unknown:
+            # Money may have moved: the ledger never gives up on its own here
+            # (that would say "not paid" of what may be paid). It tries again
+            # later, looking up first, and when attempts run out a person looks.
+            error = values.clipped(
+                f"outcome unknown ({note}): {error}" if note else f"outcome unknown: {error}"
+            )
+            if self.policy.exhausted(failed_attempts):
+                raise UnresolvedOutcome(
+                    f"{effect.kind} of transfer {transfer.id}: after {failed_attempts}"
+                    f" attempts, {error}"
+                )
+        elif failure.kind == FailureKind.PERMANENT:
+            self._record(
+                transfer,
+                lambda t: effect.record_permanent_failure(t, error, cause),
+                progress,
+                cause,
+            )
+            self.observer.permanent_failure(effect.kind)
+            return f"permanently failed: {error}"
+        elif self.policy.exhausted(failed_attempts):
+            final = values.clipped(f"gave up after {failed_attempts} attempts: {error}")
+            self._record(
+                transfer,
+                lambda t: effect.record_permanent_failure(t, final, cause),
+                progress,
+                cause,
+            )
+            self.observer.permanent_failure(effect.kind)
+            return f"permanently failed: {final}"
+        retry_at = self.clock() + self.policy.delay(failed_attempts)
+        self._record(
+            transfer,
+            lambda t: effect.record_attempt_failed(t, error, retry_at, cause),
+            progress,
+            cause,
+        )
+        return f"attempt {failed_attempts} failed, retry at {retry_at:%Y-%m-%d %H:%M:%S}Z: {error}"
+
+    def _record(
+        self,
+        transfer: Transfer,
+        command: Callable[[Transfer], None],
+        progress: _Progress,
+        cause: str,
+    ) -> None:
+        """Record an outcome through the aggregate's commands (the matrix
+        decides), and release the claim in the same commit, so that the outcome
+        and what `outcome_unknown` says cannot disagree after a crash.
+
+        `transfer` was loaded for this handling and not changed: the command
+        runs on it and it is saved with other workers' outcomes in one append;
+        a stale copy (another writer appended since) is reloaded and the
+        command re-run."""
+        release = self.work.release_statement(
+            progress.claim, progress.outcome_unknown, self.clock()
+        )
+        self.recorder.record(transfer, command, [release], cause)
+        progress.released = True

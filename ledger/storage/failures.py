@@ -1,0 +1,124 @@
+"""What a database's failures mean to the ledger: a lost connection (try
+again on a live one), a conflict on the events' primary key (another writer),
+a value it refuses (deterministic), a full disk; and reaching a database at
+all (PostgreSQL's server, SQLite's file in WAL mode)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager
+from typing import Any, Final
+
+import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
+from eventsourcing.postgres import PostgresDatastore
+
+from ledger.errors import DatabaseError, DatabaseUnavailable, LedgerError, first_line
+
+# How long exclusive waits and SQLite's switch to WAL poll.
+POLL_SECONDS: Final = 0.1
+
+# What a database says of a value or a row it refuses (not of itself): a
+# constraint, a value it cannot store. Deterministic: trying again changes nothing.
+DATA_ERRORS: Final = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+)
+
+
+@contextmanager
+def pool_checked_on_connection_loss(datastore: PostgresDatastore) -> Iterator[None]:
+    """On a lost connection, have the pool check (and replace) every idle
+    connection before the error goes up: after a restart all of them are
+    dead, and each caller would otherwise meet one in turn."""
+    try:
+        yield
+    except (InterfaceError, OperationalError, psycopg.OperationalError, psycopg.InterfaceError):
+        with contextlib.suppress(Exception):
+            datastore.pool.check()
+        raise
+
+
+def is_version_conflict(error: BaseException) -> bool:
+    """Is this IntegrityError from an append a conflict on the events' primary
+    key (another writer saved the same aggregate version first), rather than
+    a constraint of one of the ledger's own statements in the append?"""
+    cause = error.__cause__
+    if isinstance(cause, psycopg.errors.UniqueViolation):
+        return (cause.diag.table_name or "").endswith("_events") and (
+            cause.diag.constraint_name or ""
+        ).endswith("_pkey")
+    # sqlite3: "UNIQUE constraint failed: stored_events.originator_id, ..."
+    return "originator_version" in str(cause or error)
+
+
+# Every failure a database (or the library over it) can raise.
+DATABASE_FAILURES: Final = (PersistenceError, psycopg.Error, sqlite3.Error)
+
+
+def as_ledger_error(error: BaseException) -> LedgerError:
+    """A database's failure as the ledger's own error, one line: a lost or
+    refused connection is DatabaseUnavailable, anything else DatabaseError."""
+    message = describe_database_error(error)
+    if connection_lost(error):
+        return DatabaseUnavailable(message)
+    return DatabaseError(message)
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Did this failure happen because the connection was lost or could not
+    be made (a server restart, a network blip), not because of a statement?"""
+    cause = error.__cause__ or error
+    return isinstance(error, InterfaceError | OperationalError | DatabaseUnavailable) or isinstance(
+        cause, psycopg.OperationalError | psycopg.InterfaceError
+    )
+
+
+def describe_database_error(error: BaseException) -> str:
+    """One line for a database's error, as the driver put it (never the
+    password), with a full disk said plainly."""
+    text = first_line(str(error))
+    cause = error.__cause__ or error
+    if isinstance(cause, psycopg.errors.DiskFull) or "disk is full" in text:
+        return f"the database's disk is full: {text}"
+    return f"database error: {text}"
+
+
+def use_sqlite_wal(path: str, timeout_seconds: float = 30.0) -> None:
+    """Put the SQLite file in WAL mode (readers never block the writer), once.
+
+    The eventsourcing pool switches each new file itself, but switching needs
+    the file to itself and SQLite answers "database is locked" at once instead
+    of waiting: several processes migrating a new file at once would fail. Here
+    the switch is retried until a deadline; once done, it lasts with the file.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    with closing(sqlite3.connect(path, timeout=timeout_seconds)) as conn:
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError:
+                mode = None
+            if mode == "wal":
+                return
+            if time.monotonic() > deadline:
+                raise DatabaseUnavailable(f"cannot put {path} in WAL mode: it stays locked")
+            time.sleep(POLL_SECONDS)
+
+
+def check_postgres_reachable(params: Mapping[str, Any], timeout_seconds: int = 5) -> None:
+    """Connect once, directly, so that an unreachable server or a wrong password
+    is reported as the server said it, at once. (The pool would retry for its
+    whole timeout and then say only that it got no connection.)"""
+    try:
+        psycopg.connect(**params, connect_timeout=timeout_seconds).close()
+    except psycopg.OperationalError as error:
+        # libpq's message names host, port and user, never the password.
+        reason = " ".join(str(error).split())
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {reason}") from None
