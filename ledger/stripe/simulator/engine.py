@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import random
-import secrets
 import threading
 import time
 from collections import deque
@@ -33,7 +32,6 @@ from ledger.stripe.simulator.api import (
 )
 from ledger.stripe.simulator.auth import authenticate
 from ledger.stripe.simulator.config import SimulatorConfig
-from ledger.stripe.simulator.control import answer_control
 from ledger.stripe.simulator.events import EventLog, EventSource
 from ledger.stripe.simulator.faults import BEFORE_FAULTS, FaultDraw, FaultPlan, before_fault_error
 from ledger.stripe.simulator.idempotency import (
@@ -451,14 +449,6 @@ class StripeSimulator:
         signal (set an event), never block or call back into the engine."""
         with self._lock:
             self._delivery_listener = listener
-
-    def handle_control(self, method: str, path: str, body: bytes) -> ApiResponse:
-        """Answer a /_sim request (no API key, never rate-limited): tests' steering."""
-        response = answer_control(self, method, path, body)
-        # Not from the seeded generator: a test polling /_sim/state must not change the ids
-        # and faults the API requests draw.
-        response.request_id = f"req_{secrets.token_hex(7)}"
-        return response
 
 
 def _is_count(value: object, *, minimum: int) -> bool:
