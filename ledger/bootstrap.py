@@ -58,9 +58,12 @@ if TYPE_CHECKING:
 CLAIM_MARGIN_SECONDS: Final = 30.0
 
 
-def open_backend(url: str, *, pool_size: int = 2, migrated: bool = True) -> Backend:
+def open_backend(url: str, *, pool_size: int = 1, migrated: bool = True) -> Backend:
     """The ledger's database at `url`. `migrated` (every command but `migrate`
-    and `health`): a database that is not migrated is refused (NotMigrated)."""
+    and `health`): a database that is not migrated is refused (NotMigrated).
+    `pool_size`: PostgreSQL connections kept open. One is what a command uses;
+    more are opened when wanted (up to four over), and a process with several
+    threads (the daemon, a web app) asks for as many as it keeps busy."""
     config = DatabaseConfig.from_url(url)
     if config.kind == "sqlite":
         if migrated and not Path(config.path).exists():

@@ -20,7 +20,7 @@ from eventsourcing.domain import Aggregate, HasOriginatorIDVersion
 
 from ledger import values
 from ledger.errors import IdempotencyConflict, InvalidInput, TransitionRefused
-from ledger.matrix import Status, can_transition
+from ledger.matrix import AWAITING_PAYOUT, Status, can_transition
 
 # Transfer ids of created transfers derive from the order reference, so that
 # "create the transfer for order X" is idempotent across retries and processes.
@@ -58,7 +58,6 @@ STATE_FIELDS: Final = tuple(f.name for f in fields(TransferState))
 
 
 # The stages whose outcomes the process managers record.
-_AWAITING_PAYOUT: Final = frozenset({Status.PENDING.value, Status.FAILED.value})
 _AWAITING_REVERSAL: Final = frozenset({Status.REVERSAL_PENDING.value})
 _REVERSED: Final = frozenset({Status.REVERSED.value})
 
@@ -374,7 +373,7 @@ class Transfer(Aggregate):
         self._change_status(
             self.PayoutSucceeded,
             Status.COMPLETED,
-            applies_to=_AWAITING_PAYOUT,
+            applies_to=AWAITING_PAYOUT,
             actor=actor,
             caused_by=caused_by,
             stripe_transfer_id=values.stripe_id(stripe_transfer_id, "stripe transfer id"),
@@ -391,7 +390,7 @@ class Transfer(Aggregate):
         self._change_status(
             self.PayoutFailed,
             Status.FAILED,
-            applies_to=_AWAITING_PAYOUT,
+            applies_to=AWAITING_PAYOUT,
             actor=actor,
             caused_by=caused_by,
             error=values.text(error, "error"),
@@ -406,7 +405,7 @@ class Transfer(Aggregate):
         self._change_status(
             self.PayoutPermanentlyFailed,
             Status.PERMANENTLY_FAILED,
-            applies_to=_AWAITING_PAYOUT,
+            applies_to=AWAITING_PAYOUT,
             actor=actor,
             caused_by=caused_by,
             error=values.text(error, "error"),

@@ -42,6 +42,9 @@ TERMINAL_STATUSES: Final[frozenset[str]] = frozenset(
     status for status, targets in ALLOWED_TRANSITIONS.items() if not targets
 )
 
+# A transfer the payout manager may pay: not paid yet, or failed and due a retry.
+AWAITING_PAYOUT: Final[frozenset[str]] = frozenset({Status.PENDING, Status.FAILED})
+
 
 def is_known_status(status: str) -> bool:
     return status in ALLOWED_TRANSITIONS

@@ -27,7 +27,7 @@ from ledger import orders, values
 from ledger.application import Transfers, batched
 from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, LedgerError, TransferNotFound
-from ledger.importing import ImportRecord, WithinFile
+from ledger.import_records import ImportRecord, WithinFile
 from ledger.storage import Database, Statement, is_version_conflict
 from ledger.views import TransferView
 

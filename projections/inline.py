@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Final
 
-from ledger.storage import Appended, Cursor, Database
 from ledger.projections.rows import (
     _COLUMN_VALUES,
     TABLE,
@@ -14,6 +13,7 @@ from ledger.projections.rows import (
     on_conflict,
     row_of,
 )
+from ledger.storage import Appended, Cursor, Database
 from ledger.views import COLUMNS
 
 _PG_TYPES: Final = {

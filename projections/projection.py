@@ -29,7 +29,6 @@ from eventsourcing.persistence import StoredEvent
 from ledger import values
 from ledger.domain import Transfer
 from ledger.errors import first_line
-from ledger.storage import DATA_ERRORS, Cursor, Database
 from ledger.projections.rows import (
     TABLE,
     TRACKING_NAME,
@@ -38,6 +37,7 @@ from ledger.projections.rows import (
     check_storable,
     on_conflict,
 )
+from ledger.storage import DATA_ERRORS, Cursor, Database
 from ledger.views import COLUMNS
 
 log = logging.getLogger("ledger.projection")

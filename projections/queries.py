@@ -10,10 +10,9 @@ from typing import Final
 from uuid import UUID
 
 from ledger import values
-from ledger.storage import SQLITE_MAX_PARAMS, Database
 from ledger.projections.rows import TABLE
+from ledger.storage import SQLITE_MAX_PARAMS, Database
 from ledger.views import COLUMNS, TransferView
-
 
 
 def get_transfer(db: Database, transfer_id: UUID, table: str = TABLE) -> TransferView | None:

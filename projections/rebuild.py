@@ -35,12 +35,20 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 from uuid import UUID
 
 from ledger.errors import LedgerError
-from ledger.migrate import available_migrations
 from ledger.failpoints import failpoint
+from ledger.migrate import available_migrations
 from ledger.progress import Progress
-from ledger.storage import Cursor, Database
 from ledger.projections.projection import SellerTransfersProjection, set_aside
-from ledger.projections.rows import HistoryDecoder, ProjectionError, TABLE, TRACKING_NAME, check_storable, copy_values, replay_history
+from ledger.projections.rows import (
+    TABLE,
+    TRACKING_NAME,
+    HistoryDecoder,
+    ProjectionError,
+    check_storable,
+    copy_values,
+    replay_history,
+)
+from ledger.storage import Cursor, Database
 from ledger.views import COLUMNS
 
 if TYPE_CHECKING:

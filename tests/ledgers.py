@@ -22,7 +22,7 @@ from ledger.views import TransferView
 
 class Ledger(Backend):
     @classmethod
-    def open(cls, url: str, *, pool_size: int = 2, migrated: bool = True) -> Ledger:
+    def open(cls, url: str, *, pool_size: int = 1, migrated: bool = True) -> Ledger:
         backend = open_backend(url, pool_size=pool_size, migrated=migrated)
         return cls(**{f.name: getattr(backend, f.name) for f in dataclasses.fields(backend)})
 

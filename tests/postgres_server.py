@@ -105,11 +105,14 @@ def create_database(admin_url: str, name: str, *, template: str = "template0") -
     _check_db_name(name)
     _check_db_name(template)
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(template)
         )
+        if conn.info.server_version >= 150000:
+            # Copying the files is about twice as fast as PostgreSQL 15's default
+            # (WAL_LOG, every page through the WAL) for a database this small.
+            statement += sql.SQL(" STRATEGY FILE_COPY")
+        conn.execute(statement)
     return database_url(admin_url, name)
 
 
@@ -281,7 +284,10 @@ def local_cluster(*, fsync: bool = False) -> Iterator[LocalCluster]:
                 str(bindir / "initdb"),
                 "-D", str(data),
                 "-U", DB_USER,
-                "-A", "scram-sha-256",
+                # md5, not scram-sha-256: a login costs half as much, and the
+                # tests log in tens of thousands of times. Passwords are still
+                # checked; the product leaves the method to libpq and the server.
+                "-A", "md5",
                 f"--pwfile={pwfile}",
                 "-E", "UTF8",
                 "--locale=C",
@@ -305,6 +311,13 @@ def local_cluster(*, fsync: bool = False) -> Iterator[LocalCluster]:
                     raise
         url = f"postgresql://{DB_USER}:{password}@127.0.0.1:{port}/postgres"
         _wait_until_ready(url, root)
+        with psycopg.connect(url, autocommit=True) as conn:
+            # initdb stored the password as SCRAM; stored again, it is md5.
+            conn.execute(
+                sql.SQL("ALTER USER {} PASSWORD {}").format(
+                    sql.Identifier(DB_USER), sql.Literal(password)
+                )
+            )
         yield LocalCluster(url=url, root=root, port=port)
     finally:
         try:
@@ -324,6 +337,7 @@ def _append_settings(conf: Path, root: Path, *, fsync: bool) -> None:
         "synchronous_commit": _on_off(fsync),
         "full_page_writes": _on_off(fsync),
         "logging_collector": "off",
+        "password_encryption": "md5",
     }
     # Appending as root keeps the file's owner; later lines override initdb's defaults.
     with conf.open("a") as f:

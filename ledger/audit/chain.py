@@ -21,6 +21,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
+from ledger import values
 from ledger.storage import Appended, Cursor, Database
 
 GENESIS: Final = bytes(32)
@@ -33,7 +34,7 @@ def link(previous: bytes, position: int, event: StoredEvent) -> bytes:
     topic = event.topic.encode()
     digest = hashlib.sha256(previous)
     digest.update(position.to_bytes(8, "big"))
-    digest.update(UUID(str(event.originator_id)).bytes)
+    digest.update(values.as_uuid(event.originator_id).bytes)
     digest.update(event.originator_version.to_bytes(8, "big"))
     digest.update(len(topic).to_bytes(4, "big") + topic)
     digest.update(len(event.state).to_bytes(8, "big") + event.state)
@@ -95,7 +96,7 @@ def _link_after_head(
         rows.append(
             (
                 position,
-                db.to_db_id(UUID(str(event.originator_id))),
+                db.to_db_id(values.as_uuid(event.originator_id)),
                 event.originator_version,
                 previous,
                 count,

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Final
 from uuid import UUID
 
+from ledger import values
 from ledger.domain import Transfer
 from ledger.errors import TransferNotFound
 from ledger.projections.rows import TransferRow
@@ -150,7 +151,7 @@ def replay(events: Sequence[Any]) -> TransferView:
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        return values.iso(value)
     if isinstance(value, UUID):
         return str(value)
     return value

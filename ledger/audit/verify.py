@@ -22,16 +22,18 @@ from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Final
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
+from ledger import values
 from ledger.audit.chain import ChainReport, check_chain
 from ledger.domain import Transfer
 from ledger.matrix import can_transition
 from ledger.projections.projection import Quarantined, quarantined
 from ledger.projections.rows import (
     TABLE,
+    TIME_INDEXES,
     TRACKING_NAME,
     HistoryDecoder,
     compared_values,
@@ -39,11 +41,6 @@ from ledger.projections.rows import (
 )
 from ledger.storage import Database
 from ledger.views import COLUMNS
-
-# Where the read table's datetime columns are in COLUMNS (stored as text on SQLite).
-_DATETIME_COLUMNS: Final = tuple(
-    COLUMNS.index(name) for name in ("next_retry_at", "created_at", "updated_at")
-)
 
 
 @dataclass(frozen=True)
@@ -206,7 +203,7 @@ def _table_rows(db: Database) -> Generator[tuple[int | None, tuple[Any, ...]], N
             yield upto, tuple(values)
         return
     for upto, *values in query:
-        for index in _DATETIME_COLUMNS:
+        for index in TIME_INDEXES:
             values[index] = db.from_db_time(values[index])
         yield upto, tuple(values)
 
@@ -304,5 +301,5 @@ def _differences(
 def _shown(value: Any) -> Any:
     """A value as `transfer show --json` shows it."""
     if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return values.iso(value)
     return value

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
 
+from ledger import values
 from ledger.storage import Database, Row, Statement
 
 # A handling failure (not Stripe's answer) this many times in a row parks the work.
@@ -73,7 +74,7 @@ class ParkedWork:
             "cause": self.cause,
             "failures": self.handling_failures,
             "last_failure": self.last_failure,
-            "parked_at": self.parked_at.isoformat().replace("+00:00", "Z"),
+            "parked_at": values.iso(self.parked_at),
         }
 
 
@@ -127,7 +128,7 @@ class WorkStore:
         )
         return [
             Claim(
-                transfer_id=_uuid(row["transfer_id"]),
+                transfer_id=values.as_uuid(row["transfer_id"]),
                 kind=str(row["kind"]),
                 owner=self.owner,
                 cause=str(row["cause"]),
@@ -230,7 +231,7 @@ class WorkStore:
                 " WHERE claimed_by IS NOT NULL OR not_before IS NOT NULL OR parked_at IS NOT NULL"
             )
             rows = cursor.fetchall()
-        return {_uuid(r["transfer_id"]) for r in rows if self._unavailable(r, now)}
+        return {values.as_uuid(r["transfer_id"]) for r in rows if self._unavailable(r, now)}
 
     def _unavailable(self, row: Row, now: datetime) -> bool:
         claim_expires_at = self.db.from_db_time(row["claim_expires_at"])
@@ -271,7 +272,7 @@ class WorkStore:
             rows = cursor.fetchall()
         return [
             ParkedWork(
-                transfer_id=_uuid(r["transfer_id"]),
+                transfer_id=values.as_uuid(r["transfer_id"]),
                 kind=str(r["kind"]),
                 cause=str(r["cause"]),
                 handling_failures=int(r["handling_failures"]),
@@ -291,7 +292,3 @@ class WorkStore:
                 (self.db.to_db_time(now), self.db.to_db_id(transfer_id)),
             )
             return len(cursor.fetchall())
-
-
-def _uuid(value: Any) -> UUID:
-    return value if isinstance(value, UUID) else UUID(str(value))

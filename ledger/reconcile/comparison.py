@@ -45,7 +45,7 @@ from uuid import UUID
 
 from ledger import values
 from ledger.backend import Backend
-from ledger.matrix import Status
+from ledger.matrix import AWAITING_PAYOUT, Status
 from ledger.processing.work import WorkStore
 from ledger.progress import Progress
 from ledger.projections.queries import find_by_stripe_transfer_ids
@@ -62,7 +62,6 @@ WEBHOOK_TABLE: Final = "stripe_webhook_events"
 # Webhook outcomes that need a person (migration 0008).
 WEBHOOK_ATTENTION: Final = ("refused", "unknown_transfer")
 
-_AWAITING_PAYOUT: Final = frozenset({Status.PENDING.value, Status.FAILED.value})
 # Statuses that say Stripe paid the transfer: such a row should record a Stripe id.
 _MONEY_MOVED: Final = (Status.COMPLETED.value, Status.REVERSAL_PENDING.value, Status.REVERSED.value)
 _MOVED_TWICE: Final = "MONEY MOVED TWICE"
@@ -221,13 +220,13 @@ class Reconciliation:
                 )
             )
             return
-        in_flight = row.status in _AWAITING_PAYOUT and transfer.ledger_cause is not None
+        in_flight = row.status in AWAITING_PAYOUT and transfer.ledger_cause is not None
         if in_flight:
             note = (
                 f"may be in flight: the ledger's payout manager made this Stripe transfer"
                 f" ({describe(transfer)}) and the ledger ({row.status}) has not recorded it yet"
             )
-        elif row.status in _AWAITING_PAYOUT:
+        elif row.status in AWAITING_PAYOUT:
             note = (
                 f"Stripe has a transfer for this {row.status} ledger transfer that the ledger"
                 f" did not make ({describe(transfer)}): the daemon's next attempt would pay"

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import psycopg
 import pytest
 
 from ledger.cli import run
+from ledger.config import DatabaseConfig
 from tests.design_matrix import LEGAL
 from tests.ledgers import Ledger
 from tests.paying import pay_out
@@ -47,6 +51,9 @@ PATH_TO = {
     "reversed": ["completed", "reversal_pending", "reversed"],
     "permanently_failed": ["failed", "permanently_failed"],
 }
+
+# The event store's table, as the eventsourcing library names it on each database.
+EVENTS_TABLE = {"sqlite": "stored_events", "postgresql": "transfers_events"}
 
 UNKNOWN_ID = "6f1c2b9e-3d4a-4b5c-8d6e-7f8091a2b3c4"
 
@@ -165,11 +172,17 @@ class LedgerCli:
 
 
 def _count(url: str, table: str | None) -> int:
-    with Ledger.open(url) as ledger, ledger.db.transaction(write=False) as cursor:
-        cursor.execute(f"SELECT COUNT(*) AS n FROM {table or ledger.db.events_table}")
-        row = cursor.fetchone()
+    # One plain connection, not a whole ledger: tests count after every command.
+    config = DatabaseConfig.from_url(url)
+    sql = f"SELECT COUNT(*) FROM {table or EVENTS_TABLE[config.kind]}"
+    if config.kind == "sqlite":
+        with closing(sqlite3.connect(config.path)) as conn:
+            row = conn.execute(sql).fetchone()
+    else:
+        with psycopg.connect(**config.libpq_params()) as conn:
+            row = conn.execute(sql).fetchone()
     assert row is not None
-    return int(row["n"])
+    return int(row[0])
 
 
 def stored_event_count(url: str) -> int:

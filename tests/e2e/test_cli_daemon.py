@@ -17,7 +17,7 @@ from tests.e2e.support import (
     run_script,
     script_result,
 )
-from tests.process.world import API_KEY, running_simulator
+from tests.system.world import API_KEY, running_simulator
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from ledger.bootstrap import migrate_database
 from ledger.errors import DatabaseUnavailable
 from tests.e2e.support import assert_one_line_error, run_script, script_result
 from tests.ledgers import Ledger
-from tests.process.world import World, ledger_matches_stripe, new_world, running_simulator
+from tests.system.world import World, ledger_matches_stripe, new_world, running_simulator
 
 
 def _with_query(url: str, query: str) -> str:

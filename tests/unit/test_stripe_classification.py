@@ -4,7 +4,7 @@
 
 These are stripe-python's own exception classes, built as its requestor builds
 them from a response; the adapter's calls over real HTTP are tested against the
-simulator in tests/process."""
+simulator in tests/system."""
 
 from __future__ import annotations
 

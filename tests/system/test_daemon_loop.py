@@ -9,7 +9,7 @@ import pytest
 
 from ledger.bootstrap import build_daemon
 from ledger.processing.daemon import DaemonOptions
-from tests.process.world import World, new_world, running_simulator
+from tests.system.world import World, new_world, running_simulator
 from tests.waiting import wait_for
 
 # Far longer than any wait below: only a notification can explain a quick pick-up.

@@ -33,8 +33,8 @@ from ledger.reconcile import reconcile
 from ledger.stripe.listing import Backoff, StripeReader, StripeReadFailed
 from ledger.stripe.simulator import SimulatorServer
 from tests.e2e.support import Cli, CliResult, assert_one_line_error
-from tests.process.world import API_KEY, World, new_world, running_simulator
 from tests.stripe_sim import stripe_client
+from tests.system.world import API_KEY, World, new_world, running_simulator
 
 SELLER = "acct_1Seller"
 

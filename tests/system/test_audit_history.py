@@ -13,7 +13,7 @@ import pytest
 
 from ledger.cli import run
 from tests.e2e.support import UNKNOWN_ID
-from tests.process.world import World
+from tests.system.world import World
 
 
 def audit(capsys: pytest.CaptureFixture[str], world: World, *args: str) -> tuple[int, Any]:

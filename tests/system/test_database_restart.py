@@ -14,8 +14,8 @@ from ledger.api import DatabaseUnavailable, LedgerError, open_ledger
 from ledger.config import DatabaseConfig
 from ledger.webhooks import handle_delivery
 from tests.paying import pay_out
-from tests.process.test_webhooks import SECRET, event_of, stripe_signature, stripe_transfer
-from tests.process.world import World
+from tests.system.test_webhooks import SECRET, event_of, stripe_signature, stripe_transfer
+from tests.system.world import World
 
 pytestmark = pytest.mark.postgres
 

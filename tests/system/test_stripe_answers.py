@@ -15,7 +15,7 @@ from ledger.bootstrap import work_store
 from ledger.domain import payout_cause
 from ledger.errors import TransitionRefused
 from ledger.processing.effects import OperatorProblem, idempotency_key
-from tests.process.world import (
+from tests.system.world import (
     API_KEY,
     World,
     ledger_matches_stripe,

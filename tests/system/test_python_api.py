@@ -21,14 +21,14 @@ from ledger.api import (
     open_ledger,
 )
 from ledger.webhooks import DEFAULT_TOLERANCE_SECONDS
-from tests.process.test_webhooks import (
+from tests.system.test_webhooks import (
     SECRET,
     delivery_row,
     event_of,
     stripe_signature,
     stripe_transfer,
 )
-from tests.process.world import World
+from tests.system.world import World
 
 
 def on_refund(ledger: TransferLedger, refund: dict[str, object]) -> str:

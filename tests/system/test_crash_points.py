@@ -20,7 +20,7 @@ import pytest
 from ledger.bootstrap import work_store
 from ledger.failpoints import NAMES
 from tests.ledgers import Ledger
-from tests.process.world import (
+from tests.system.world import (
     World,
     finish,
     kill,

@@ -8,7 +8,7 @@ from pathlib import Path
 from uuid import UUID
 
 from ledger.processing.daemon import SHUTDOWN_GRACE_SECONDS
-from tests.process.world import (
+from tests.system.world import (
     World,
     finish,
     ledger_matches_stripe,

@@ -11,7 +11,7 @@ deadline and another seed; `-s` prints the seed and how many daemons were killed
 
     LEDGER_CHAOS_WAVES=50 LEDGER_CHAOS_SECONDS=1800 LEDGER_CHAOS_SEED=7 \\
         .venv/bin/python -m pytest -q -s -p no:cacheprovider \\
-        tests/process/test_many_daemons.py -k killed_at_random
+        tests/system/test_many_daemons.py -k killed_at_random
 
 LEDGER_CHAOS_TRANSFERS sets the size of a wave (default 24).
 
@@ -36,7 +36,7 @@ from uuid import UUID
 import pytest
 
 from tests.ledgers import Ledger
-from tests.process.world import (
+from tests.system.world import (
     World,
     finish,
     kill,

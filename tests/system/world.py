@@ -72,7 +72,7 @@ class World:
 
     # ----- the ledger side ------------------------------------------------------
 
-    def ledger(self, pool_size: int = 2) -> Ledger:
+    def ledger(self, pool_size: int = 1) -> Ledger:
         return Ledger.open(self.url, pool_size=pool_size)
 
     def create(self, order: str, *, seller: str = "acct_1Seller", amount: int = 5000) -> UUID:

@@ -36,7 +36,7 @@ from ledger.errors import InvalidInput
 from ledger.stripe.simulator import SimulatorServer
 from ledger.webhooks import deliveries, handle_delivery
 from ledger.webhooks import handler as handler_module
-from tests.process.world import (
+from tests.system.world import (
     LEDGER_SCRIPT,
     World,
     daemon_env,

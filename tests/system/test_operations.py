@@ -18,7 +18,7 @@ import stripe
 from ledger.cli import run
 from ledger.domain import Transfer, payout_cause
 from ledger.processing.effects import idempotency_key
-from tests.process.world import World, finish, kill, start_daemon, wait_started
+from tests.system.world import World, finish, kill, start_daemon, wait_started
 from tests.waiting import wait_for
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

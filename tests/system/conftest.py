@@ -1,5 +1,6 @@
-"""Fixtures for the process side: a Stripe simulator on 127.0.0.1 and a world
-(ledger + simulator) on each database."""
+"""The whole system at once: the ledger, its daemons and webhook handler, and a
+Stripe simulator over real HTTP on 127.0.0.1 (a "world"), on each database.
+Fixtures: the simulator alone, and a world."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from ledger.stripe.simulator import SimulatorServer
-from tests.process.world import World, new_world, running_simulator
+from tests.system.world import World, new_world, running_simulator
 
 
 @pytest.fixture

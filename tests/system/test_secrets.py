@@ -20,7 +20,7 @@ import stripe
 from ledger.domain import payout_cause
 from ledger.processing.effects import idempotency_key
 from tests.ledgers import Ledger
-from tests.process.world import (
+from tests.system.world import (
     World,
     finish,
     new_world,

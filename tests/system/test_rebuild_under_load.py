@@ -12,7 +12,7 @@ from uuid import UUID
 import pytest
 
 from ledger.cli import run
-from tests.process.world import (
+from tests.system.world import (
     World,
     finish,
     ledger_matches_stripe,
