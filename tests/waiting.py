@@ -13,10 +13,14 @@ def wait_for(condition: Callable[[], T], *, timeout: float = 30.0, what: str = "
     """Poll `condition` until it returns something truthy, and return that;
     fail after `timeout` seconds naming `what` was awaited."""
     deadline = time.monotonic() + timeout
+    pause = 0.005
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(pause)
+        # Quick at first; then gentler, because many conditions open a database
+        # connection, and polling hard takes the CPU from what is awaited.
+        pause = min(pause * 1.5, 0.05)
