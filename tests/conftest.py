@@ -20,6 +20,8 @@ PostgreSQL tests are never skipped for want of a server: ``postgres_server()`` s
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import sqlite3
@@ -32,6 +34,7 @@ import pytest
 
 from ledger.bootstrap import migrate_database
 from tests.postgres_server import (
+    ENV_URL,
     create_database,
     drop_database,
     postgres_server,
@@ -49,11 +52,31 @@ _POSTGRES_FIXTURES = frozenset(
 _BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
+_SHARED_SERVER = pytest.StashKey[contextlib.ExitStack]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # A run stopped with SIGTERM (a CI timeout, `timeout 60 pytest`) would die
     # without tearing down the session's fixtures and leave its throwaway
     # PostgreSQL cluster running. As an interrupt, it unwinds like Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Under pytest-xdist the controller starts one PostgreSQL server for all its
+    # workers (they inherit its URL as if given), rather than each starting
+    # its own; every test's database has a unique name on it.
+    xdist_controller = not hasattr(config, "workerinput") and bool(
+        config.getoption("numprocesses", default=None)
+    )
+    if xdist_controller and not os.environ.get(ENV_URL):
+        stack = contextlib.ExitStack()
+        os.environ[ENV_URL] = stack.enter_context(postgres_server())
+        stack.callback(os.environ.pop, ENV_URL, None)
+        config.stash[_SHARED_SERVER] = stack
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stack = config.stash.get(_SHARED_SERVER, None)
+    if stack is not None:
+        stack.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

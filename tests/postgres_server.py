@@ -338,6 +338,8 @@ def _append_settings(conf: Path, root: Path, *, fsync: bool) -> None:
         "full_page_writes": _on_off(fsync),
         "logging_collector": "off",
         "password_encryption": "md5",
+        # Thousands of short-lived databases: autovacuum would visit each one.
+        "autovacuum": "off",
     }
     # Appending as root keeps the file's owner; later lines override initdb's defaults.
     with conf.open("a") as f:

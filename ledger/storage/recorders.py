@@ -34,6 +34,21 @@ class LedgerPostgresFactory(PostgresFactory):
         kwargs = self.datastore.pool.kwargs
         assert isinstance(kwargs, dict)  # the library gives its pool a dict
         kwargs.update(options)
+        # The library looks up its composite event type (a round trip, when the
+        # recorder is made, and on every new connection after) for its own
+        # insert statement; ArrayInsertPostgresRecorder sends plain arrays.
+        self.datastore.register_type_adapters = _no_type_adapters  # type: ignore[method-assign]
+        # Open the pool now, waiting for its first connections: a command asking
+        # for a connection while they are still being made would have the pool
+        # open one more for it (each a server process, and a login). Once, here:
+        # the library's own waiting open runs on every get_connection, and with
+        # every connection lent out (a nested one) it would wait for a full pool.
+        timeout = float(self.env.get("POSTGRES_CONNECT_TIMEOUT") or 30)
+        self.datastore.pool.open(wait=True, timeout=timeout)
+
+
+def _no_type_adapters() -> None:
+    pass
 
 
 @dataclass(frozen=True)
