@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import socket
 import sqlite3
 import threading
-from datetime import datetime
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
@@ -145,7 +148,16 @@ def build_daemon(
     stop: threading.Event | None = None,
     *,
     observer: Observer = NO_OBSERVER,
+    clock: Callable[[], datetime] | None = None,
+    identity: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+    group_commit: bool = True,
 ) -> Daemon:
+    """`ledger daemon`'s daemon. The defaults are what it runs; the
+    deterministic simulation (tests/simulation) gives its own clock, sleep
+    and randomness (virtual time, a seeded generator), a fixed identity, and
+    saves each outcome in its worker's own thread."""
     longest_call = stripe.longest_call_seconds()
     # begin_attempt renews the claim, but a reversal may still look its Stripe
     # transfer up after that, before the call: room for two calls.
@@ -163,10 +175,21 @@ def build_daemon(
     # Imported here: stripe-python costs every other command ~40 ms of start-up.
     from ledger.stripe.gateway import StripeGateway  # noqa: PLC0415
 
-    work = work_store(backend, claim_seconds=claim_seconds)
-    clock = DatabaseClock(backend.db)
-    gateway = StripeGateway(stripe, observer)
-    manager = ProcessManager(backend.transfers, work, gateway, policy, clock, observer=observer)
+    work = WorkStore(backend.db, identity or daemon_identity(), claim_seconds)
+    clock = clock or DatabaseClock(backend.db)
+    gateway = StripeGateway(stripe, observer, sleep=sleep, rng=rng)
+    manager = ProcessManager(
+        backend.transfers,
+        work,
+        gateway,
+        policy,
+        clock,
+        observer=observer,
+        group_commit=group_commit,
+        # A try sent this long before the claim runs out is answered (or
+        # times out) while the claim still holds; short test claims get half.
+        send_margin=timedelta(seconds=min(stripe.timeout_seconds, claim_seconds / 2)),
+    )
     heartbeat = Heartbeat(
         backend.db, work.owner, options.concurrency, clock, options.heartbeat_seconds
     )

@@ -512,7 +512,7 @@ class Transfer(Aggregate):
     def record_reversed(
         self, *, stripe_reversal_id: str, amount_reversed: int, actor: str, caused_by: str | None
     ) -> None:
-        if self.status == Status.REVERSED:
+        if self.status == Status.REVERSED or stripe_reversal_id in self.stripe_reversal_ids:
             return  # Already recorded; a second Reversed would be a duplicate outcome.
         self._change_status(
             self.Reversed,
@@ -578,10 +578,12 @@ class Transfer(Aggregate):
           When Stripe has nothing left to reverse, that request cannot (or need
           not) be carried out: Reversed, with the whole amount, as the reversal
           process manager records a transfer it finds fully reversed at Stripe.
-          A partial reversal is refused: recording it would settle the ledger's
-          request with someone else's money, and the refund's own reversal
-          would never be made. The process manager carries on with the
-          request; `ledger reconcile` shows the difference and lists this refusal.
+          A partial reversal is recorded as a Reversed that stays
+          reversal_pending: amount_reversed says what Stripe did, and the
+          request is still the ledger's to carry out, for its own amount (the
+          reversal process manager asks for no more than Stripe has left). The
+          deterministic simulation found the earlier rule (refuse it, and let
+          `reconcile` report the difference) leaving the ledger behind Stripe.
         - pending, failed, permanently_failed: refused by the matrix (there is
           no road to reversed from there).
         """
@@ -609,14 +611,22 @@ class Transfer(Aggregate):
         outstanding = self.amount - self.amount_reversed
         if self.status == Status.REVERSAL_PENDING:
             if at_stripe < self.amount:
-                raise TransitionRefused(
-                    self.id,
-                    self.status,
-                    Status.REVERSED,
-                    because=f"by partial reversal {stripe_reversal_id} made outside the"
-                    f" ledger: reversal request {self.reversal_request_ref!r} is still"
-                    f" pending and {self.amount - at_stripe} is left at Stripe",
+                if amount > outstanding:
+                    raise InvalidInput(
+                        f"Stripe reports reversal {stripe_reversal_id} of {amount}, but"
+                        f" transfer {self.id} has only {outstanding} left to reverse"
+                    )
+                self._change_status(
+                    self.Reversed,
+                    Status.REVERSAL_PENDING,
+                    applies_to=_AWAITING_REVERSAL,
+                    actor=actor,
+                    reason=EXTERNAL_REVERSAL_REASON,
+                    caused_by=caused_by,
+                    stripe_reversal_id=stripe_reversal_id,
+                    amount_reversed=self.amount_reversed + amount,
                 )
+                return True
             self._change_status(
                 self.Reversed,
                 Status.REVERSED,

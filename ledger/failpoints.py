@@ -1,19 +1,35 @@
-"""Named crash points for the crash tests: `LEDGER_FAILPOINTS=before_stripe_call`
-makes this process SIGKILL itself there, so a test can kill a real daemon at an
-exact step. Unset (always, in production) it is a set lookup and nothing else."""
+"""Named points in the money path where a process may die.
+
+The crash tests set `LEDGER_FAILPOINTS=before_stripe_call` to make a real
+daemon SIGKILL itself there. The deterministic simulation (tests/simulation)
+installs a hook instead, called with the point's name: it may switch to
+another simulated daemon there, or crash this one. Unset (always, in
+production) a failpoint is a set lookup and a None check, nothing else.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from typing import Final
 
 _ACTIVE: Final = frozenset(
     name.strip() for name in os.environ.get("LEDGER_FAILPOINTS", "").split(",") if name.strip()
 )
-NAMES: Final = ("before_stripe_call", "after_stripe_call", "after_record")
+NAMES: Final = ("before_stripe_call", "stripe_try", "after_stripe_call", "after_record")
+
+_hook: Callable[[str], None] | None = None
 
 
 def failpoint(name: str) -> None:
     if name in _ACTIVE:
         os.kill(os.getpid(), signal.SIGKILL)
+    if _hook is not None:
+        _hook(name)
+
+
+def install_hook(hook: Callable[[str], None] | None) -> None:
+    """Call `hook(name)` at every failpoint (None: stop). For the simulation."""
+    global _hook  # noqa: PLW0603 - one hook per process, by design
+    _hook = hook

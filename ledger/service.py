@@ -28,6 +28,7 @@ from ledger.application import Transfers, batched
 from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, LedgerError, TransferNotFound
 from ledger.import_records import ImportRecord, WithinFile
+from ledger.matrix import AWAITING_PAYOUT
 from ledger.storage import Database, Statement, is_version_conflict
 from ledger.views import TransferView
 
@@ -80,6 +81,13 @@ class ReversalAtStripe:
 
 class NothingNew(LedgerError):
     """Every reversal reported is known already: nothing was appended."""
+
+
+class PayoutNotRecordedYet(LedgerError):
+    """A reversal of the ledger's own payout, reported before the daemon has
+    recorded that payout (its outcome was unknown, and no look-up has run
+    yet): not a refusal, only early. Stripe delivers the webhook again later,
+    by when the payout is recorded."""
 
 
 class NotThisMoney(LedgerError):
@@ -208,6 +216,15 @@ class LedgerService:
             # transfer (a duplicate payout, say) must not be booked against it.
             # With no Stripe id recorded (an admin's `set-status completed`), the
             # ledger cannot tell it is the same money either.
+            if current.stripe_transfer_id is None and current.status in AWAITING_PAYOUT:
+                # The deterministic simulation found this: a daemon dies after
+                # Stripe made the payout, someone reverses part of it at
+                # Stripe, and the webhook comes before the payout is recorded.
+                # Refused, it was never looked at again.
+                raise PayoutNotRecordedYet(
+                    f"transfer {current.id} is {current.status}: its payout"
+                    f" {stripe_transfer_id} is not recorded yet; deliver again later"
+                )
             if current.stripe_transfer_id != stripe_transfer_id:
                 raise NotThisMoney(
                     f"transfer {current.id} ({current.status}) was paid out as"

@@ -152,7 +152,7 @@ class Daemon:
                     self.observer.events_projected(self.backend.ensure_current())
                 handed_out = 0
                 with self.problems.step("dispatch"):
-                    handed_out = self._dispatch()
+                    handed_out = self.dispatch()
                 if self.problems.failing("dispatch"):
                     self.stop.wait(ERROR_PAUSE_SECONDS)
                     continue
@@ -177,7 +177,7 @@ class Daemon:
         if self._fatal is not None:
             raise self._fatal
 
-    def _dispatch(self) -> int:
+    def dispatch(self) -> int:
         """Hand due work to free workers; returns how many items were handed out."""
         now = self.manager.clock()
         position = self.backend.projection.position()
@@ -248,31 +248,42 @@ class Daemon:
 
     def _worker(self) -> None:
         while True:
-            claim = self._queue.get()
-            transfer_id, kind = claim.transfer_id, claim.kind
-            try:
-                if self.stop.is_set():
-                    # Stopping: queued work is handed back for the next daemon.
-                    with contextlib.suppress(Exception):
-                        self.work.release(
-                            claim, outcome_unknown=claim.outcome_unknown, now=self.manager.clock()
-                        )
-                    continue
-                outcome = self._handle(claim)
-                # The read table said due, the transfer said no: it lags the
-                # events. Not again until the projection moves. (Work another
-                # daemon holds is skipped through its claim instead.)
-                position = self.backend.projection.position() if outcome == NOTHING_DUE else None
-                with self._lock:
-                    if position is not None:
-                        self._not_due[(transfer_id, kind)] = position
-                    else:
-                        self._not_due.pop((transfer_id, kind), None)
-            finally:
-                with self._idle:
-                    self._in_flight.discard(transfer_id)
-                    self._idle.notify_all()
-                self.wake.set()
+            self.work_on(self._queue.get())
+
+    def next_claim(self) -> Claim | None:
+        """The next claim `dispatch` queued, if any, without waiting (for a
+        caller that drives the daemon step by step: the simulation)."""
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def work_on(self, claim: Claim) -> None:
+        """One worker's handling of one claim that `dispatch` handed out."""
+        transfer_id, kind = claim.transfer_id, claim.kind
+        try:
+            if self.stop.is_set():
+                # Stopping: queued work is handed back for the next daemon.
+                with contextlib.suppress(Exception):
+                    self.work.release(
+                        claim, outcome_unknown=claim.outcome_unknown, now=self.manager.clock()
+                    )
+                return
+            outcome = self._handle(claim)
+            # The read table said due, the transfer said no: it lags the
+            # events. Not again until the projection moves. (Work another
+            # daemon holds is skipped through its claim instead.)
+            position = self.backend.projection.position() if outcome == NOTHING_DUE else None
+            with self._lock:
+                if position is not None:
+                    self._not_due[(transfer_id, kind)] = position
+                else:
+                    self._not_due.pop((transfer_id, kind), None)
+        finally:
+            with self._idle:
+                self._in_flight.discard(transfer_id)
+                self._idle.notify_all()
+            self.wake.set()
 
     def _handle(self, claim: Claim) -> str:
         # Every line logged while handling it names the transfer and the work;

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, TypeVar
@@ -54,8 +54,13 @@ class Found:
     """A Stripe object that fulfils the work: made now, or found by a look-up."""
 
     stripe_id: str
-    # Reversals: the transfer's total reversed amount once this one counts.
-    amount_reversed: int = 0
+    # Reversals: this reversal's own amount; counted on top of what the
+    # transfer has reversed when the outcome is recorded (on the transfer as
+    # it is then: a reversal made outside the ledger may have been recorded
+    # since this handling loaded it).
+    amount: int = 0
+    # Reversals: Stripe has the whole transfer reversed (by others too).
+    in_full: bool = False
 
 
 def idempotency_key(kind: str, cause: str, attempt: int) -> str:
@@ -86,7 +91,16 @@ class StripeEffect(ABC):
         counted); the default: it always can."""
 
     @abstractmethod
-    def call(self, gateway: PaymentsGateway, transfer: Transfer, cause: str, key: str) -> Found: ...
+    def call(
+        self,
+        gateway: PaymentsGateway,
+        transfer: Transfer,
+        cause: str,
+        key: str,
+        send_while: Callable[[], bool],
+    ) -> Found:
+        """Make the effect at Stripe under `key`; each money-moving try is
+        sent only while `send_while()` holds (ports.ClaimRanOut otherwise)."""
 
     @abstractmethod
     def record_success(self, transfer: Transfer, found: Found, cause: str) -> None: ...
@@ -131,7 +145,14 @@ class Payout(StripeEffect):
             )
         return Found(_oldest(made).id)
 
-    def call(self, gateway: PaymentsGateway, transfer: Transfer, cause: str, key: str) -> Found:
+    def call(
+        self,
+        gateway: PaymentsGateway,
+        transfer: Transfer,
+        cause: str,
+        key: str,
+        send_while: Callable[[], bool],
+    ) -> Found:
         made = gateway.create_transfer(
             amount=transfer.amount,
             currency=transfer.currency,
@@ -143,6 +164,7 @@ class Payout(StripeEffect):
                 "ledger_order_ref": transfer.order_ref,
             },
             idempotency_key=key,
+            send_while=send_while,
         )
         return Found(made.id)
 
@@ -201,8 +223,7 @@ class Reversal(StripeEffect):
         # record Stripe's truth rather than ask for more than exists.
         at_stripe = gateway.retrieve_transfer(stripe_transfer)
         if reversals and at_stripe.amount_reversed >= at_stripe.amount:
-            total = min(at_stripe.amount_reversed, transfer.amount)
-            return Found(reversals[0].id, amount_reversed=total)
+            return Found(reversals[0].id, in_full=True)
         return None
 
     def check_callable(self, gateway: PaymentsGateway, transfer: Transfer) -> None:
@@ -213,26 +234,51 @@ class Reversal(StripeEffect):
                 " settle the transfer with `ledger transfer set-status`"
             )
 
-    def call(self, gateway: PaymentsGateway, transfer: Transfer, cause: str, key: str) -> Found:
+    def call(
+        self,
+        gateway: PaymentsGateway,
+        transfer: Transfer,
+        cause: str,
+        key: str,
+        send_while: Callable[[], bool],
+    ) -> Found:
         stripe_transfer = self._stripe_transfer_id(gateway, transfer)
         assert stripe_transfer is not None  # check_callable ran first
         assert transfer.reversal_amount is not None  # set with every reversal_pending
+        # Someone may have reversed part of it at Stripe meanwhile (the
+        # Dashboard; the webhook saying so may not have come yet): ask for no
+        # more than is left there, which Stripe would refuse.
+        at_stripe = gateway.retrieve_transfer(stripe_transfer)
+        left_at_stripe = at_stripe.amount - at_stripe.amount_reversed
+        if left_at_stripe <= 0:
+            newest = gateway.reversals_of(stripe_transfer)
+            if newest:
+                return Found(newest[0].id, in_full=True)
+        amount = min(
+            transfer.reversal_amount, transfer.amount - transfer.amount_reversed, left_at_stripe
+        )
         made = gateway.create_reversal(
             stripe_transfer,
-            amount=transfer.reversal_amount,
+            amount=amount,
             metadata={
                 "ledger_transfer_id": str(transfer.id),
                 "ledger_cause": cause,
                 "ledger_request_ref": transfer.reversal_request_ref or "",
             },
             idempotency_key=key,
+            send_while=send_while,
         )
         return self._found(transfer, made)
 
     def record_success(self, transfer: Transfer, found: Found, cause: str) -> None:
+        total = (
+            transfer.amount
+            if found.in_full
+            else min(transfer.amount, transfer.amount_reversed + found.amount)
+        )
         transfer.record_reversed(
             stripe_reversal_id=found.stripe_id,
-            amount_reversed=found.amount_reversed,
+            amount_reversed=total,
             actor=self.actor,
             caused_by=cause,
         )
@@ -249,8 +295,7 @@ class Reversal(StripeEffect):
 
     @staticmethod
     def _found(transfer: Transfer, reversal: StripeReversal) -> Found:
-        total = min(transfer.amount, transfer.amount_reversed + reversal.amount)
-        return Found(reversal.id, amount_reversed=total)
+        return Found(reversal.id, amount=reversal.amount)
 
     @staticmethod
     def _stripe_transfer_id(gateway: PaymentsGateway, transfer: Transfer) -> str | None:

@@ -9,8 +9,11 @@ reversal, ledger/processing/effects.py), once.
    another daemon or an operator got there first; release and stop);
 3. if an earlier call's outcome is unknown, look the object up at Stripe and
    record what is there instead of calling again;
-4. record the attempt as started (committed), then call Stripe with the key
-   `ledger-<kind>-<cause>-a<attempt>`, outside any database transaction;
+4. record the attempt as started (committed, the claim renewed), then call
+   Stripe with the key `ledger-<kind>-<cause>-a<attempt>`, outside any
+   database transaction, sending each try only while the claim outlives its
+   answer: after that another daemon may take over, look up, find nothing and
+   call under the next key, so a late try would move the money twice;
 5. record the outcome through the aggregate's commands (the matrix decides),
    and release the claim.
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ledger import values
 from ledger.application import Transfers
@@ -44,7 +47,7 @@ from ledger.processing.effects import (
 )
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.policy import RetryPolicy
-from ledger.processing.ports import FailureKind, PaymentsGateway, StripeCallFailed
+from ledger.processing.ports import ClaimRanOut, FailureKind, PaymentsGateway, StripeCallFailed
 from ledger.processing.recording import OutcomeRecorder
 from ledger.processing.work import Claim, LostClaim, WorkStore
 
@@ -74,14 +77,20 @@ class ProcessManager:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
         observer: Observer = NO_OBSERVER,
+        group_commit: bool = True,
+        send_margin: timedelta = timedelta(seconds=15),
     ) -> None:
         self.observer = observer
+        # A try is sent only this long before the claim runs out: time for its
+        # answer (the gateway's timeout) to come while the claim still holds.
+        self.send_margin = send_margin
         self.transfers = transfers
         self.work = work
         self.gateway = gateway
         self.policy = policy
         self.clock = clock
-        self.recorder = OutcomeRecorder(transfers)
+        # Outcomes of several workers saved in one append (see recording.py).
+        self.recorder = OutcomeRecorder(transfers, group_commit=group_commit)
 
     def handle(self, claim: Claim) -> str:
         """Do the claimed work if it is still due; returns what happened, in a
@@ -157,14 +166,27 @@ class ProcessManager:
             effect.check_callable(self.gateway, transfer)
         except StripeCallFailed as failure:
             return self._failed(effect, transfer, cause, failure, progress, note="look-up failed")
-        attempt = self.work.begin_attempt(progress.claim, cause, self.clock())
+        began = self.clock()
+        attempt = self.work.begin_attempt(progress.claim, cause, began)
         self.observer.attempt_started(effect.kind)
         failpoint("before_stripe_call")
         progress.call_started = True
+        send_by = began + timedelta(seconds=self.work.claim_seconds) - self.send_margin
         try:
             found = effect.call(
-                self.gateway, transfer, cause, idempotency_key(effect.kind, cause, attempt)
+                self.gateway,
+                transfer,
+                cause,
+                idempotency_key(effect.kind, cause, attempt),
+                lambda: self.clock() < send_by,
             )
+        except ClaimRanOut as ran_out:
+            # Found by the deterministic simulation: a daemon paused for a day
+            # before sending paid a transfer another daemon had paid since.
+            # Nothing more is sent under this key; whoever holds the work next
+            # looks up first (begin_attempt left outcome_unknown set).
+            progress.outcome_unknown = True
+            return str(ran_out)
         except StripeCallFailed as failure:
             if failure.kind != FailureKind.UNKNOWN:
                 # A definite answer to this call (and a look-up, if one ran,

@@ -7,7 +7,7 @@ about) without knowing stripe-python, and any Stripe-compatible service fits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -71,6 +71,18 @@ class StripeCallFailed(Exception):
         )
 
 
+class ClaimRanOut(Exception):
+    """A money-moving try was not sent: `send_while` said the work's claim
+    would run out before its answer came, and from then on another daemon
+    may take the work over and look the call up. A try sent after that
+    look-up would move money the look-up did not see; so it is never sent.
+    `reached`: an earlier try of this call may have reached Stripe."""
+
+    def __init__(self, message: str, *, reached: bool) -> None:
+        self.reached = reached
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class StripeTransfer:
     id: str
@@ -92,7 +104,8 @@ class StripeReversal:
 
 class PaymentsGateway(Protocol):
     """Stripe Connect transfers and reversals. Every method raises
-    StripeCallFailed on failure, already classified."""
+    StripeCallFailed on failure, already classified. The money-moving ones
+    send each try only while `send_while()` is true (else ClaimRanOut)."""
 
     def create_transfer(
         self,
@@ -103,6 +116,7 @@ class PaymentsGateway(Protocol):
         transfer_group: str,
         metadata: Mapping[str, str],
         idempotency_key: str,
+        send_while: Callable[[], bool] | None = None,
     ) -> StripeTransfer: ...
 
     def transfers_in_group(self, transfer_group: str) -> Sequence[StripeTransfer]: ...
@@ -116,6 +130,7 @@ class PaymentsGateway(Protocol):
         amount: int,
         metadata: Mapping[str, str],
         idempotency_key: str,
+        send_while: Callable[[], bool] | None = None,
     ) -> StripeReversal: ...
 
     def reversals_of(self, transfer_id: str) -> Sequence[StripeReversal]: ...

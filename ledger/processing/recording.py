@@ -42,11 +42,16 @@ class _Outcome:
 
 
 class OutcomeRecorder:
-    def __init__(self, transfers: Transfers) -> None:
+    def __init__(self, transfers: Transfers, *, group_commit: bool = True) -> None:
+        """`group_commit=False`: each outcome is saved alone, in the caller's
+        thread (no recorder thread at all): what a single-threaded caller such
+        as the deterministic simulation (tests/simulation) wants."""
         self.transfers = transfers
         self._queue: queue.Queue[_Outcome] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="ledger-recorder", daemon=True)
-        self._thread.start()
+        self._group_commit = group_commit
+        if group_commit:
+            thread = threading.Thread(target=self._run, name="ledger-recorder", daemon=True)
+            thread.start()
 
     def record(
         self,
@@ -59,7 +64,10 @@ class OutcomeRecorder:
         save its events with `also_execute`, in one append with whatever else is
         waiting; returns once saved, or raises what the command or save raised."""
         outcome = _Outcome(transfer, command, also_execute, cause)
-        self._queue.put(outcome)
+        if self._group_commit:
+            self._queue.put(outcome)
+        else:
+            self._save([outcome])
         outcome.done.result()
 
     def _run(self) -> None:

@@ -21,9 +21,11 @@ import stripe
 from ledger import values
 from ledger.config import env_number
 from ledger.errors import InvalidInput
+from ledger.failpoints import failpoint
 from ledger.logs import note
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.ports import (
+    ClaimRanOut,
     FailureKind,
     StripeCallFailed,
     StripeReversal,
@@ -61,6 +63,10 @@ class StripeSettings:
     api_base: str | None = None
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     network_retries: int = DEFAULT_NETWORK_RETRIES
+    # stripe-python's transport; None: its requests-based client over HTTPS.
+    # The deterministic simulation passes one that calls the simulator's
+    # engine in-process (tests/simulation/transport.py).
+    http_client: stripe.HTTPClient | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> StripeSettings:
@@ -97,7 +103,7 @@ def stripe_client(settings: StripeSettings, *, retries: int | None = None) -> st
         settings.api_key,
         base_addresses=base,  # type: ignore[arg-type]
         max_network_retries=settings.network_retries if retries is None else retries,
-        http_client=stripe.RequestsClient(timeout=settings.timeout_seconds),
+        http_client=settings.http_client or stripe.RequestsClient(timeout=settings.timeout_seconds),
     )
 
 
@@ -135,6 +141,7 @@ class StripeGateway:
         transfer_group: str,
         metadata: Mapping[str, str],
         idempotency_key: str,
+        send_while: Callable[[], bool] | None = None,
     ) -> StripeTransfer:
         created = self._tries(
             "transfers.create",
@@ -149,6 +156,7 @@ class StripeGateway:
                 options={"idempotency_key": idempotency_key},
             ),
             moves_money=True,
+            send_while=send_while,
         )
         return _transfer(created)
 
@@ -181,6 +189,7 @@ class StripeGateway:
         amount: int,
         metadata: Mapping[str, str],
         idempotency_key: str,
+        send_while: Callable[[], bool] | None = None,
     ) -> StripeReversal:
         created = self._tries(
             "reversals.create",
@@ -190,6 +199,7 @@ class StripeGateway:
                 options={"idempotency_key": idempotency_key},
             ),
             moves_money=True,
+            send_while=send_while,
         )
         return _reversal(created)
 
@@ -217,7 +227,14 @@ class StripeGateway:
                 return
             after = data[-1]["id"]
 
-    def _tries(self, endpoint: str, send: Callable[[], T], *, moves_money: bool) -> T:
+    def _tries(
+        self,
+        endpoint: str,
+        send: Callable[[], T],
+        *,
+        moves_money: bool,
+        send_while: Callable[[], bool] | None = None,
+    ) -> T:
         """One call, made in up to `network_retries + 1` tries under the same
         idempotency key; returns what the successful try returned, or raises
         the call's StripeCallFailed.
@@ -228,9 +245,22 @@ class StripeGateway:
         call's outcome is unknown whatever the later tries answered. A later
         429 or 400 says nothing about what the earlier try did; only a look-up
         can (DESIGN section 5). Each try is counted and timed by endpoint and
-        outcome, and its Stripe request id goes into the log context."""
+        outcome, and its Stripe request id goes into the log context.
+
+        Each try is sent only while `send_while()` holds (the process manager:
+        "my claim outlives this try's answer"), checked right before sending:
+        a process paused between tries or before the first (a suspended VM, a
+        stopped container) does not send after another daemon may have looked
+        the call up and made it again under the next attempt's key."""
         reached: list[StripeCallFailed] = []
         for number in range(1, self._tries_per_call + 1):
+            failpoint("stripe_try")
+            if send_while is not None and not send_while():
+                raise ClaimRanOut(
+                    f"{endpoint}: not sent (try {number}), the claim would run out before"
+                    " its answer; the next holder of the work looks it up",
+                    reached=bool(reached),
+                )
             started = time.monotonic()
             try:
                 result = send()
@@ -308,6 +338,12 @@ def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:
             # Stripe gives this no code: the transfer's state differs from what
             # the ledger thinks. Look it up; don't guess.
             kind = FailureKind.UNKNOWN
+        elif param == "amount" and "unreversed amount" in message:
+            # The ledger asks for no more than Stripe had left when it looked:
+            # someone reversed part of it since (found by the deterministic
+            # simulation). Nothing was done; the next attempt asks for what
+            # is left then, instead of failing the refund for good.
+            kind = FailureKind.RETRY_LATER
         elif param in _REFUSABLE_PARAMS or code in _REFUSAL_CODES or status == 404:
             # Stripe refuses this money movement as asked: this destination,
             # this amount, this currency, or a transfer it does not have.

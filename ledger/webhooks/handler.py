@@ -45,7 +45,7 @@ from prometheus_client import Counter
 from ledger.backend import Backend
 from ledger.errors import InvalidInput, TransferNotFound, TransitionRefused
 from ledger.projections.queries import find_by_stripe_transfer_ids
-from ledger.service import NothingNew, NotThisMoney, ReversalAtStripe
+from ledger.service import NothingNew, NotThisMoney, PayoutNotRecordedYet, ReversalAtStripe
 from ledger.storage import connection_lost
 from ledger.stripe.listing import ledger_id_named
 from ledger.webhooks import deliveries
@@ -79,6 +79,9 @@ DUPLICATE: Final = "duplicate"
 BAD_SIGNATURE: Final = "bad_signature"
 MALFORMED: Final = "malformed"
 ERROR: Final = "error"
+# A reversal of a payout the daemon has not recorded yet: Stripe is asked
+# (with a 500) to deliver it again later; nothing is saved meanwhile.
+NOT_YET: Final = "not_yet"
 # Metric labels hold an event type only when it looks like one (Stripe's types
 # are a fixed, documented set); never an id or anything else from the body.
 _EVENT_TYPE_LABEL: Final = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+){1,3}")
@@ -181,6 +184,16 @@ def handle_delivery(
             # live connection. Dealing with a delivery twice is safe: it is
             # deduplicated by its event id, and recorded in one transaction.
             return _deal_with(core, event_id, event_type, event, received_at)
+    except PayoutNotRecordedYet as early:
+        log.info(
+            "delivery %s %s: not yet: %s",
+            event_id,
+            event_type,
+            early,
+            extra={"stripe_event_id": event_id, "event": event_type, "outcome": NOT_YET},
+        )
+        DELIVERIES.labels(_type_label(event_type), NOT_YET).inc()
+        return WebhookResponse(500, _json({"error": f"not yet: {early}"}), NOT_YET)
     except Exception as error:
         # Not Stripe's doing (the database is down, a bug): nothing was saved,
         # so Stripe's redelivery will find it new.

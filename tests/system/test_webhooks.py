@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 from uuid import UUID
@@ -32,7 +33,9 @@ import pytest
 
 from ledger.api import open_ledger
 from ledger.audit.verify import verify
+from ledger.domain import payout_cause
 from ledger.errors import InvalidInput
+from ledger.processing.work import WorkStore
 from ledger.stripe.simulator import SimulatorServer
 from ledger.webhooks import deliveries, handle_delivery
 from ledger.webhooks import handler as handler_module
@@ -409,84 +412,97 @@ def test_a_transfer_update_showing_no_reversal_at_all_appends_nothing(
     assert (row["outcome"], row["detail"]) == ("already_known", "the transfer shows no reversals")
 
 
-def test_a_reversal_the_matrix_refuses_is_recorded_nowhere_but_reported(
+def test_a_partial_reversal_outside_while_the_ledgers_own_waits_is_counted_and_both_made(
     endpoint: Endpoint,
 ) -> None:
     """The ledger's own reversal request is waiting (reversal_pending) when
-    someone reverses part of the transfer in the Dashboard: settling the
-    request with that reversal would leave the refund's own never made, so
-    the change is refused."""
+    someone reverses part of the transfer in the Dashboard: the Dashboard's
+    reversal is recorded at once (the transfer stays reversal_pending, for
+    the request's own reversal), and the daemon then makes the request's
+    reversal on top. Stripe does not deliver a 200-answered event again, so
+    refusing it (as the ledger once did) left the ledger behind Stripe; the
+    deterministic simulation found that."""
     world = endpoint.world
     transfer_id, paid = paid_transfer(world, amount=5_000)
     world.request_reversal(transfer_id, amount=1_000)
     reverse_outside(world, paid["id"], 700)
     event_id, payload = event_of(stripe_transfer(world, paid["id"]))
-    before = event_types(world, transfer_id)
 
     status, body = endpoint.deliver(payload)
 
-    assert (status, body["outcome"]) == (200, "refused")
-    assert event_types(world, transfer_id) == before
-    row = delivery_row(world, event_id)
-    assert row is not None
-    assert (row["outcome"], row["transfer_id"]) == ("refused", str(transfer_id))
-    assert "reversal_pending -> reversed" in row["detail"]
-    assert "still pending" in row["detail"]
-    [entry] = wait_for(lambda: endpoint.log_entries(event_id), what="the refusal's log line")
-    assert entry["level"] == "warning" and "refused" in entry["message"]
-    assert entry["transfer_id"] == str(transfer_id)
-    # Delivered again while nothing changed: still refused, still nothing appended.
-    assert endpoint.deliver(payload)[1]["outcome"] == "refused"
-    assert event_types(world, transfer_id) == before
-
-    # Once the daemon has made the ledger's own reversal, the transfer is where
-    # the matrix allows it, and Stripe's resend records the Dashboard's too.
-    world.run_daemon_once()
-    assert world.show(transfer_id).status == "reversed"
-
-    assert endpoint.deliver(payload)[1]["outcome"] == "recorded"
+    assert (status, body["outcome"]) == (200, "recorded")
     last = world.events(transfer_id)[-1]
     assert (type(last).__name__, last.from_status, last.to_status) == (
         "Reversed",
-        "reversed",
-        "reversed",
+        "reversal_pending",
+        "reversal_pending",
     )
-    assert (last.caused_by, last.amount_reversed) == (event_id, 1_700)
-    row = delivery_row(world, event_id)
-    assert row is not None and (row["outcome"], row["detail"]) == ("recorded", None)
+    assert (last.caused_by, last.amount_reversed) == (event_id, 700)
+    view = world.show(transfer_id)
+    assert (view.status, view.amount_reversed) == ("reversal_pending", 700)
+    # Delivered again: known.
+    assert endpoint.deliver(payload)[1]["outcome"] in ("duplicate", "already_known")
+
+    world.run_daemon_once()
+
+    view = world.show(transfer_id)
+    assert (view.status, view.amount_reversed) == ("reversed", 1_700)
+    assert stripe_transfer(world, paid["id"])["amount_reversed"] == 1_700
 
 
-def test_a_reversal_of_a_stripe_transfer_the_ledger_has_not_recorded_is_refused(
+def test_a_reversal_of_a_payout_the_ledger_has_not_recorded_yet_is_asked_for_again(
     endpoint: Endpoint,
 ) -> None:
-    """The ledger still says pending (say, a daemon died after Stripe paid and
-    before recording it), or an admin set it completed by hand: either way it
-    records no Stripe transfer, so it cannot tell that the one reversed is its
-    money, and nothing is booked against it until the payout is recorded."""
+    """The ledger still says pending (a daemon died after Stripe paid and
+    before recording it): it cannot tell yet that the Stripe transfer
+    reversed is its money. Answered 500, so Stripe delivers it again later;
+    nothing is saved. Once the payout is recorded, the delivery is."""
     world = endpoint.world
     transfer_id = world.create(f"order-{uuid.uuid4().hex[:12]}")
+    _a_daemon_dies_mid_payout(world, transfer_id)
     paid = _stripe_transfer_for(world, transfer_id)  # Stripe's side, as the daemon left it
     reverse_outside(world, paid["id"], 700)
     event_id, payload = event_of(stripe_transfer(world, paid["id"]))
 
     status, body = endpoint.deliver(payload)
 
-    assert (status, body["outcome"]) == (200, "refused")
+    assert status == 500
+    assert "not yet" in body["error"] and paid["id"] in body["error"]
     assert event_types(world, transfer_id) == ["Created"]
+    assert delivery_row(world, event_id) is None
+
+    world.run_daemon_once()  # looks the payout up, finds paid["id"], records it
+    assert world.show(transfer_id).stripe_transfer_id == paid["id"]
+
+    status, body = endpoint.deliver(payload)
+
+    assert (status, body["outcome"]) == (200, "recorded")
+    view = world.show(transfer_id)
+    assert (view.status, view.amount_reversed) == ("reversed", 700)
+
+
+def test_a_reversal_of_a_transfer_an_admin_completed_by_hand_is_refused(
+    endpoint: Endpoint,
+) -> None:
+    """Completed by an admin, the ledger records no Stripe transfer, so it
+    cannot tell that the one reversed is its money: refused, and reported."""
+    world = endpoint.world
+    transfer_id = world.create(f"order-{uuid.uuid4().hex[:12]}")
+    paid = _stripe_transfer_for(world, transfer_id)
+    with world.ledger() as ledger:
+        ledger.set_status(transfer_id, "completed", actor="alice@ops", reason="paid, OPS-9")
+    reverse_outside(world, paid["id"], 700)
+    event_id, payload = event_of(stripe_transfer(world, paid["id"]))
+
+    status, body = endpoint.deliver(payload)
+
+    assert (status, body["outcome"]) == (200, "refused")
+    assert event_types(world, transfer_id) == ["Created", "StatusSetByAdmin"]
     row = delivery_row(world, event_id)
     assert row is not None
     assert (row["outcome"], row["transfer_id"]) == ("refused", str(transfer_id))
     assert "the ledger records no Stripe transfer for it" in row["detail"]
     assert paid["id"] in row["detail"]
-
-    # Completed by an admin: still no Stripe id, still refused.
-    with world.ledger() as ledger:
-        ledger.set_status(transfer_id, "completed", actor="alice@ops", reason="paid, OPS-9")
-    assert endpoint.deliver(payload)[1]["outcome"] == "refused"
-    assert event_types(world, transfer_id) == ["Created", "StatusSetByAdmin"]
-    row = delivery_row(world, event_id)
-    assert row is not None
-    assert "the ledger records no Stripe transfer for it" in row["detail"]
 
 
 def test_a_reversal_of_a_duplicate_payout_is_not_booked_on_the_transfer_paid_meanwhile(
@@ -734,6 +750,16 @@ def test_a_delivery_the_ledger_cannot_deal_with_now_is_answered_500_and_saved_no
     assert SECRET not in caplog.text
     assert (redelivered.status, redelivered.outcome) == (200, "recorded")
     assert event_types(world, transfer_id).count("Reversed") == 1
+
+
+def _a_daemon_dies_mid_payout(world: World, transfer_id: UUID) -> None:
+    """What a daemon killed during its payout call leaves: the attempt begun
+    (outcome unknown) under a claim that has run out."""
+    with world.ledger() as ledger:
+        work = WorkStore(ledger.db, "killed-daemon", claim_seconds=0)
+        now = datetime.now(UTC)
+        [claim] = work.claim_many([(transfer_id, "payout")], now)
+        work.begin_attempt(claim, payout_cause(transfer_id), now)
 
 
 def _stripe_transfer_for(world: World, transfer_id: UUID) -> dict[str, Any]:

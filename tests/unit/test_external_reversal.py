@@ -144,18 +144,53 @@ def test_the_whole_amount_is_recorded_when_stripe_has_nothing_left_to_reverse() 
     assert (transfer.status, transfer.amount_reversed) == ("reversed", AMOUNT)
 
 
-def test_a_partial_reversal_outside_does_not_settle_a_pending_reversal_request() -> None:
+def test_a_partial_reversal_outside_is_counted_and_the_pending_request_stays_pending() -> None:
+    """The ledger's own request (FIRST_REFUND) is not settled by someone
+    else's money: the transfer stays reversal_pending for it, and
+    amount_reversed says what Stripe did (found by the deterministic
+    simulation: refused, the Dashboard's reversal was never recorded)."""
     transfer = a_transfer_in("reversal_pending")
+
+    assert record_external(transfer, "trr_part", 3_000, at_stripe=3_000) is True
+
+    (event,) = transfer.pending_events
+    assert isinstance(event, Transfer.Reversed)
+    assert (event.from_status, event.to_status) == ("reversal_pending", "reversal_pending")
+    assert (event.stripe_reversal_id, event.amount_reversed) == ("trr_part", 3_000)
+    assert event.reason is not None and "outside the ledger" in event.reason
+    assert (transfer.status, transfer.amount_reversed) == ("reversal_pending", 3_000)
+    assert transfer.reversal_request_ref == FIRST_REFUND
+    # Told again: nothing new.
+    transfer.collect_events()
+    assert record_external(transfer, "trr_part", 3_000, at_stripe=3_000) is False
+    assert transfer.pending_events == []
+
+
+def test_the_ledgers_own_reversal_then_counts_on_top_of_the_one_made_outside() -> None:
+    transfer = a_transfer_in("reversal_pending")
+    record_external(transfer, "trr_part", 3_000, at_stripe=3_000)
+
+    transfer.record_reversed(
+        stripe_reversal_id="trr_ledger",
+        amount_reversed=transfer.amount_reversed + 2_000,
+        actor=REVERSAL_MANAGER,
+        caused_by=None,
+    )
+
+    assert (transfer.status, transfer.amount_reversed) == ("reversed", 5_000)
+
+
+def test_a_partial_reversal_outside_larger_than_what_is_left_is_not_recorded() -> None:
+    transfer = a_transfer_in("reversal_pending")
+    record_external(transfer, "trr_part", 3_000, at_stripe=3_000)
+    transfer.collect_events()
     before = copy.deepcopy(transfer)
 
-    with pytest.raises(TransitionRefused) as refusal:
-        record_external(transfer, "trr_part", 3_000, at_stripe=3_000)
+    with pytest.raises(InvalidInput, match="left to reverse"):
+        record_external(transfer, "trr_huge", AMOUNT - 2_000, at_stripe=AMOUNT - 1_000)
 
     assert transfer.pending_events == []
     assert transfer == before
-    assert (refusal.value.from_status, refusal.value.to_status) == ("reversal_pending", "reversed")
-    assert "trr_part" in str(refusal.value)
-    assert FIRST_REFUND in str(refusal.value)
 
 
 @pytest.mark.parametrize("status", ["pending", "failed", "permanently_failed"])

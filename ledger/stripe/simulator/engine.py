@@ -44,6 +44,7 @@ from ledger.stripe.simulator.idempotency import (
     replay,
 )
 from ledger.stripe.simulator.objects import Book, Capability
+from ledger.stripe.simulator.objects import Transfer as StripeTransfer
 from ledger.stripe.simulator.params import (
     ACCOUNT_ID,
     CURRENCY,
@@ -310,6 +311,11 @@ class StripeSimulator:
         with self._lock:
             self._reset_state()
 
+    def transfers(self) -> list[StripeTransfer]:
+        """Every transfer, oldest first, as the engine holds it (do not change them)."""
+        with self._lock:
+            return list(self._book.transfers.values())
+
     def state(self) -> dict[str, Any]:
         """Transfers and reversals (oldest first), events (oldest first, in brief), the
         request log, and the knobs' state."""
@@ -335,6 +341,12 @@ class StripeSimulator:
     def scripted_faults(self) -> list[dict[str, Any]]:
         with self._lock:
             return self._faults.scripted()
+
+    def clear_scripted_faults(self) -> None:
+        """Forget every scripted fault not taken yet (an "after" fault waits for
+        a success: a caller scripting one per request clears what was left)."""
+        with self._lock:
+            self._faults = FaultPlan(self.config.faults, self._random)
 
     def expire_idempotency_keys(self) -> int:
         """Expire every saved key at once, as if a day had passed; returns how many.

@@ -1,0 +1,777 @@
+"""One simulated schedule: the ledger's real code against the simulator's
+Stripe engine, in virtual time, with every decision drawn from `Choices`.
+
+What runs is the product's: the Python API (`TransferLedger`) for the
+marketplace's commands, `handle_delivery` for webhooks, `rebuild`, and
+daemons built by `ledger.bootstrap.build_daemon` (their dispatch, process
+managers, work store, gateway on stripe-python, recorders, projection and
+chain), over one SQLite file. The harness supplies only what the world
+would: a clock, the network (tests/simulation/transport.py), the order in
+which things happen, and deaths.
+
+A schedule has two phases. In the first, anything may happen at any step:
+commands, webhooks (late, twice, for reversals made at Stripe by someone
+else), a rebuild, daemons dispatching, workers taking a step, faults on
+Stripe requests, daemons crashing and new ones starting, time passing. In the
+second, faults and crashes stop and the daemons run until nothing is left
+to do (time jumping to the next retry or claim expiry): every transfer must
+then settle within a bounded virtual time. The invariants are checked after
+every step (the cheap ones: Stripe's side) and all of them at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+from uuid import UUID, uuid5
+
+import eventsourcing.domain
+
+from ledger import failpoints
+from ledger.api import TransferLedger
+from ledger.audit.verify import verify
+from ledger.bootstrap import build_daemon, migrate_database, open_backend
+from ledger.errors import LedgerError
+from ledger.import_records import ImportRecord
+from ledger.matrix import TERMINAL_STATUSES
+from ledger.processing.daemon import Daemon, DaemonOptions
+from ledger.processing.policy import RetryPolicy
+from ledger.processing.work import WorkStore
+from ledger.projections.rebuild import rebuild
+from ledger.reconcile import reconcile
+from ledger.stripe.gateway import StripeSettings
+from ledger.stripe.listing import StripeReader
+from ledger.stripe.simulator import OFF, SimulatorConfig, StripeSimulator
+from ledger.stripe.simulator.api import ApiRequest, ApiResponse, StripeErrorResponse
+from ledger.stripe.simulator.engine import Call
+from ledger.stripe.simulator.webhooks import Delivery
+from ledger.webhooks import handle_delivery
+from tests.ramdisk import ram_temp_dir
+from tests.simulation.scheduler import Actor, Choices, Scheduler
+from tests.simulation.transport import FAULTS, InProcessStripe
+
+EPOCH: Final = datetime(2026, 1, 1, tzinfo=UTC)
+API_KEY: Final = "sk_test_simulation0000"
+WEBHOOK_SECRET: Final = "whsec_simulation"
+# Stripe knows the first two; the third does not exist (a permanent refusal).
+SELLERS: Final = ("acct_1Alpha", "acct_1Beta", "acct_1unknownGamma")
+NAMESPACE: Final = UUID("5b1f0c1e-3f7e-4c53-9a39-6f2b1f1f0a01")
+# Chaos: at most this many steps; then the settling phase.
+MAX_CHAOS_STEPS: Final = 60
+MAX_DAEMONS: Final = 2
+WORKERS_PER_DAEMON: Final = 2
+# Settling: time may run this far past the last chaos step, and no further.
+SETTLE_WITHIN: Final = timedelta(days=2)
+MAX_SETTLE_ROUNDS: Final = 400
+# Why a person may be asked to look (parked work), as the process manager says it.
+PARK_REASONS: Final = ("UnresolvedOutcome", "NothingToReverse", "StripeCallFailed")
+
+
+class Violation(Exception):
+    """An invariant that did not hold: `kind` names it (the broken-variant
+    tests look for it), the message says what was seen."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[Violation], tuple[str, str]]:
+        # Sent between the processes of a sweep (scripts/simulate --workers).
+        return (Violation, (self.kind, self.message))
+
+
+class VirtualClock:
+    def __init__(self, start: datetime) -> None:
+        self._now = start
+
+    def now(self) -> datetime:
+        return self._now
+
+    def seconds(self) -> float:
+        return self._now.timestamp()
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+
+    def until(self, moment: datetime) -> None:
+        if moment > self._now:
+            self._now = moment
+
+
+@dataclass
+class Order:
+    """A marketplace order the simulation pays out and may refund."""
+
+    ref: str
+    seller: str
+    amount: int
+    transfer_id: UUID
+    imported: bool = False
+    refunds: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Variant:
+    """A deliberately broken ledger, for the tests that show the simulation
+    finds what each breakage does (tests/simulation/variants.py). `install`
+    is a context manager patching the product for one schedule."""
+
+    name: str
+    install: Callable[[SimWorld], Any]
+    # What the simulation must report when it finds it.
+    expected: tuple[str, ...]
+
+
+_TEMPLATES: dict[str, Path] = {}
+
+
+def _template() -> Path:
+    """A migrated SQLite file, made once per process (copied per schedule)."""
+    key = "sqlite"
+    if key not in _TEMPLATES:
+        root = Path(tempfile.mkdtemp(prefix="ledger-sim-", dir=ram_temp_dir()))
+        path = root / "template.db"
+        migrate_database(f"sqlite:///{path}")
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _TEMPLATES[key] = path
+    return _TEMPLATES[key]
+
+
+@contextmanager
+def _virtual_event_time(clock: VirtualClock) -> Iterator[None]:
+    # Events take their timestamps from the library's clock: make it ours, so
+    # that histories and the read table's times are virtual and reproducible.
+    real = eventsourcing.domain.datetime_now_with_tzinfo
+    eventsourcing.domain.datetime_now_with_tzinfo = clock.now
+    try:
+        yield
+    finally:
+        eventsourcing.domain.datetime_now_with_tzinfo = real
+
+
+class SimWorld:
+    def __init__(self, seed: int, choices: Choices, variant: Variant | None = None) -> None:
+        self.seed = seed
+        self.choices = choices
+        self.variant = variant
+        self.clock = VirtualClock(EPOCH)
+        self.sched = Scheduler()
+        self.trace: list[str] = []
+        self.step_number = 0
+        self.chaos = True
+        self.fault_percent = 0
+        self._last_faulted = False
+        self.fault_mix: tuple[str, ...] = FAULTS
+        self.engine = StripeSimulator(
+            SimulatorConfig(
+                api_key=API_KEY, rate_limit=OFF, webhook_secret=WEBHOOK_SECRET, seed=seed
+            ),
+            clock=self.clock.seconds,
+            rng=random.Random(seed),
+        )
+        self.settings = StripeSettings(
+            api_key=API_KEY, http_client=InProcessStripe(self), network_retries=2
+        )
+        self.directory = Path(tempfile.mkdtemp(prefix="sim-", dir=_template().parent))
+        path = self.directory / "ledger.db"
+        shutil.copyfile(_template(), path)
+        self.path = path
+        self._events_seen = 0
+        self.url = f"sqlite:///{path}"
+        self.backend = open_backend(self.url)
+        self.api = TransferLedger(self.backend)
+        self.decode = self.backend.transfers.mapper.to_domain_event
+        self.daemons: dict[str, Daemon] = {}
+        self.daemons_started = 0
+        self.orders: list[Order] = []
+        self.deliveries: list[Delivery] = []
+        self.refund_number = 0
+        # Stripe transfers already checked, and the ledger transfer each pays.
+        self._seen_stripe: dict[str, str] = {}
+        # Requests Stripe has begun and not answered yet, and answers kept
+        # for clients that were paused while Stripe finished their request.
+        self._at_stripe: dict[int, Call] = {}
+        self._answers: dict[int, ApiResponse] = {}
+        self._paid: dict[str, str] = {}
+
+    def close(self) -> None:
+        for actor in list(self.sched.actors):
+            self.sched.crash(actor.group)
+        self.backend.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # ----- what the world provides -------------------------------------------------
+
+    def note(self, line: str) -> None:
+        actor = self.sched.current()
+        who = actor.name if actor is not None else "world"
+        self.trace.append(f"{self.step_number:3d} {self.clock.now():%d %H:%M:%S} {who}: {line}")
+
+    def yield_point(self, at: str) -> None:
+        self.sched.yield_point(at)
+
+    def sleep(self, seconds: float) -> None:
+        # A retry's wait: time passes, and others may act meanwhile.
+        self.clock.advance(seconds)
+        self.yield_point(f"sleeping {seconds:.1f} s")
+
+    def send_to_stripe(self, request: ApiRequest) -> Call:
+        call = self.engine.begin(request)
+        self._at_stripe[id(call)] = call
+        return call
+
+    def finish_at_stripe(self, call: Call) -> ApiResponse:
+        """The call's answer: finished now, or earlier by `_finish_all_at_stripe`."""
+        if id(call) in self._at_stripe:
+            del self._at_stripe[id(call)]
+            self._answers[id(call)] = self.engine.finish(call)
+            self.engine.clear_scripted_faults()
+        return self._answers.pop(id(call))
+
+    def _finish_all_at_stripe(self) -> None:
+        for key, call in list(self._at_stripe.items()):
+            del self._at_stripe[key]
+            self._answers[key] = self.engine.finish(call)
+        self.engine.clear_scripted_faults()
+
+    def _without_faults(self, request: ApiRequest) -> ApiResponse:
+        """The world's own request (the old system paying an order): it must
+        not take a fault a paused daemon's request left queued."""
+        queued = self.engine.scripted_faults()
+        self.engine.clear_scripted_faults()
+        try:
+            return self.engine.handle(request)
+        finally:
+            for fault in queued:
+                self.engine.add_fault(
+                    fault["fault"], fault["count"], path=fault["path"], method=fault["method"]
+                )
+
+    def draw_fault(self, request: ApiRequest) -> str | None:
+        if not self.chaos or self.sched.current() is None:
+            return None
+        # Faults come in bursts, as outages do: after a fault, the next
+        # request (often the same call's retry) meets one more often.
+        chance = 70 if self._last_faulted else self.fault_percent
+        self._last_faulted = self.choices.percent(chance)
+        if not self._last_faulted:
+            return None
+        return self.choices.pick(self.fault_mix)
+
+    # ----- running a schedule --------------------------------------------------------
+
+    def _draw_weather(self) -> None:
+        """How often requests fail in this schedule, and how: each schedule
+        favours some faults and leaves others out, so that rare pairs (a
+        dropped connection, then a 429 on the retry) are common in some
+        schedules instead of rare in all of them."""
+        self.fault_percent = self.choices.pick((5, 20, 40))
+        mix = [fault for fault in FAULTS for _ in range(self.choices.pick((0, 1, 4)))]
+        self.fault_mix = tuple(mix) or FAULTS
+        self.note(f"faults: {self.fault_percent}% of requests, drawn from {sorted(set(mix))}")
+
+    def run(self) -> None:
+        failpoints.install_hook(self._failpoint)
+        try:
+            with _virtual_event_time(self.clock), self._variant():
+                random.seed(self.seed)  # the retry policy's jitter
+                self._draw_weather()
+                self._start_daemon()
+                steps = 1 + self.choices.below(MAX_CHAOS_STEPS)
+                for _ in range(steps):
+                    self.step_number += 1
+                    self._chaos_step()
+                    self._after_step()
+                self.note("--- no new work or crash; the workers finish (faults go on)")
+                self._finish_workers()
+                self.chaos = False
+                self.note("--- faults stop; the daemons settle")
+                self._settle()
+                self.check_all()
+        finally:
+            failpoints.install_hook(None)
+
+    @contextmanager
+    def _variant(self) -> Iterator[None]:
+        if self.variant is None:
+            yield
+            return
+        with self.variant.install(self):
+            yield
+
+    def _failpoint(self, name: str) -> None:
+        self.yield_point(name)
+
+    def _chaos_step(self) -> None:
+        options: list[tuple[int, str, Callable[[], None]]] = []
+        paused = self.sched.runnable()
+        if paused:
+            options.append((30, "step", lambda: self._step_actor(paused)))
+        for name, daemon in self.daemons.items():
+            options.append((6, f"dispatch {name}", partial(self._dispatch, name, daemon)))
+            options.append((6, f"work {name}", partial(self._start_worker, name, daemon)))
+        options += [
+            (8, "create", self._create),
+            (5, "refund", self._refund),
+            (4, "clock", self._advance_clock),
+            (2, "deliver", self._deliver),
+            (2, "import", self._import),
+            (1, "admin", self._admin_reversal),
+            (1, "outside", self._outside_reversal),
+            (1, "rebuild", self._rebuild),
+        ]
+        if self.daemons:
+            options.append((2, "crash", self._crash_daemon))
+        if len(self.daemons) < MAX_DAEMONS:
+            options.append((2, "start", self._start_daemon))
+        total = sum(weight for weight, _, _ in options)
+        draw = self.choices.below(total)
+        for weight, _, action in options:
+            if draw < weight:
+                action()
+                return
+            draw -= weight
+
+    # ----- daemons -------------------------------------------------------------------
+
+    def _start_daemon(self) -> None:
+        self.daemons_started += 1
+        name = f"d{self.daemons_started}"
+        self.daemons[name] = build_daemon(
+            self.backend,
+            self.settings,
+            RetryPolicy(),
+            DaemonOptions(concurrency=WORKERS_PER_DAEMON),
+            clock=self.clock.now,
+            identity=f"sim-{name}",
+            sleep=self.sleep,
+            rng=random.Random(self.seed * 31 + self.daemons_started),
+            group_commit=False,
+        )
+        self.note(f"daemon {name} starts")
+
+    def _dispatch(self, name: str, daemon: Daemon) -> None:
+        handed = daemon.dispatch()
+        if handed:
+            self.note(f"{name} claims {handed} item(s)")
+
+    def _start_worker(self, name: str, daemon: Daemon) -> None:
+        busy = sum(1 for a in self.sched.actors if a.group == name)
+        if busy >= WORKERS_PER_DAEMON:
+            return
+        claim = daemon.next_claim()
+        if claim is None:
+            return
+        label = f"{name}.{claim.kind}.{self._order_of(claim.transfer_id)}"
+        actor = self.sched.spawn(label, name, lambda: daemon.work_on(claim))
+        self._step(actor)
+
+    def _step_actor(self, paused: list[Actor]) -> None:
+        self._step(self.choices.pick(paused))
+
+    def _step(self, actor: Actor) -> None:
+        self.sched.step(actor)
+        if actor.error is not None:
+            raise Violation("daemon error", f"{actor.name} raised:\n{actor.error}")
+
+    def _crash_daemon(self) -> None:
+        name = self.choices.pick(sorted(self.daemons))
+        dying = self.sched.crash(name)
+        del self.daemons[name]
+        where = ", ".join(f"{a.name} at {a.at or 'its start'}" for a in dying) or "idle"
+        self.note(f"daemon {name} CRASHES ({where})")
+        for actor in dying:
+            if actor.error is not None:
+                raise Violation("daemon error", f"{actor.name} raised:\n{actor.error}")
+
+    def _advance_clock(self) -> None:
+        seconds = self.choices.pick((1, 5, 30, 120, 900, 4 * 3600, 25 * 3600))
+        self._finish_all_at_stripe()
+        self.clock.advance(seconds)
+        self.note(f"{seconds} s pass")
+
+    # ----- the marketplace's side -------------------------------------------------
+
+    def _order_of(self, transfer_id: UUID) -> str:
+        for order in self.orders:
+            if order.transfer_id == transfer_id:
+                return order.ref
+        return str(transfer_id)[:8]
+
+    def _command(self, what: str, run: Callable[[], object]) -> None:
+        try:
+            result = run()
+        except LedgerError as refused:
+            self.note(f"{what}: refused: {type(refused).__name__}: {refused}")
+            return
+        self.note(f"{what}: {result}")
+
+    def _create(self) -> None:
+        if self.orders and self.choices.percent(20):
+            order = self.choices.pick(self.orders)  # a retried create
+            if order.imported:
+                return
+        else:
+            number = len(self.orders) + 1
+            ref = f"order-{number}"
+            order = Order(
+                ref=ref,
+                seller=self.choices.pick(SELLERS),
+                amount=100 * (1 + self.choices.below(50)),
+                transfer_id=uuid5(NAMESPACE, ref),
+            )
+            created = self.api.create_transfer(
+                seller=order.seller, amount=order.amount, currency="usd", order_ref=order.ref
+            )
+            order.transfer_id = created.id
+            self.orders.append(order)
+            self.note(f"create {order.ref} {order.amount} to {order.seller}: {created.id}")
+            return
+        self._command(
+            f"create {order.ref} again",
+            lambda: (
+                self.api.create_transfer(
+                    seller=order.seller, amount=order.amount, currency="usd", order_ref=order.ref
+                ).status
+            ),
+        )
+
+    def _refund(self) -> None:
+        if not self.orders:
+            return
+        order = self.choices.pick(self.orders)
+        if order.refunds and self.choices.percent(30):
+            ref = self.choices.pick(order.refunds)  # a retried refund handler
+        else:
+            self.refund_number += 1
+            ref = f"re_{self.refund_number}"
+            order.refunds.append(ref)
+        amount = None if self.choices.percent(40) else 100 * (1 + self.choices.below(10))
+        self._command(
+            f"refund {order.ref} {amount or 'all'} as {ref}",
+            lambda: (
+                self.api.request_reversal(
+                    order.transfer_id,
+                    request_ref=ref,
+                    amount=amount,
+                    reason=f"refund {ref}",
+                    actor="refund-handler",
+                ).transfer.status
+            ),
+        )
+
+    def _admin_reversal(self) -> None:
+        if not self.orders:
+            return
+        order = self.choices.pick(self.orders)
+        self._command(
+            f"admin reverses {order.ref}",
+            lambda: (
+                self.api.set_status(
+                    order.transfer_id, "reversal_pending", actor="ops", reason="chargeback"
+                ).status
+            ),
+        )
+
+    def _import(self) -> None:
+        """An order the old system paid (its Stripe transfer made outside the
+        ledger, without the ledger's metadata), or one it never paid."""
+        number = len(self.orders) + 1
+        ref = f"legacy-{number}"
+        order = Order(
+            ref=ref,
+            seller=SELLERS[number % 2],
+            amount=100 * (1 + self.choices.below(50)),
+            transfer_id=uuid5(NAMESPACE, ref),
+            imported=True,
+        )
+        paid = self.choices.percent(50)
+        stripe_id: str | None = None
+        if paid:
+            answer = self._without_faults(
+                ApiRequest(
+                    method="POST",
+                    path="/v1/transfers",
+                    body=f"amount={order.amount}&currency=usd&destination={order.seller}".encode(),
+                    authorization=f"Bearer {API_KEY}",
+                    idempotency_key=f"old-system-{ref}",
+                )
+            )
+            stripe_id = answer.body["id"]
+        record = ImportRecord(
+            line=1,
+            transfer_id=order.transfer_id,
+            status="completed" if paid else "pending",
+            seller_account_id=order.seller,
+            order_ref=ref,
+            amount=order.amount,
+            currency="usd",
+            retry_count=0,
+            next_retry_at=None,
+            stripe_transfer_id=stripe_id,
+            amount_reversed=0,
+            last_error=None,
+            reversal_request_ref=None,
+            reversal_amount=None,
+            source_updated_at=None,
+        )
+        self.orders.append(order)
+        self._command(
+            f"import {ref} ({'paid as ' + str(stripe_id) if paid else 'not paid'})",
+            lambda: self.api.import_transfers([record], actor="system:import"),
+        )
+
+    def _outside_reversal(self) -> None:
+        transfers = [t for t in self.engine.transfers() if t.amount_reversed < t.amount]
+        if not transfers:
+            return
+        target = self.choices.pick(transfers)
+        amount = min(target.amount - target.amount_reversed, 100 * (1 + self.choices.below(5)))
+        try:
+            self.engine.reverse_outside(target.id, amount)
+        except StripeErrorResponse as refused:
+            self.note(f"someone reverses {amount} of {target.id} at Stripe: refused ({refused})")
+            return
+        self.note(f"someone reverses {amount} of {target.id} at Stripe (the Dashboard)")
+
+    def _deliver(self) -> None:
+        self.deliveries.extend(self.engine.take_deliveries())
+        if not self.deliveries:
+            return
+        delivery = self.choices.pick(self.deliveries)
+        if not self.choices.percent(30):  # else it comes again later
+            self.deliveries.remove(delivery)
+        self._handle_delivery(delivery)
+
+    def _handle_delivery(self, delivery: Delivery) -> None:
+        # Signed now (wall time): the handler checks the signature's age
+        # against its own clock; the event inside carries virtual time.
+        import time  # noqa: PLC0415
+
+        answer = handle_delivery(
+            self.backend,
+            delivery.payload,
+            delivery.signature(int(time.time())),
+            WEBHOOK_SECRET,
+        )
+        self.note(
+            f"webhook {delivery.event_type} {delivery.event_id}: {answer.status} {answer.outcome}"
+        )
+        if answer.status == 500:
+            # Stripe delivers it again later (for up to three days).
+            self.deliveries.append(delivery)
+        elif answer.status != 200:
+            raise Violation("webhook refused", f"{delivery.event_type}: {answer.body!r}")
+
+    def _rebuild(self) -> None:
+        result = rebuild(self.backend.db, self.decode, progress=io.StringIO())
+        self.note(f"rebuild: {result.rows} rows from {result.events} events")
+
+    # ----- settling ------------------------------------------------------------------
+
+    def _finish_workers(self) -> None:
+        for actor in list(self.sched.actors):
+            self.sched.finish(actor)
+            self._after_step()
+            if actor.error is not None:
+                raise Violation("daemon error", f"{actor.name} raised:\n{actor.error}")
+
+    def _settle(self) -> None:
+        if not self.daemons:
+            self._start_daemon()
+        deadline = self.clock.now() + SETTLE_WITHIN
+        for _ in range(MAX_SETTLE_ROUNDS):
+            self.step_number += 1
+            waiting = [*self.deliveries, *self.engine.take_deliveries()]
+            self.deliveries.clear()
+            for delivery in waiting:
+                self._handle_delivery(delivery)
+            worked = False
+            for name, daemon in sorted(self.daemons.items()):
+                if daemon.dispatch():
+                    worked = True
+                while (claim := daemon.next_claim()) is not None:
+                    worked = True
+                    actor = self.sched.spawn(
+                        f"{name}.{claim.kind}.{self._order_of(claim.transfer_id)}",
+                        name,
+                        lambda d=daemon, c=claim: d.work_on(c),  # type: ignore[misc]
+                    )
+                    self.sched.finish(actor)
+                    if actor.error is not None:
+                        raise Violation("daemon error", f"{actor.name} raised:\n{actor.error}")
+            self._after_step()
+            if worked:
+                continue
+            upcoming = self._next_due()
+            if upcoming is None:
+                return
+            if upcoming > deadline:
+                break
+            self.clock.until(upcoming)
+        raise Violation(
+            "stranded work",
+            f"work still due {SETTLE_WITHIN} after faults stopped: {self._unsettled()}",
+        )
+
+    def _next_due(self) -> datetime | None:
+        """The next moment some work comes due: a retry, a backoff's end, a
+        claim's expiry. None when nothing waits."""
+        db = self.backend.db
+        times: list[datetime] = []
+        with db.transaction(write=False) as cursor:
+            cursor.execute(
+                "SELECT claim_expires_at, not_before FROM stripe_work WHERE parked_at IS NULL"
+            )
+            for row in cursor.fetchall():
+                for column in ("claim_expires_at", "not_before"):
+                    moment = db.from_db_time(row[column])
+                    if moment is not None and moment > self.clock.now():
+                        times.append(moment)
+            cursor.execute(
+                "SELECT next_retry_at FROM seller_transfers WHERE next_retry_at IS NOT NULL"
+            )
+            for row in cursor.fetchall():
+                moment = db.from_db_time(row["next_retry_at"])
+                if moment is not None and moment > self.clock.now():
+                    times.append(moment)
+        if not times:
+            return None
+        return min(times) + timedelta(seconds=1)
+
+    def _unsettled(self) -> list[str]:
+        return [
+            f"{self._order_of(v.id)} {v.status}"
+            for v in self.api.list_transfers()
+            if not self._settled(v.status, v.reversal_request_ref, v.id)
+        ]
+
+    def _parked(self) -> dict[UUID, str]:
+        work = WorkStore(self.backend.db, "simulation", 0)
+        return {p.transfer_id: p.last_failure or "" for p in work.parked()}
+
+    def _settled(self, status: str, reversal_request_ref: str | None, transfer_id: UUID) -> bool:
+        if transfer_id in self._parked():
+            return True
+        if status == "completed":
+            return True
+        return status in TERMINAL_STATUSES
+
+    # ----- invariants ----------------------------------------------------------------
+
+    def _after_step(self) -> None:
+        self._note_events()
+        self.check_stripe()
+
+    def _note_events(self) -> None:
+        """The events appended since the last step, in the trace."""
+        with closing(sqlite3.connect(self.path)) as db:
+            rows = db.execute(
+                "SELECT rowid, originator_id, originator_version, topic FROM stored_events"
+                " WHERE rowid > ? ORDER BY rowid",
+                (self._events_seen,),
+            ).fetchall()
+        for rowid, originator, version, topic in rows:
+            self._events_seen = rowid
+            name = topic.rsplit(".", 1)[-1]
+            self.trace.append(
+                f"{self.step_number:3d} {self.clock.now():%d %H:%M:%S}   event:"
+                f" {self._order_of(UUID(originator))} v{version} {name}"
+            )
+
+    def check_stripe(self) -> None:
+        """After every step: at most one Stripe transfer pays a ledger transfer,
+        and no transfer is reversed by more than it paid."""
+        for transfer in self.engine.transfers():
+            if transfer.amount_reversed > transfer.amount:
+                raise Violation(
+                    "reversed more than paid",
+                    f"{transfer.id}: {transfer.amount_reversed} of {transfer.amount}",
+                )
+            if transfer.id in self._seen_stripe:
+                continue
+            ledger_id = transfer.metadata.get("ledger_transfer_id")
+            self._seen_stripe[transfer.id] = ledger_id or ""
+            if ledger_id is None:
+                continue
+            earlier = self._paid.get(ledger_id)
+            if earlier is not None:
+                raise Violation(
+                    "money moved twice",
+                    f"transfer {self._order_of(UUID(ledger_id))} paid as {earlier} and"
+                    f" {transfer.id}",
+                )
+            self._paid[ledger_id] = transfer.id
+
+    def check_all(self) -> None:
+        self._after_step()
+        parked = self._parked()
+        for transfer_id, failure in parked.items():
+            if not failure.startswith(PARK_REASONS):
+                raise Violation(
+                    "parked without cause",
+                    f"{self._order_of(transfer_id)}: {failure or '(no failure recorded)'}",
+                )
+        at_stripe = {t.id: t for t in self.engine.transfers()}
+        for view in self.api.list_transfers():
+            name = self._order_of(view.id)
+            if view.id in parked:
+                continue
+            if not self._settled(view.status, view.reversal_request_ref, view.id):
+                raise Violation("stranded work", f"{name} is {view.status} after settling")
+            paid_as = self._paid.get(str(view.id))
+            if view.stripe_transfer_id is None:
+                if paid_as is not None:
+                    raise Violation(
+                        "money moved the ledger does not know",
+                        f"{name} is {view.status} with no Stripe transfer; Stripe paid {paid_as}",
+                    )
+                continue
+            stripe = at_stripe.get(view.stripe_transfer_id)
+            if stripe is None:
+                raise Violation(
+                    "unknown Stripe transfer", f"{name} records {view.stripe_transfer_id}"
+                )
+            if paid_as is not None and paid_as != view.stripe_transfer_id:
+                raise Violation(
+                    "money moved twice",
+                    f"{name} records {view.stripe_transfer_id}, Stripe paid {paid_as}",
+                )
+            if stripe.amount_reversed != view.amount_reversed:
+                raise Violation(
+                    "reversals disagree",
+                    f"{name}: ledger {view.amount_reversed} reversed, Stripe"
+                    f" {stripe.amount_reversed}",
+                )
+        report = verify(self.backend.db, self.decode)
+        if not report.ok:
+            raise Violation("audit verify", json.dumps(report.findings[:3], default=str))
+        before = [v.as_json() for v in self.api.list_transfers()]
+        rebuild(self.backend.db, self.decode, progress=io.StringIO())
+        after = [v.as_json() for v in self.api.list_transfers()]
+        if before != after:
+            raise Violation("rebuild differs", _first_difference(before, after))
+        differences = reconcile(self.backend, StripeReader(self.settings)).differences
+        if differences:
+            raise Violation("reconcile difference", "; ".join(str(d) for d in differences[:3]))
+
+
+def _first_difference(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
+    for old, new in zip(before, after, strict=False):
+        if old != new:
+            changed = {k: (old.get(k), new.get(k)) for k in old if old.get(k) != new.get(k)}
+            return f"{old.get('order_ref')}: {changed}"
+    return f"{len(before)} rows before, {len(after)} after"

@@ -1,0 +1,83 @@
+"""A money-moving try is sent only while the work's claim outlives its
+answer (`send_while`): after that another daemon may take the work over,
+look the call up, find nothing and call under the next key, so a late try
+would move the money twice. The deterministic simulation found this (a
+daemon paused for a day between beginning its attempt and sending it).
+
+The real stripe-python client over HTTP, against the simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ledger.processing.ports import ClaimRanOut
+from ledger.stripe.gateway import StripeGateway, StripeSettings
+from ledger.stripe.simulator import SimulatorServer
+from tests.system.world import API_KEY, running_simulator
+
+
+@pytest.fixture
+def sim() -> Iterator[SimulatorServer]:
+    with running_simulator(api_key=API_KEY) as server:
+        yield server
+
+
+def _gateway(sim: SimulatorServer) -> StripeGateway:
+    settings = StripeSettings(api_key=API_KEY, api_base=sim.base_url, timeout_seconds=2.0)
+    return StripeGateway(settings, sleep=lambda seconds: None)
+
+
+def _pay(gateway: StripeGateway, send_while: object) -> object:
+    return gateway.create_transfer(
+        amount=1_000,
+        currency="usd",
+        destination="acct_1Seller",
+        transfer_group="group-1",
+        metadata={"ledger_transfer_id": "group-1"},
+        idempotency_key="ledger-payout-x-a1",
+        send_while=send_while,  # type: ignore[arg-type]
+    )
+
+
+def _posts(sim: SimulatorServer) -> list[dict[str, object]]:
+    return [r for r in sim.simulator.state()["requests"] if r["method"] == "POST"]
+
+
+def test_a_try_whose_claim_has_run_out_is_never_sent(sim: SimulatorServer) -> None:
+    with pytest.raises(ClaimRanOut) as ran_out:
+        _pay(_gateway(sim), lambda: False)
+
+    assert ran_out.value.reached is False
+    assert _posts(sim) == []
+    assert sim.simulator.state()["transfers"] == []
+
+
+def test_a_retry_after_the_claim_ran_out_is_not_sent_and_says_the_first_may_have_reached(
+    sim: SimulatorServer,
+) -> None:
+    """The first try's connection drops after Stripe made the transfer; by
+    the retry the claim has run out: no second try, and the caller knows the
+    outcome is unknown (the next holder of the work looks it up)."""
+    sim.simulator.add_fault("drop_after", path="/v1/transfers")
+    answers = iter([True, False])
+
+    with pytest.raises(ClaimRanOut) as ran_out:
+        _pay(_gateway(sim), lambda: next(answers))
+
+    assert ran_out.value.reached is True
+    assert len(_posts(sim)) == 1
+    assert len(sim.simulator.state()["transfers"]) == 1
+
+
+def test_while_the_claim_holds_every_try_is_sent_under_the_same_key(
+    sim: SimulatorServer,
+) -> None:
+    sim.simulator.add_fault("drop_after", path="/v1/transfers")
+
+    made = _pay(_gateway(sim), lambda: True)
+
+    posts = _posts(sim)
+    assert [p["idempotency_key"] for p in posts] == ["ledger-payout-x-a1"] * 2
+    assert [t["id"] for t in sim.simulator.state()["transfers"]] == [made.id]  # type: ignore[attr-defined]
