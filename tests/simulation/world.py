@@ -190,6 +190,7 @@ class SimWorld:
         shutil.copyfile(_template(), path)
         self.path = path
         self._events_seen = 0
+        self._events_db: sqlite3.Connection | None = None
         self.url = f"sqlite:///{path}"
         self.backend = open_backend(self.url)
         self.api = TransferLedger(self.backend)
@@ -211,6 +212,8 @@ class SimWorld:
         for actor in list(self.sched.actors):
             self.sched.crash(actor.group)
         self.backend.close()
+        if self._events_db is not None:
+            self._events_db.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # ----- what the world provides -------------------------------------------------
@@ -678,12 +681,13 @@ class SimWorld:
 
     def _note_events(self) -> None:
         """The events appended since the last step, in the trace."""
-        with closing(sqlite3.connect(self.path)) as db:
-            rows = db.execute(
-                "SELECT rowid, originator_id, originator_version, topic FROM stored_events"
-                " WHERE rowid > ? ORDER BY rowid",
-                (self._events_seen,),
-            ).fetchall()
+        if self._events_db is None:
+            self._events_db = sqlite3.connect(self.path, check_same_thread=False)
+        rows = self._events_db.execute(
+            "SELECT rowid, originator_id, originator_version, topic FROM stored_events"
+            " WHERE rowid > ? ORDER BY rowid",
+            (self._events_seen,),
+        ).fetchall()
         for rowid, originator, version, topic in rows:
             self._events_seen = rowid
             name = topic.rsplit(".", 1)[-1]
