@@ -17,7 +17,16 @@ from typing import Final
 _ACTIVE: Final = frozenset(
     name.strip() for name in os.environ.get("LEDGER_FAILPOINTS", "").split(",") if name.strip()
 )
-NAMES: Final = ("before_stripe_call", "stripe_try", "after_stripe_call", "after_record")
+NAMES: Final = (
+    "before_stripe_call",
+    "stripe_try",
+    "after_stripe_call",
+    "after_record",
+    # Inside an append's transaction: after the events, before their rows and
+    # links; and after everything, before the commit.
+    "mid_append",
+    "append_before_commit",
+)
 
 _hook: Callable[[str], None] | None = None
 

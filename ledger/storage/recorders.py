@@ -15,6 +15,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from eventsourcing.utils import Environment, retry
 from psycopg.sql import SQL, Identifier
 
+from ledger.failpoints import failpoint
 from ledger.storage.cursors import Cursor, Statement, _PostgresCursor, _SQLiteCursor
 from ledger.storage.failures import pool_checked_on_connection_loss
 
@@ -95,6 +96,7 @@ class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
         **kwargs: Any,
     ) -> Sequence[int] | None:
         notification_ids = super()._insert_events(c, stored_events, **kwargs)
+        failpoint("mid_append")
         if stored_events and self.append_hooks:
             appended = Appended(stored_events, list(notification_ids or ()), aggregates)
             cursor = _SQLiteCursor(c.sqlite_cursor)
@@ -102,6 +104,7 @@ class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
                 hook.after_insert(cursor, appended)
         for sql, params in also_execute:
             c.execute(sql, params)
+        failpoint("append_before_commit")
         return notification_ids
 
 
@@ -173,8 +176,10 @@ class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
                     ),
                     binary=True,
                 )
+                failpoint("mid_append")
                 appended = Appended(stored_events, None, aggregates)
                 for hook in self.append_hooks:
                     hook.after_insert(_PostgresCursor(statements), appended)
             pipeline.sync()
+            failpoint("append_before_commit")
             return [row["notification_id"] for row in inserted.fetchall()] if stored_events else []
