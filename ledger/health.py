@@ -97,6 +97,9 @@ class Measurements:
     # Transfers the projection set aside (migration 0013).
     quarantined: int = 0
     daemons: list[DaemonSeen] = field(default_factory=list)
+    # Work waiting for a condition outside the transfer (migration 0014):
+    # (condition, kind) -> (how many, seconds since the earliest began).
+    waiting: Mapping[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
 
 
 def measure(db: Database, decode: Callable[[Any], Any], now: datetime) -> Measurements:
@@ -140,6 +143,18 @@ def measure(db: Database, decode: Callable[[Any], Any], now: datetime) -> Measur
         row = cursor.fetchone()
         claims = int(row["n"]) if row else 0
         cursor.execute(
+            "SELECT waiting_for, kind, COUNT(*) AS n, MIN(waiting_since) AS since"
+            " FROM stripe_work WHERE waiting_for IS NOT NULL AND parked_at IS NULL"
+            " GROUP BY waiting_for, kind"
+        )
+        waiting = {}
+        for r in cursor.fetchall():
+            began = db.from_db_time(r["since"])
+            waiting[(str(r["waiting_for"]), str(r["kind"]))] = (
+                int(r["n"]),
+                max((now - began).total_seconds(), 0.0) if began else 0.0,
+            )
+        cursor.execute(
             "SELECT daemon_id, seen_at, stopped_at FROM daemon_heartbeats ORDER BY seen_at DESC"
         )
         daemons = []
@@ -163,6 +178,7 @@ def measure(db: Database, decode: Callable[[Any], Any], now: datetime) -> Measur
         claims_held=claims,
         quarantined=quarantined,
         daemons=daemons,
+        waiting=waiting,
     )
 
 
@@ -172,9 +188,17 @@ class Check:
     ok: bool
     detail: str
     values: Mapping[str, Any] = field(default_factory=dict)
+    # Healthy, but a person should know (work waiting on a condition).
+    warning: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail, **self.values}
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "warning": self.warning,
+            "detail": self.detail,
+            **self.values,
+        }
 
 
 @dataclass(frozen=True)
@@ -201,6 +225,37 @@ def check_migrations(db: Database) -> Check:
             {"pending": len(pending)},
         )
     return Check("migrations", True, f"all {total} applied", {"pending": 0})
+
+
+_WAITING_FOR: Final = {
+    "rate_limit": "Stripe's rate limit (429s)",
+    "platform_balance": "the platform's Stripe balance",
+    "seller_capability": "sellers' accounts that cannot receive transfers yet",
+}
+
+
+def _waiting(m: Measurements) -> Check:
+    """Work waiting for a condition outside the transfer: healthy (nothing is
+    lost, no attempt is spent), but said, with since when, as a warning."""
+    if not m.waiting:
+        return Check("waiting", True, "nothing waits on Stripe's conditions", {"waiting": {}})
+    parts = [
+        f"{count} {kind}(s) wait for {_WAITING_FOR.get(condition, condition)},"
+        f" since {seconds:.0f} s"
+        for (condition, kind), (count, seconds) in sorted(m.waiting.items())
+    ]
+    return Check(
+        "waiting",
+        True,
+        "; ".join(parts),
+        {
+            "waiting": {
+                f"{condition}:{kind}": {"count": count, "since_seconds": round(seconds, 3)}
+                for (condition, kind), (count, seconds) in sorted(m.waiting.items())
+            }
+        },
+        warning=True,
+    )
 
 
 def judge(m: Measurements, t: Thresholds) -> list[Check]:
@@ -261,6 +316,7 @@ def judge(m: Measurements, t: Thresholds) -> list[Check]:
             {"running": len(alive)},
         )
     )
+    checks.append(_waiting(m))
     checks.append(
         Check(
             "parked",

@@ -63,6 +63,13 @@ class PrometheusObserver(Observer):
             ["kind"],
             registry=registry,
         )
+        self.waits = Counter(
+            "ledger_waits",
+            "Work set to wait, spending no attempt, by what it waits for: rate_limit (429s),"
+            " platform_balance, seller_capability.",
+            ["kind", "condition"],
+            registry=registry,
+        )
         self.permanent_failures = Counter(
             "ledger_permanent_failures",
             "Transfers given up on (permanently_failed) by the process managers.",
@@ -83,6 +90,9 @@ class PrometheusObserver(Observer):
     def stripe_call(self, endpoint: str, outcome: str, seconds: float) -> None:
         self.stripe_calls.labels(endpoint=endpoint, outcome=outcome).inc()
         self.stripe_latency.labels(endpoint=endpoint).observe(seconds)
+
+    def waiting(self, kind: str, condition: str) -> None:
+        self.waits.labels(kind=kind, condition=condition).inc()
 
 
 class LedgerCollector(Collector):

@@ -123,7 +123,8 @@ def cmd_health(args: argparse.Namespace) -> int:
         print_json(report.as_json())
     else:
         for item in report.checks:
-            print(f"{'ok' if item.ok else 'FAIL':<5} {item.name:<11} {item.detail}")
+            label = "FAIL" if not item.ok else "WARN" if item.warning else "ok"
+            print(f"{label:<5} {item.name:<11} {item.detail}")
         failing = [c.name for c in report.checks if not c.ok]
         print("healthy" if report.ok else f"unhealthy: {', '.join(failing)}")
     return EXIT_OK if report.ok else EXIT_FAILURE

@@ -47,7 +47,13 @@ from ledger.processing.effects import (
 )
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.policy import RetryPolicy
-from ledger.processing.ports import ClaimRanOut, FailureKind, PaymentsGateway, StripeCallFailed
+from ledger.processing.ports import (
+    ClaimRanOut,
+    Condition,
+    FailureKind,
+    PaymentsGateway,
+    StripeCallFailed,
+)
 from ledger.processing.recording import OutcomeRecorder
 from ledger.processing.work import Claim, LostClaim, WorkStore
 
@@ -240,6 +246,8 @@ class ProcessManager:
             )
         if failure.kind == FailureKind.BUG:
             raise failure  # handle() parks it: the same request cannot succeed
+        if failure.kind == FailureKind.WAIT:
+            return self._wait(effect, transfer, cause, failure, progress)
         error = values.clipped(failure.summary())
         failed_attempts = transfer.retry_count + 1
         if progress.outcome_unknown:
@@ -281,6 +289,55 @@ class ProcessManager:
             cause,
         )
         return f"attempt {failed_attempts} failed, retry at {retry_at:%Y-%m-%d %H:%M:%S}Z: {error}"
+
+    def _wait(
+        self,
+        effect: StripeEffect,
+        transfer: Transfer,
+        cause: str,
+        failure: StripeCallFailed,
+        progress: _Progress,
+    ) -> str:
+        """A condition outside the transfer (ports.Condition): no attempt is
+        spent, no event appended; the work waits with a backoff of its own.
+        What outcome_unknown said stays (a look-up refused with a 429 leaves
+        the earlier call as unknown as it was)."""
+        claim = progress.claim
+        condition = str(failure.condition or Condition.RATE_LIMIT)
+        now = self.clock()
+        waits = claim.waits + 1 if claim.waiting_for == condition else 1
+        since = claim.waiting_since if claim.waiting_for == condition else now
+        summary = values.clipped(failure.summary())
+        if (
+            condition == Condition.SELLER_CAPABILITY
+            and since is not None
+            and now - since >= self.policy.seller_wait
+            and not progress.outcome_unknown
+        ):
+            error = values.clipped(
+                f"the seller's account could not receive transfers since"
+                f" {values.iso(since)}: {summary}"
+            )
+            self._record(
+                transfer,
+                lambda t: effect.record_permanent_failure(t, error, cause),
+                progress,
+                cause,
+            )
+            self.observer.permanent_failure(effect.kind)
+            return f"permanently failed: {error}"
+        until = now + self.policy.wait(condition, waits, failure.retry_after)
+        self.work.wait(
+            claim,
+            condition=condition,
+            failure=summary,
+            outcome_unknown=progress.outcome_unknown,
+            until=until,
+            now=now,
+        )
+        progress.released = True
+        self.observer.waiting(effect.kind, condition)
+        return f"waiting for {condition} until {until:%Y-%m-%d %H:%M:%S}Z: {summary}"
 
     def _record(
         self,

@@ -25,5 +25,9 @@ class Observer:
     def stripe_call(self, endpoint: str, outcome: str, seconds: float) -> None:
         """One gateway call finished: `outcome` is 'ok' or a FailureKind value."""
 
+    def waiting(self, kind: str, condition: str) -> None:
+        """`kind` work waits for a condition outside the transfer (ports.Condition):
+        no attempt spent."""
+
 
 NO_OBSERVER = Observer()

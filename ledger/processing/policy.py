@@ -17,6 +17,15 @@ DEFAULT_RETRY_MAX_SECONDS: Final = 6 * 3600.0
 # The ranges the environment may set (ledger.config.env_number's rule).
 MAX_ATTEMPTS_LIMIT: Final = 1000
 MAX_DELAY_SECONDS: Final = 7 * 86400.0
+# Waits for a condition outside the transfer (ports.Condition) spend no
+# attempt. A 429 backs off from a second, doubling to half a minute (or as
+# Stripe's Retry-After says); the platform's balance and a seller's account
+# from a minute, doubling to an hour.
+RATE_WAIT_SECONDS: Final = (1.0, 30.0)
+CONDITION_WAIT_SECONDS: Final = (60.0, 3600.0)
+# A seller whose account cannot receive transfers for this long: the payout is
+# given up (permanently_failed, saying why). LEDGER_SELLER_WAIT_DAYS.
+DEFAULT_SELLER_WAIT_DAYS: Final = 7.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,7 @@ class RetryPolicy:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     base_seconds: float = DEFAULT_RETRY_BASE_SECONDS
     max_seconds: float = DEFAULT_RETRY_MAX_SECONDS
+    seller_wait: timedelta = timedelta(days=DEFAULT_SELLER_WAIT_DAYS)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> RetryPolicy:
@@ -50,8 +60,20 @@ class RetryPolicy:
             minimum=0,
             maximum=MAX_DELAY_SECONDS,
         )
-        assert base is not None and ceiling is not None
-        return cls(max_attempts=int(max_attempts), base_seconds=base, max_seconds=ceiling)
+        seller_days = env_number(
+            environ,
+            "LEDGER_SELLER_WAIT_DAYS",
+            DEFAULT_SELLER_WAIT_DAYS,
+            minimum=0,
+            maximum=365,
+        )
+        assert base is not None and ceiling is not None and seller_days is not None
+        return cls(
+            max_attempts=int(max_attempts),
+            base_seconds=base,
+            max_seconds=ceiling,
+            seller_wait=timedelta(days=seller_days),
+        )
 
     def exhausted(self, failed_attempts: int) -> bool:
         """True when this many failed attempts use up the budget."""
@@ -64,6 +86,17 @@ class RetryPolicy:
         step = min(self.max_seconds, self.base_seconds * 2**exponent)
         jitter = (rng or random).uniform(0, step / 2)
         return timedelta(seconds=step / 2 + jitter)
+
+    def wait(
+        self, condition: str, waits: int, retry_after: float | None = None
+    ) -> timedelta:
+        """How long work waits after its `waits`-th refusal in a row for
+        `condition` (a ports.Condition value); Stripe's Retry-After wins."""
+        if retry_after is not None:
+            return timedelta(seconds=retry_after)
+        first, ceiling = RATE_WAIT_SECONDS if condition == "rate_limit" else CONDITION_WAIT_SECONDS
+        step = min(ceiling, first * 2 ** min(max(waits - 1, 0), 32))
+        return timedelta(seconds=step / 2 + random.uniform(0, step / 2))  # noqa: S311
 
     def next_retry_at(self, now: datetime, failed_attempts: int) -> datetime:
         return now + self.delay(failed_attempts)

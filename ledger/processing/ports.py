@@ -28,6 +28,18 @@ class FailureKind(StrEnum):
     OPERATOR = "operator"
     # Our own bug (same idempotency key with other parameters): park and alert.
     BUG = "bug"
+    # A condition outside the transfer (`StripeCallFailed.condition`): our rate
+    # (429), the platform's balance, the seller's account. Nothing happened;
+    # the work waits with a backoff of its own and spends no attempt.
+    WAIT = "wait"
+
+
+class Condition(StrEnum):
+    """What a WAIT waits for."""
+
+    RATE_LIMIT = "rate_limit"
+    PLATFORM_BALANCE = "platform_balance"
+    SELLER_CAPABILITY = "seller_capability"
 
 
 class StripeCallFailed(Exception):
@@ -41,11 +53,16 @@ class StripeCallFailed(Exception):
         code: str | None = None,
         http_status: int | None = None,
         request_id: str | None = None,
+        condition: Condition | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.kind = kind
         self.code = code
         self.http_status = http_status
         self.request_id = request_id
+        # WAIT only: what for, and how long Stripe asked us to wait (Retry-After).
+        self.condition = condition
+        self.retry_after = retry_after
         super().__init__(message)
 
     def summary(self) -> str:

@@ -44,6 +44,13 @@ class Claim:
     attempts: int
     outcome_unknown: bool
     handling_failures: int
+    # Refusals in a row for a condition outside the transfer (0: not waiting),
+    # and since when (migration 0014).
+    waits: int = 0
+    waiting_for: str | None = None
+    waiting_since: datetime | None = None
+    # When the current attempt's call began (None: no attempt yet).
+    attempt_started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,8 @@ class WorkStore:
             " WHERE (stripe_work.claimed_by IS NULL OR stripe_work.claim_expires_at <= ?)"
             " AND stripe_work.parked_at IS NULL"
             " AND (stripe_work.not_before IS NULL OR stripe_work.not_before <= ?)"
-            " RETURNING transfer_id, kind, cause, attempts, outcome_unknown, handling_failures",
+            " RETURNING transfer_id, kind, cause, attempts, outcome_unknown, handling_failures,"
+            " waits, waiting_for, waiting_since, attempt_started_at",
             [
                 *(
                     value
@@ -135,6 +143,10 @@ class WorkStore:
                 attempts=int(row["attempts"]),
                 outcome_unknown=bool(row["outcome_unknown"]),
                 handling_failures=int(row["handling_failures"]),
+                waits=int(row["waits"]),
+                waiting_for=row["waiting_for"],
+                waiting_since=self.db.from_db_time(row["waiting_since"]),
+                attempt_started_at=self.db.from_db_time(row["attempt_started_at"]),
             )
             for row in rows
         ]
@@ -148,7 +160,8 @@ class WorkStore:
         rows = self.db.execute_alone(
             "UPDATE stripe_work SET"
             " attempts = CASE WHEN cause = ? THEN attempts + 1 ELSE 1 END,"
-            " cause = ?, outcome_unknown = ?, claim_expires_at = ?, updated_at = ?"
+            " cause = ?, outcome_unknown = ?, claim_expires_at = ?, updated_at = ?,"
+            " attempt_started_at = ?"
             " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?"
             " RETURNING attempts",
             (
@@ -156,6 +169,7 @@ class WorkStore:
                 cause,
                 True,
                 self.db.to_db_time(now + timedelta(seconds=self.claim_seconds)),
+                self.db.to_db_time(now),
                 self.db.to_db_time(now),
                 *self._key(claim.transfer_id, claim.kind),
                 claim.owner,
@@ -177,7 +191,8 @@ class WorkStore:
         return (
             "UPDATE stripe_work SET claimed_by = NULL, claim_expires_at = NULL,"
             " outcome_unknown = ?, handling_failures = 0, not_before = NULL,"
-            " last_failure = NULL, updated_at = ?"
+            " last_failure = NULL, waiting_for = NULL, waiting_since = NULL, waits = 0,"
+            " updated_at = ?"
             " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?",
             (
                 outcome_unknown,
@@ -186,6 +201,55 @@ class WorkStore:
                 claim.owner,
             ),
         )
+
+    def wait(
+        self,
+        claim: Claim,
+        *,
+        condition: str,
+        failure: str,
+        outcome_unknown: bool,
+        until: datetime,
+        now: datetime,
+    ) -> None:
+        """Stripe refused for a condition outside the transfer (our rate, the
+        platform's balance, the seller's account): release the claim, and wait
+        until `until` spending no attempt (migration 0014)."""
+        t = self.db.to_db_time
+        self.db.execute_alone(
+            "UPDATE stripe_work SET claimed_by = NULL, claim_expires_at = NULL,"
+            " outcome_unknown = ?, not_before = ?, last_failure = ?, waiting_for = ?,"
+            " waiting_since = CASE WHEN waiting_for = ? THEN waiting_since ELSE ? END,"
+            " waits = CASE WHEN waiting_for = ? THEN waits + 1 ELSE 1 END, updated_at = ?"
+            " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?",
+            (
+                outcome_unknown,
+                t(until),
+                failure[:_MAX_FAILURE_TEXT],
+                condition,
+                condition,
+                t(now),
+                condition,
+                t(now),
+                *self._key(claim.transfer_id, claim.kind),
+                claim.owner,
+            ),
+        )
+
+    def waiting(self) -> list[tuple[str, str, int, datetime | None]]:
+        """What waits for a condition: (condition, kind, how many, waiting since
+        the earliest), for `ledger health`."""
+        with self.db.transaction(write=False) as cursor:
+            cursor.execute(
+                "SELECT waiting_for, kind, COUNT(*) AS n, MIN(waiting_since) AS since"
+                " FROM stripe_work WHERE waiting_for IS NOT NULL AND parked_at IS NULL"
+                " GROUP BY waiting_for, kind ORDER BY waiting_for, kind"
+            )
+            rows = cursor.fetchall()
+        return [
+            (str(r["waiting_for"]), str(r["kind"]), int(r["n"]), self.db.from_db_time(r["since"]))
+            for r in rows
+        ]
 
     def handling_failed(
         self,

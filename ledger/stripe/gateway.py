@@ -26,6 +26,7 @@ from ledger.logs import note
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.ports import (
     ClaimRanOut,
+    Condition,
     FailureKind,
     StripeCallFailed,
     StripeReversal,
@@ -55,6 +56,11 @@ _REFUSABLE_PARAMS: Final = frozenset({"amount", "currency", "destination"})
 _REFUSAL_CODES: Final = frozenset(
     {"amount_too_small", "amount_too_large", "resource_missing", "transfers_not_allowed"}
 )
+# "This destination cannot receive a transfer now": the seller has not
+# finished onboarding (Stripe answers 400 with no `param`).
+_SELLER_CONDITION_CODES: Final = frozenset({"insufficient_capabilities_for_transfer"})
+# A Retry-After longer than this is not believed (a proxy's, a typo's).
+MAX_RETRY_AFTER_SECONDS: Final = 600.0
 
 
 @dataclass(frozen=True)
@@ -143,21 +149,29 @@ class StripeGateway:
         idempotency_key: str,
         send_while: Callable[[], bool] | None = None,
     ) -> StripeTransfer:
-        created = self._tries(
-            "transfers.create",
-            lambda: self._client.v1.transfers.create(
-                params={
-                    "amount": amount,
-                    "currency": currency,
-                    "destination": destination,
-                    "transfer_group": transfer_group,
-                    "metadata": dict(metadata),
-                },
-                options={"idempotency_key": idempotency_key},
-            ),
-            moves_money=True,
-            send_while=send_while,
-        )
+        try:
+            created = self._tries(
+                "transfers.create",
+                lambda: self._client.v1.transfers.create(
+                    params={
+                        "amount": amount,
+                        "currency": currency,
+                        "destination": destination,
+                        "transfer_group": transfer_group,
+                        "metadata": dict(metadata),
+                    },
+                    options={"idempotency_key": idempotency_key},
+                ),
+                moves_money=True,
+                send_while=send_while,
+            )
+        except StripeCallFailed as failure:
+            if failure.kind == FailureKind.RETRY_LATER and failure.code == "balance_insufficient":
+                # The platform's available balance is short (charges settle
+                # days later): the platform's condition; the payout waits.
+                failure.kind = FailureKind.WAIT
+                failure.condition = Condition.PLATFORM_BALANCE
+            raise
         return _transfer(created)
 
     def transfers_in_group(self, transfer_group: str) -> Sequence[StripeTransfer]:
@@ -323,17 +337,30 @@ def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:
     code = getattr(error, "code", None)
     message = _message(error, secret)
     kind: FailureKind
+    condition: Condition | None = None
+    retry_after: float | None = None
     if isinstance(error, stripe.AuthenticationError | stripe.PermissionError):
         kind = FailureKind.OPERATOR
     elif isinstance(error, stripe.IdempotencyError):
         # The same key with other parameters: our bug, not the transfer's fault.
         kind = FailureKind.BUG
     elif isinstance(error, stripe.RateLimitError):
-        kind = FailureKind.RETRY_LATER
+        # Our rate, not the transfer's failure: back-pressure (DESIGN section 5).
+        kind = FailureKind.WAIT
+        condition = Condition.RATE_LIMIT
+        retry_after = _retry_after(error)
     elif isinstance(error, stripe.InvalidRequestError):
         param = getattr(error, "param", None)
         if code == "balance_insufficient":
+            # A reversal's: the connected account's balance (the seed's
+            # reversal_pending -> permanently_failed edge); a payout's is the
+            # platform's, turned into a wait by create_transfer.
             kind = FailureKind.RETRY_LATER
+        elif code in _SELLER_CONDITION_CODES:
+            # The seller's account cannot receive transfers yet (onboarding
+            # not finished): the seller's condition, not our bug.
+            kind = FailureKind.WAIT
+            condition = Condition.SELLER_CAPABILITY
         elif "fully reversed" in message:
             # Stripe gives this no code: the transfer's state differs from what
             # the ledger thinks. Look it up; don't guess.
@@ -364,7 +391,22 @@ def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:
         code=code,
         http_status=status,
         request_id=error.request_id,
+        condition=condition,
+        retry_after=retry_after,
     )
+
+
+def _retry_after(error: stripe.StripeError) -> float | None:
+    """Stripe's Retry-After, in seconds, when it sends one (a sane one)."""
+    raw = next(
+        (value for name, value in (error.headers or {}).items() if name.lower() == "retry-after"),
+        None,
+    )
+    try:
+        seconds = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds <= MAX_RETRY_AFTER_SECONDS else None
 
 
 def _message(error: stripe.StripeError, secret: str) -> str:

@@ -238,6 +238,7 @@ def test_migrate_applies_each_migration_once_and_records_it(database_url: str) -
         (11, "idx_seller_transfers_stripe_transfer_id"),
         (12, "event_chain_in_the_append"),
         (13, "projection_quarantine"),
+        (14, "stripe_work_waiting"),
     ]
 
 

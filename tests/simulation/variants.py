@@ -18,6 +18,7 @@ from unittest import mock
 
 from ledger.failpoints import failpoint
 from ledger.processing import effects, manager
+from ledger.processing.ports import Condition, FailureKind
 from ledger.processing.work import Claim, WorkStore
 from ledger.stripe import gateway
 from tests.simulation.world import SimWorld, Variant
@@ -106,6 +107,22 @@ def _send_after_claim(world: SimWorld) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _429_spends_an_attempt(world: SimWorld) -> Iterator[None]:
+    """A 429 counted as a failed attempt (what the ledger did before the
+    real-Stripe issue): rate limits burn transfers' attempts."""
+    real = gateway.classify
+
+    def classify(error: Any, secret: str = "") -> Any:
+        failure = real(error, secret)
+        if failure.kind == FailureKind.WAIT and failure.condition == Condition.RATE_LIMIT:
+            failure.kind = FailureKind.RETRY_LATER
+        return failure
+
+    with mock.patch.object(gateway, "classify", classify):
+        yield
+
+
 def _variant(name: str, install: Callable[[SimWorld], AbstractContextManager[None]]) -> Variant:
     return Variant(name=name, install=install, expected=MONEY_TWICE)
 
@@ -118,5 +135,10 @@ VARIANTS: dict[str, Variant] = {
         _variant("claims-ignored", _claims_ignored),
         _variant("release-then-record", _release_then_record),
         _variant("send-after-claim", _send_after_claim),
+        Variant(
+            name="429-spends-an-attempt",
+            install=_429_spends_an_attempt,
+            expected=("attempt spent on back-pressure",),
+        ),
     )
 }

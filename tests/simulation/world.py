@@ -61,6 +61,8 @@ from tests.ramdisk import ram_temp_dir
 from tests.simulation.scheduler import Actor, Choices, Scheduler
 from tests.simulation.transport import FAULTS, InProcessStripe
 
+# Failpoints inside a database transaction (ledger/storage/recorders.py).
+IN_TRANSACTION: Final = frozenset({"mid_append", "append_before_commit"})
 EPOCH: Final = datetime(2026, 1, 1, tzinfo=UTC)
 API_KEY: Final = "sk_test_simulation0000"
 WEBHOOK_SECRET: Final = "whsec_simulation"
@@ -316,7 +318,11 @@ class SimWorld:
             yield
 
     def _failpoint(self, name: str) -> None:
-        self.yield_point(name)
+        # Not inside an append's transaction: a paused thread there would hold
+        # SQLite's write lock. (A death mid-append is the SIGKILL test's, in
+        # tests/integration/test_inline_write_path.py: the database rolls back.)
+        if name not in IN_TRANSACTION:
+            self.yield_point(name)
 
     def _chaos_step(self) -> None:
         options: list[tuple[int, str, Callable[[], None]]] = []
@@ -760,6 +766,7 @@ class SimWorld:
                     f"{name}: ledger {view.amount_reversed} reversed, Stripe"
                     f" {stripe.amount_reversed}",
                 )
+        self._check_attempts()
         report = verify(self.backend.db, self.decode)
         if not report.ok:
             raise Violation("audit verify", json.dumps(report.findings[:3], default=str))
@@ -771,6 +778,23 @@ class SimWorld:
         differences = reconcile(self.backend, StripeReader(self.settings)).differences
         if differences:
             raise Violation("reconcile difference", "; ".join(str(d) for d in differences[:3]))
+
+
+    def _check_attempts(self) -> None:
+        """No attempt is spent on a condition outside the transfer: a 429 is
+        back-pressure (unless an earlier try may have reached Stripe: then
+        the outcome is unknown, and that attempt counts)."""
+        for view in self.api.list_transfers():
+            for event in self.backend.transfers.events.get(view.id):
+                error = str(getattr(event, "error", None) or "")
+                if error.startswith("outcome unknown") or not error:
+                    continue
+                if error.startswith("429") or "rate_limit" in error:
+                    raise Violation(
+                        "attempt spent on back-pressure",
+                        f"{self._order_of(view.id)} v{event.originator_version}"
+                        f" {type(event).__name__}: {error}",
+                    )
 
 
 def _first_difference(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:

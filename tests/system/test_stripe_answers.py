@@ -6,14 +6,17 @@ of Stripe objects is the guarantee that matters."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
 
 import pytest
 import stripe
 
-from ledger.bootstrap import work_store
+from ledger.bootstrap import health_report, work_store
 from ledger.domain import payout_cause
 from ledger.errors import TransitionRefused
+from ledger.health import Thresholds
 from ledger.processing.effects import OperatorProblem, idempotency_key
 from tests.system.world import (
     API_KEY,
@@ -23,6 +26,7 @@ from tests.system.world import (
     outcome_events,
     running_simulator,
 )
+from tests.waiting import wait_for
 
 
 def test_a_pending_transfer_is_paid_out_once_with_the_ledger_ids_at_stripe(world: World) -> None:
@@ -176,13 +180,128 @@ def test_random_faults_with_the_client_retrying_never_move_money_twice(
         assert ledger_matches_stripe(world, transfer_ids) == []
 
 
-def test_429_is_a_failed_attempt_retried_later(world: World) -> None:
-    world.simulator.add_fault("429", path="/v1/transfers")
+def _waiting(world: World, transfer_id: UUID, kind: str = "payout") -> dict[str, Any] | None:
+    with world.ledger() as ledger, ledger.db.transaction(write=False) as cursor:
+        cursor.execute(
+            "SELECT waiting_for, waits, attempts, last_failure, not_before FROM stripe_work"
+            " WHERE transfer_id = ? AND kind = ?",
+            (ledger.db.to_db_id(transfer_id), kind),
+        )
+        row = cursor.fetchone()
+    return dict(row) if row is not None else None
+
+
+def _run_until(world: World, transfer_id: UUID, status: str) -> None:
+    def reached() -> bool:
+        world.run_daemon_once()
+        return world.show(transfer_id).status == status
+
+    wait_for(reached, timeout=30, what=f"transfer {status}")
+
+
+def test_a_429_spends_no_attempt_the_payout_waits_then_is_made_once(world: World) -> None:
+    """A 429 is back-pressure: no PayoutFailed, no retry counted, no
+    permanently_failed however many come; the payout waits and is made once."""
+    for _ in range(world.max_attempts + 2):
+        world.simulator.add_fault("429", path="/v1/transfers")
     transfer_id = world.create("order-7")
+
     world.run_daemon_once()
-    history = outcome_events(world, transfer_id)
-    assert history == ["PayoutFailed", "PayoutSucceeded"]
+
+    assert outcome_events(world, transfer_id) == []
+    work = _waiting(world, transfer_id)
+    assert work is not None and work["waiting_for"] == "rate_limit"
+    assert "429" in (work["last_failure"] or "")
+    _run_until(world, transfer_id, "completed")
+    assert outcome_events(world, transfer_id) == ["PayoutSucceeded"]
+    view = world.show(transfer_id)
+    assert view.retry_count == 0
     assert len(world.stripe_transfers(transfer_id)) == 1
+    work = _waiting(world, transfer_id)
+    assert work is not None and work["waiting_for"] is None
+
+
+def test_a_platform_balance_too_short_makes_payouts_wait_until_a_top_up(world: World) -> None:
+    world.simulator.set_platform_balance(1_000)
+    small = world.create("order-small", amount=600)
+    large = world.create("order-large", amount=5_000)
+
+    world.run_daemon_once()
+
+    assert world.show(small).status == "completed"
+    assert world.show(large).status == "pending"
+    assert outcome_events(world, large) == []
+    work = _waiting(world, large)
+    assert work is not None and work["waiting_for"] == "platform_balance"
+    assert "balance_insufficient" in (work["last_failure"] or "")
+    report = health_of(world)
+    waiting = next(c for c in report["checks"] if c["name"] == "waiting")
+    assert waiting["ok"] is True and waiting["warning"] is True
+    assert waiting["waiting"]["platform_balance:payout"]["count"] == 1
+
+    world.simulator.top_up(10_000)
+    _clear_wait(world, large)  # as if its backoff (a minute at first) had passed
+    world.run_daemon_once()
+
+    assert world.show(large).status == "completed"
+    assert world.show(large).retry_count == 0
+    assert len(world.stripe_transfers(large)) == 1
+
+
+def test_a_seller_who_cannot_receive_transfers_yet_waits_and_is_paid_once_onboarded(
+    world: World,
+) -> None:
+    seller = "acct_1nocapSeller"
+    transfer_id = world.create("order-nocap", seller=seller)
+
+    world.run_daemon_once()
+
+    assert world.show(transfer_id).status == "pending"
+    with world.ledger() as ledger:
+        assert work_store(ledger).parked() == []
+    work = _waiting(world, transfer_id)
+    assert work is not None and work["waiting_for"] == "seller_capability"
+    assert "insufficient_capabilities_for_transfer" in (work["last_failure"] or "")
+
+    world.simulator.set_account(seller, transfers="active")
+    _clear_wait(world, transfer_id)
+    world.run_daemon_once()
+
+    assert world.show(transfer_id).status == "completed"
+
+
+def test_a_seller_who_cannot_receive_transfers_for_too_long_is_given_up_saying_why(
+    world: World,
+) -> None:
+    transfer_id = world.create("order-nocap-long", seller="acct_1nocapForever")
+    world.run_daemon_once()
+    with world.ledger() as ledger:
+        ledger.db.execute_alone(
+            "UPDATE stripe_work SET waiting_since = ?, not_before = NULL WHERE transfer_id = ?",
+            (
+                ledger.db.to_db_time(datetime.now(UTC) - timedelta(days=8)),
+                ledger.db.to_db_id(transfer_id),
+            ),
+        )
+
+    world.run_daemon_once()
+
+    view = world.show(transfer_id)
+    assert view.status == "permanently_failed"
+    assert "could not receive transfers since" in (view.last_error or "")
+
+
+def _clear_wait(world: World, transfer_id: UUID) -> None:
+    with world.ledger() as ledger:
+        ledger.db.execute_alone(
+            "UPDATE stripe_work SET not_before = NULL WHERE transfer_id = ?",
+            (ledger.db.to_db_id(transfer_id),),
+        )
+
+
+def health_of(world: World) -> dict[str, Any]:
+    report = health_report(world.url, Thresholds())
+    return report.as_json()
 
 
 def test_a_response_slower_than_the_timeout_is_looked_up_and_recorded_once(

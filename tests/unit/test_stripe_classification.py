@@ -27,7 +27,18 @@ KEY = "sk_test_51SecretKeyThatMustNotLeak"
     [
         (stripe.AuthenticationError("Invalid API Key provided", http_status=401), "operator"),
         (stripe.PermissionError("lacks permission", http_status=403), "operator"),
-        (stripe.RateLimitError("Too many requests", http_status=429), "retry_later"),
+        # Back-pressure: a wait that spends no attempt.
+        (stripe.RateLimitError("Too many requests", http_status=429), "wait"),
+        (
+            stripe.InvalidRequestError(
+                "Your destination account needs to have at least one of the following"
+                " capabilities enabled: transfers, crypto_transfers, legacy_payments",
+                None,
+                "insufficient_capabilities_for_transfer",
+                http_status=400,
+            ),
+            "wait",
+        ),
         (
             stripe.InvalidRequestError(
                 "Insufficient funds", None, "balance_insufficient", http_status=400
@@ -148,7 +159,22 @@ def test_a_call_is_tried_again_by_stripe_pythons_rules(
 def test_a_definite_answer_after_an_unknown_try_leaves_the_outcome_unknown() -> None:
     dropped = classify(stripe.APIConnectionError("connection dropped", should_retry=True))
     limited = classify(stripe.RateLimitError("Too many requests", http_status=429))
-    assert limited.kind == FailureKind.RETRY_LATER
+    assert limited.kind == FailureKind.WAIT
     combined = limited.after_unknown_tries([dropped])
     assert combined.kind == FailureKind.UNKNOWN
     assert "may have reached Stripe" in str(combined) and "429" in combined.summary()
+
+
+def test_a_429_says_what_it_waits_for_and_honours_retry_after() -> None:
+    limited = classify(
+        stripe.RateLimitError("Too many requests", http_status=429, headers={"Retry-After": "3"})
+    )
+    assert (limited.kind, limited.condition, limited.retry_after) == (
+        FailureKind.WAIT,
+        "rate_limit",
+        3.0,
+    )
+    absurd = classify(
+        stripe.RateLimitError("Too many", http_status=429, headers={"Retry-After": "99999"})
+    )
+    assert absurd.retry_after is None
