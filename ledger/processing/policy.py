@@ -87,9 +87,7 @@ class RetryPolicy:
         jitter = (rng or random).uniform(0, step / 2)
         return timedelta(seconds=step / 2 + jitter)
 
-    def wait(
-        self, condition: str, waits: int, retry_after: float | None = None
-    ) -> timedelta:
+    def wait(self, condition: str, waits: int, retry_after: float | None = None) -> timedelta:
         """How long work waits after its `waits`-th refusal in a row for
         `condition` (a ports.Condition value); Stripe's Retry-After wins."""
         if retry_after is not None:

@@ -779,7 +779,6 @@ class SimWorld:
         if differences:
             raise Violation("reconcile difference", "; ".join(str(d) for d in differences[:3]))
 
-
     def _check_attempts(self) -> None:
         """No attempt is spent on a condition outside the transfer: a 429 is
         back-pressure (unless an earlier try may have reached Stripe: then
