@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import psycopg
 from eventsourcing.persistence import PersistenceError
@@ -37,7 +37,7 @@ from ledger.health import Check, HealthReport, Thresholds, check_migrations, jud
 from ledger.migrate import Migration, apply_migrations, require_migrated
 from ledger.processing.clock import DatabaseClock
 from ledger.processing.daemon import Daemon, DaemonOptions
-from ledger.processing.heartbeat import Heartbeat
+from ledger.processing.heartbeat import LEASE_BEATS, Heartbeat
 from ledger.processing.manager import ProcessManager
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.policy import RetryPolicy
@@ -47,6 +47,7 @@ from ledger.projections.projection import SellerTransfersProjection
 from ledger.projections.queries import SellerTransfers
 from ledger.service import LedgerService
 from ledger.storage import Database, check_postgres_reachable, use_sqlite_wal
+from ledger.storage.liveness import LIFE_LOCK_MARK
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -55,10 +56,6 @@ if TYPE_CHECKING:
     from ledger.reconcile import Reconciliation
     from ledger.stripe.gateway import StripeSettings
     from ledger.webhooks.server import WebhookSettings
-
-# A claim outlives the longest Stripe call by this much, so a slow call is
-# never taken over while it may still be running.
-CLAIM_MARGIN_SECONDS: Final = 30.0
 
 
 def open_backend(url: str, *, pool_size: int = 1, migrated: bool = True) -> Backend:
@@ -129,9 +126,11 @@ def health_report(url: str, thresholds: Thresholds) -> HealthReport:
         return HealthReport(checks + judge(measured, thresholds))
 
 
-def daemon_identity() -> str:
-    """Names a daemon in its claims: which host and process holds a transfer."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+def daemon_identity(*, life_lock: bool = False) -> str:
+    """Names a daemon in its claims: which host and process holds a transfer
+    (ledger.storage.liveness reads it; `life_lock`: it holds one)."""
+    name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    return name + LIFE_LOCK_MARK if life_lock else name
 
 
 def work_store(backend: Backend, *, claim_seconds: float = 0.0) -> WorkStore:
@@ -158,24 +157,22 @@ def build_daemon(
     deterministic simulation (tests/simulation) gives its own clock, sleep
     and randomness (virtual time, a seeded generator), a fixed identity, and
     saves each outcome in its worker's own thread."""
-    longest_call = stripe.longest_call_seconds()
-    # begin_attempt renews the claim, but a reversal may still look its Stripe
-    # transfer up after that, before the call: room for two calls.
-    claim_seconds = options.claim_seconds or 2 * longest_call + CLAIM_MARGIN_SECONDS
-    if claim_seconds <= longest_call:
-        # Another daemon could take the work over while this one's call is
-        # still running, and its look-up would not see that call's result yet.
+    # A claim lives as long as its holder: a lease of a few heartbeats, which
+    # every beat renews (ledger/processing/work.py). A killed daemon's work is
+    # taken over when its lease runs out, or at once when it is known dead.
+    claim_seconds = options.claim_seconds or LEASE_BEATS * options.heartbeat_seconds
+    if claim_seconds < 2 * options.heartbeat_seconds:
         logging.getLogger("ledger.daemon").warning(
-            "LEDGER_CLAIM_SECONDS=%g is shorter than the longest Stripe call can take"
-            " (%g s with STRIPE_TIMEOUT_SECONDS and retries): a slow call may be taken"
-            " over by another daemon",
+            "LEDGER_CLAIM_SECONDS=%g is under two heartbeats (%g s each): claims may run"
+            " out between beats and be taken over while their calls run",
             claim_seconds,
-            longest_call,
+            options.heartbeat_seconds,
         )
     # Imported here: stripe-python costs every other command ~40 ms of start-up.
     from ledger.stripe.gateway import StripeGateway  # noqa: PLC0415
 
-    work = WorkStore(backend.db, identity or daemon_identity(), claim_seconds)
+    owner = identity or daemon_identity(life_lock=backend.db.dialect == "postgresql")
+    work = WorkStore(backend.db, owner, claim_seconds)
     clock = clock or DatabaseClock(backend.db)
     gateway = StripeGateway(stripe, observer, sleep=sleep, rng=rng)
     manager = ProcessManager(
@@ -186,12 +183,17 @@ def build_daemon(
         clock,
         observer=observer,
         group_commit=group_commit,
-        # A try sent this long before the claim runs out is answered (or
-        # times out) while the claim still holds; short test claims get half.
-        send_margin=timedelta(seconds=min(stripe.timeout_seconds, claim_seconds / 2)),
+        # A try is sent only while the claim holds at least half a lease
+        # longer: a process paused between checking and sending has that long.
+        send_margin=timedelta(seconds=claim_seconds / 2),
     )
     heartbeat = Heartbeat(
-        backend.db, work.owner, options.concurrency, clock, options.heartbeat_seconds
+        backend.db,
+        work.owner,
+        options.concurrency,
+        clock,
+        options.heartbeat_seconds,
+        renew=work.renew,
     )
     return Daemon(backend, manager, work, options, stop, heartbeat=heartbeat, observer=observer)
 

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Final
 from uuid import UUID
 
@@ -45,6 +46,7 @@ from ledger.projections.queries import (
     DUE_REVERSALS_SQL,
     due_ids,
 )
+from ledger.storage import liveness
 
 log = logging.getLogger("ledger.daemon")
 
@@ -61,6 +63,8 @@ BACKLOG_PER_WORKER: Final = 2
 # After a failing turn (database down), wait this long before the next.
 ERROR_PAUSE_SECONDS: Final = 1.0
 LISTEN_RECONNECT_SECONDS: Final = 1.0
+# `--once` waits out a rate limit's back-off this long at most.
+ONCE_WAITS_FOR_RATE_LIMIT: Final = timedelta(seconds=30)
 # How often the listener looks up from waiting to see whether to stop.
 LISTEN_TIMEOUT_SECONDS: Final = 0.2
 
@@ -117,6 +121,7 @@ class Daemon:
         # not handed out again until the projection moves.
         self._not_due: dict[WorkItem, int] = {}
         self._fatal: OperatorProblem | None = None
+        self._reported_dead: set[str] = set()
         # One log line when a step starts failing, not a traceback every turn.
         self.problems = Problems(log)
         # Work in hand: every worker busy plus as many queued, so a worker that
@@ -132,9 +137,11 @@ class Daemon:
             threading.Thread(
                 target=self._worker, name=f"ledger-worker-{number}", daemon=True
             ).start()
+        beating = threading.Event()
         if self.heartbeat is not None:
             self.heartbeat.start()
-        with self._listening():
+            self.heartbeat.keep_beating(beating)
+        with self._alive(), self._listening():
             while not self.stop.is_set():
                 self.wake.clear()
                 # Sampled before the turn: work finishing during it may have
@@ -145,9 +152,6 @@ class Daemon:
                 # new work. Every append writes its rows and chain links
                 # itself; the projection here is the safety net for events
                 # written otherwise, and quarantines what it cannot apply.
-                with self.problems.step("heartbeat"):
-                    if self.heartbeat is not None:
-                        self.heartbeat.beat()
                 with self.problems.step("projection"):
                     self.observer.events_projected(self.backend.ensure_current())
                 handed_out = 0
@@ -158,7 +162,11 @@ class Daemon:
                     continue
                 if self._fatal is not None:
                     break
-                if self.options.once and not (handed_out or was_busy or self._busy()):
+                if (
+                    self.options.once
+                    and not (handed_out or was_busy or self._busy())
+                    and not self._rate_limit_ends_soon()
+                ):
                     break
                 if self._busy():
                     # Workers have a backlog queued: a turn per NOTIFY (one per
@@ -168,6 +176,7 @@ class Daemon:
             self.stop.set()
             self._hand_back_queued()
             self._drain()
+        beating.set()
         with contextlib.suppress(Exception):
             # What the last outcomes recorded, visible on exit.
             self.observer.events_projected(self.backend.catch_up())
@@ -187,7 +196,8 @@ class Daemon:
             # Marks from older positions are stale: those rows may be due now.
             self._not_due = {item: at for item, at in self._not_due.items() if at == position}
             not_due = set(self._not_due)
-        skip = busy | self.work.unavailable(now)
+        dead = self._dead_holders(now)
+        skip = busy | self.work.unavailable(now, dead)
         wanted: list[WorkItem] = []
         for query, kind in DUE_QUERIES:
             # Ask for enough rows that the ones to skip cannot crowd out the rest.
@@ -200,12 +210,40 @@ class Daemon:
                 skip.add(transfer_id)
                 wanted.append((transfer_id, kind))
         # Claimed in one statement; what another daemon holds is not returned.
-        claims = self.work.claim_many(wanted, now)
+        claims = self.work.claim_many(wanted, now, dead)
         with self._lock:
             self._in_flight.update(c.transfer_id for c in claims)
         for claim in claims:
             self._queue.put(claim)
         return len(claims)
+
+    def _rate_limit_ends_soon(self) -> bool:
+        """`--once` runs until nothing is due, and waits out a 429's short
+        back-off (work waiting for the rate limit, due within seconds): a
+        rate limit is no reason to leave work for the next run."""
+        now = self.manager.clock()
+        until = self.work.rate_limited_until()
+        return until is not None and until - now <= ONCE_WAITS_FOR_RATE_LIMIT
+
+    def _dead_holders(self, now: datetime) -> set[str]:
+        """Daemons holding claims that are known dead (ledger.storage.liveness):
+        their work is taken over now, not when their leases run out."""
+        holders = self.work.holders(now)
+        found = liveness.dead(self.backend.db, holders) if holders else set()
+        for owner in found - self._reported_dead:
+            log.warning("daemon %s is gone: taking over its work", owner)
+        self._reported_dead = found
+        return found
+
+    @contextlib.contextmanager
+    def _alive(self) -> Iterator[None]:
+        """Say "alive" for as long as this runs (PostgreSQL: a session lock
+        the server drops when this process dies)."""
+        if not self.work.owner.endswith(liveness.LIFE_LOCK_MARK):
+            yield
+            return
+        with liveness.life_lock(self.backend.db, self.work.owner):
+            yield
 
     def _hand_back_queued(self) -> None:
         """Stopping: work claimed but not started goes back at once, for the

@@ -1,14 +1,18 @@
 """A daemon says it is alive: one row in `daemon_heartbeats` (migration 0009).
 
-`ledger health` reads these rows to tell whether anyone is doing the work. The
-row is refreshed at most every BEAT_SECONDS, from the daemon's loop, so a loop
-that is stuck (not just a process that is up) stops being seen.
+`ledger health` reads these rows to tell whether anyone is doing the work.
+The heartbeat runs in a thread of its own, every BEAT_SECONDS, and each beat
+also renews the daemon's claims (`WorkStore.renew`): a claim lives as long
+as the daemon that holds it, however long its Stripe call takes, and runs
+out within a lease (a few beats) once the daemon is gone.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -16,8 +20,12 @@ from typing import Final
 
 from ledger.storage import Database
 
-# The default; LEDGER_HEARTBEAT_SECONDS overrides it.
-BEAT_SECONDS: Final = 5.0
+log = logging.getLogger("ledger.daemon")
+
+# The default; LEDGER_HEARTBEAT_SECONDS overrides it. Claims last
+# LEASE_BEATS beats unless renewed (ledger.bootstrap.build_daemon).
+BEAT_SECONDS: Final = 2.0
+LEASE_BEATS: Final = 3
 # Rows of daemons gone this long are deleted when a daemon starts.
 FORGET_AFTER: Final = timedelta(days=7)
 
@@ -30,8 +38,11 @@ class Heartbeat:
         concurrency: int,
         clock: Callable[[], datetime],
         interval: float = BEAT_SECONDS,
+        *,
+        renew: Callable[[datetime], int] | None = None,
     ) -> None:
         self.interval = interval
+        self.renew = renew
         self.db = db
         self.daemon_id = daemon_id
         self.concurrency = concurrency
@@ -62,14 +73,38 @@ class Heartbeat:
         self._last = time.monotonic()
 
     def beat(self) -> None:
-        """From every turn of the loop; writes at most every `interval` seconds."""
+        """Writes at most every `interval` seconds; renews our claims first."""
         if time.monotonic() - self._last < self.interval:
             return
+        now = self.clock()
+        if self.renew is not None:
+            self.renew(now)
         self.db.execute_alone(
             "UPDATE daemon_heartbeats SET seen_at = ? WHERE daemon_id = ?",
-            (self.db.to_db_time(self.clock()), self.daemon_id),
+            (self.db.to_db_time(now), self.daemon_id),
         )
         self._last = time.monotonic()
+
+    def keep_beating(self, stop: threading.Event) -> threading.Thread:
+        """Beat in a thread of its own until `stop`: the loop may be busy (a
+        long catch-up, a slow database) without the claims running out."""
+
+        def run() -> None:
+            failing = False
+            while not stop.wait(self.interval / 4):
+                try:
+                    self.beat()
+                    if failing:
+                        log.info("heartbeat: working again")
+                    failing = False
+                except Exception as error:  # the database is down: try again
+                    if not failing:
+                        log.warning("heartbeat failed (claims run out if this lasts): %s", error)
+                    failing = True
+
+        thread = threading.Thread(target=run, name="ledger-heartbeat", daemon=True)
+        thread.start()
+        return thread
 
     def stopped(self) -> None:
         now = self.db.to_db_time(self.clock())

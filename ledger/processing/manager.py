@@ -8,7 +8,9 @@ reversal, ledger/processing/effects.py), once.
 2. load the transfer and ask the effect which event asks for work now (none:
    another daemon or an operator got there first; release and stop);
 3. if an earlier call's outcome is unknown, look the object up at Stripe and
-   record what is there instead of calling again;
+   record what is there instead of calling again; if nothing is there, call
+   again under the earlier call's key (within an hour of it), which Stripe
+   answers once however many daemons send it;
 4. record the attempt as started (committed, the claim renewed), then call
    Stripe with the key `ledger-<kind>-<cause>-a<attempt>`, outside any
    database transaction, sending each try only while the claim outlives its
@@ -30,6 +32,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from ledger import values
 from ledger.application import Transfers
@@ -59,6 +62,10 @@ from ledger.processing.work import Claim, LostClaim, WorkStore
 
 log = logging.getLogger("ledger.processing")
 
+# Stripe keeps an idempotency key's answer for at least 24 hours: a try is
+# sent under an attempt's key only this soon after the attempt began.
+SAME_KEY_WITHIN: Final = timedelta(hours=1)
+
 
 @dataclass
 class _Progress:
@@ -84,11 +91,10 @@ class ProcessManager:
         *,
         observer: Observer = NO_OBSERVER,
         group_commit: bool = True,
-        send_margin: timedelta = timedelta(seconds=15),
+        send_margin: timedelta = timedelta(seconds=4),
     ) -> None:
         self.observer = observer
-        # A try is sent only this long before the claim runs out: time for its
-        # answer (the gateway's timeout) to come while the claim still holds.
+        # A try is sent only while the claim holds this much longer.
         self.send_margin = send_margin
         self.transfers = transfers
         self.work = work
@@ -168,23 +174,42 @@ class ProcessManager:
             if found is not None:
                 self._record_success(effect, transfer, found, cause, progress)
                 return f"found {found.stripe_id} at Stripe (an earlier call's outcome was unknown)"
+        # Nothing at Stripe yet. The earlier call (a killed or frozen daemon's)
+        # may still be on its way or running there, so a new key could move
+        # the money twice: it is sent again under ITS key, which Stripe
+        # answers once (a concurrent one gets 409, a finished one its saved
+        # answer), while Stripe surely still knows the key.
+        earlier = progress.claim.attempt_started_at
+        same_key = (
+            progress.outcome_unknown
+            and earlier is not None
+            and self.clock() < earlier + SAME_KEY_WITHIN - self.send_margin
+        )
         try:
             effect.check_callable(self.gateway, transfer)
         except StripeCallFailed as failure:
             return self._failed(effect, transfer, cause, failure, progress, note="look-up failed")
-        began = self.clock()
-        attempt = self.work.begin_attempt(progress.claim, cause, began)
+        began = earlier if same_key and earlier is not None else self.clock()
+        attempt = self.work.begin_attempt(progress.claim, cause, self.clock(), same_key=same_key)
         self.observer.attempt_started(effect.kind)
         failpoint("before_stripe_call")
         progress.call_started = True
-        send_by = began + timedelta(seconds=self.work.claim_seconds) - self.send_margin
+        claim = progress.claim
+
+        def may_send() -> bool:
+            # Our claim holds (nobody else may have looked up and called), and
+            # Stripe surely still knows this key (found by the deterministic
+            # simulation: a retry a day later was paid again).
+            now = self.clock()
+            return now < began + SAME_KEY_WITHIN and self.work.holds(claim, now, self.send_margin)
+
         try:
             found = effect.call(
                 self.gateway,
                 transfer,
                 cause,
                 idempotency_key(effect.kind, cause, attempt),
-                lambda: self.clock() < send_by,
+                may_send,
             )
         except ClaimRanOut as ran_out:
             # Found by the deterministic simulation: a daemon paused for a day
@@ -194,6 +219,8 @@ class ProcessManager:
             progress.outcome_unknown = True
             return str(ran_out)
         except StripeCallFailed as failure:
+            if same_key and failure.key_spent:
+                return self._key_spent(effect, transfer, cause, failure, progress)
             if failure.kind != FailureKind.UNKNOWN:
                 # A definite answer to this call (and a look-up, if one ran,
                 # found nothing from before): nothing is unknown any more.
@@ -216,6 +243,37 @@ class ProcessManager:
         self._record_success(effect, transfer, found, cause, progress)
         failpoint("after_record")
         return f"succeeded: {found.stripe_id}"
+
+    def _key_spent(
+        self,
+        effect: StripeEffect,
+        transfer: Transfer,
+        cause: str,
+        failure: StripeCallFailed,
+        progress: _Progress,
+    ) -> str:
+        """The earlier request under this key has finished (Stripe replayed its
+        5xx, or refused other parameters under the key): what it made, if
+        anything, is at Stripe now. Found: recorded. Not found: nothing was
+        made, and the next attempt may use a new key."""
+        try:
+            found = effect.look_up(self.gateway, transfer, cause)
+        except StripeCallFailed as lookup_failure:
+            progress.outcome_unknown = True
+            note = f"the look-up failed: {lookup_failure.summary()}"
+            return self._failed(effect, transfer, cause, failure, progress, note=note)
+        if found is not None:
+            self._record_success(effect, transfer, found, cause, progress)
+            return f"found {found.stripe_id} at Stripe after {failure.summary()}"
+        progress.outcome_unknown = False
+        definite = StripeCallFailed(
+            FailureKind.RETRY_LATER,
+            f"the earlier request under this key made nothing ({failure.summary()})",
+            code=failure.code,
+            http_status=failure.http_status,
+            request_id=failure.request_id,
+        )
+        return self._failed(effect, transfer, cause, definite, progress)
 
     def _record_success(
         self,

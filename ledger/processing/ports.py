@@ -55,6 +55,7 @@ class StripeCallFailed(Exception):
         request_id: str | None = None,
         condition: Condition | None = None,
         retry_after: float | None = None,
+        key_spent: bool = False,
     ) -> None:
         self.kind = kind
         self.code = code
@@ -63,6 +64,10 @@ class StripeCallFailed(Exception):
         # WAIT only: what for, and how long Stripe asked us to wait (Retry-After).
         self.condition = condition
         self.retry_after = retry_after
+        # Stripe knows this idempotency key from an earlier request that has
+        # finished: it replayed that request's 5xx, or refused other
+        # parameters under it. Sending the key again cannot make anything.
+        self.key_spent = key_spent
         super().__init__(message)
 
     def summary(self) -> str:
@@ -85,6 +90,7 @@ class StripeCallFailed(Exception):
             code=self.code,
             http_status=self.http_status,
             request_id=self.request_id,
+            key_spent=self.key_spent,
         )
 
 

@@ -10,11 +10,19 @@ each its own transaction (`execute_alone`); a release usually rides in the
 outcome's own append instead (`release_statement`). Every `now` comes from the
 daemons' shared clock (`ledger.processing.clock`), so that daemons on several
 hosts agree on when a claim expires.
+
+A claim lives as long as its holder: it is taken for a short lease, which the
+holder's heartbeat renews every few seconds (`renew`), so a live daemon keeps
+it however long a Stripe call takes, and a dead one's runs out within the
+lease. A holder known dead (ledger.storage.liveness) loses its claims at once.
+The store remembers until when each of its own claims surely holds, so that a
+worker sends nothing to Stripe once its claim may be another daemon's (`holds`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -90,26 +98,87 @@ class WorkStore:
         self.db = db
         self.owner = owner
         self.claim_seconds = claim_seconds
+        # (transfer id, kind) -> until when our claim surely holds. Renewed only
+        # while unbroken: a claim whose lease ran out may be another's already.
+        self._held: dict[tuple[UUID, str], datetime] = {}
+        self._held_lock = threading.Lock()
+
+    def _lease(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.claim_seconds)
+
+    def _hold(self, items: Sequence[tuple[UUID, str]], now: datetime) -> None:
+        with self._held_lock:
+            for item in items:
+                self._held[item] = self._lease(now)
+
+    def holds(self, claim: Claim, now: datetime, margin: timedelta) -> bool:
+        """Our claim holds at least `margin` longer (a Stripe try sent now is
+        answered while it does)."""
+        with self._held_lock:
+            until = self._held.get((claim.transfer_id, claim.kind))
+        return until is not None and now + margin < until
+
+    def renew(self, now: datetime, *, beating_since: datetime | None = None) -> int:
+        """The heartbeat: extend every claim we hold whose lease has not run
+        out; returns how many. `beating_since`: the heartbeat ran without a
+        gap from then until `now` (the simulation's virtual time jumps; a
+        real heartbeat renews at `now` itself)."""
+        alive_at = beating_since or now
+        rows = self.db.execute_alone(
+            "UPDATE stripe_work SET claim_expires_at = ?"
+            " WHERE claimed_by = ? AND claim_expires_at > ?"
+            " RETURNING transfer_id, kind",
+            (self.db.to_db_time(self._lease(now)), self.owner, self.db.to_db_time(alive_at)),
+            returning=True,
+        )
+        renewed = {(values.as_uuid(r["transfer_id"]), str(r["kind"])) for r in rows}
+        with self._held_lock:
+            for item in renewed:
+                until = self._held.get(item)
+                if until is not None and until > alive_at:
+                    self._held[item] = self._lease(now)
+            # Forget claims long gone (released, or lost): no unbounded growth.
+            for item, until in list(self._held.items()):
+                if until < now - timedelta(minutes=1):
+                    del self._held[item]
+        return len(renewed)
+
+    def holders(self, now: datetime) -> set[str]:
+        """Who holds live claims now (other than us)."""
+        with self.db.transaction(write=False) as cursor:
+            cursor.execute(
+                "SELECT DISTINCT claimed_by FROM stripe_work"
+                " WHERE claimed_by IS NOT NULL AND claim_expires_at > ? AND claimed_by <> ?",
+                (self.db.to_db_time(now), self.owner),
+            )
+            return {str(r["claimed_by"]) for r in cursor.fetchall()}
 
     def _key(self, transfer_id: UUID, kind: str) -> tuple[Any, str]:
         return (self.db.to_db_id(transfer_id), kind)
 
     # ----- claims -------------------------------------------------------------
 
-    def claim_many(self, items: Sequence[tuple[UUID, str]], now: datetime) -> list[Claim]:
-        """Take each (transfer, kind) that nobody holds and that is neither
-        parked nor backing off, in one statement; returns the claims it got
-        (what another daemon holds is simply not among them)."""
+    def claim_many(
+        self, items: Sequence[tuple[UUID, str]], now: datetime, dead: Collection[str] = ()
+    ) -> list[Claim]:
+        """Take each (transfer, kind) that nobody holds (or a daemon in `dead`
+        held) and that is neither parked nor backing off, in one statement;
+        returns the claims it got (what another daemon holds is simply not
+        among them)."""
         if len(items) > CLAIMS_PER_STATEMENT:
             return [
                 claim
                 for start in range(0, len(items), CLAIMS_PER_STATEMENT)
-                for claim in self.claim_many(items[start : start + CLAIMS_PER_STATEMENT], now)
+                for claim in self.claim_many(items[start : start + CLAIMS_PER_STATEMENT], now, dead)
             ]
         if not items:
             return []
         t = self.db.to_db_time
-        expires = t(now + timedelta(seconds=self.claim_seconds))
+        expires = t(self._lease(now))
+        dead = sorted(dead)[:50]
+        of_the_dead = (
+            " OR stripe_work.claimed_by IN (" + ", ".join("?" * len(dead)) + ")" if dead else ""
+        )
         rows = self.db.execute_alone(
             "INSERT INTO stripe_work (transfer_id, kind, cause, claimed_by,"
             " claim_expires_at, updated_at) VALUES "
@@ -118,7 +187,9 @@ class WorkStore:
             " claimed_by = excluded.claimed_by,"
             " claim_expires_at = excluded.claim_expires_at,"
             " updated_at = excluded.updated_at"
-            " WHERE (stripe_work.claimed_by IS NULL OR stripe_work.claim_expires_at <= ?)"
+            " WHERE (stripe_work.claimed_by IS NULL OR stripe_work.claim_expires_at <= ?"
+            + of_the_dead
+            + ")"
             " AND stripe_work.parked_at IS NULL"
             " AND (stripe_work.not_before IS NULL OR stripe_work.not_before <= ?)"
             " RETURNING transfer_id, kind, cause, attempts, outcome_unknown, handling_failures,"
@@ -130,11 +201,12 @@ class WorkStore:
                     for value in (*self._key(transfer_id, kind), self.owner, expires, t(now))
                 ),
                 t(now),
+                *dead,
                 t(now),
             ],
             returning=True,
         )
-        return [
+        claims = [
             Claim(
                 transfer_id=values.as_uuid(row["transfer_id"]),
                 kind=str(row["kind"]),
@@ -150,26 +222,37 @@ class WorkStore:
             )
             for row in rows
         ]
+        self._hold([(c.transfer_id, c.kind) for c in claims], now)
+        return claims
 
-    def begin_attempt(self, claim: Claim, cause: str, now: datetime) -> int:
+    def begin_attempt(
+        self, claim: Claim, cause: str, now: datetime, *, same_key: bool = False
+    ) -> int:
         """Record, committed, that a Stripe call for `cause` is about to start;
         returns its attempt number (the idempotency key's suffix). From here
-        until `release`, a crash leaves outcome_unknown set for the next daemon."""
+        until `release`, a crash leaves outcome_unknown set for the next daemon.
+        `same_key`: the last attempt again, under its key (its outcome is
+        unknown): the number and the time it began stay."""
         # The claim is renewed too: the call gets the whole claim time, however
         # long the look-ups before it took.
         rows = self.db.execute_alone(
             "UPDATE stripe_work SET"
-            " attempts = CASE WHEN cause = ? THEN attempts + 1 ELSE 1 END,"
-            " cause = ?, outcome_unknown = ?, claim_expires_at = ?, updated_at = ?,"
-            " attempt_started_at = ?"
+            " attempts = CASE WHEN cause = ? AND ? THEN attempts"
+            " WHEN cause = ? THEN attempts + 1 ELSE 1 END,"
+            " attempt_started_at = CASE WHEN cause = ? AND ? THEN attempt_started_at ELSE ? END,"
+            " cause = ?, outcome_unknown = ?, claim_expires_at = ?, updated_at = ?"
             " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?"
             " RETURNING attempts",
             (
                 cause,
+                same_key,
+                cause,
+                cause,
+                same_key,
+                self.db.to_db_time(now),
                 cause,
                 True,
                 self.db.to_db_time(now + timedelta(seconds=self.claim_seconds)),
-                self.db.to_db_time(now),
                 self.db.to_db_time(now),
                 *self._key(claim.transfer_id, claim.kind),
                 claim.owner,
@@ -179,6 +262,7 @@ class WorkStore:
         row = rows[0] if rows else None
         if row is None:
             raise LostClaim(f"{claim.kind} of transfer {claim.transfer_id} was taken over")
+        self._hold([(claim.transfer_id, claim.kind)], now)
         return int(row["attempts"])
 
     def release(self, claim: Claim, *, outcome_unknown: bool, now: datetime) -> None:
@@ -236,6 +320,16 @@ class WorkStore:
             ),
         )
 
+    def rate_limited_until(self) -> datetime | None:
+        """When the first work waiting for the rate limit comes due, if any."""
+        with self.db.transaction(write=False) as cursor:
+            cursor.execute(
+                "SELECT MIN(not_before) AS until FROM stripe_work"
+                " WHERE waiting_for = 'rate_limit' AND parked_at IS NULL"
+            )
+            row = cursor.fetchone()
+        return self.db.from_db_time(row["until"]) if row else None
+
     def waiting(self) -> list[tuple[str, str, int, datetime | None]]:
         """What waits for a condition: (condition, kind, how many, waiting since
         the earliest), for `ledger health`."""
@@ -286,23 +380,29 @@ class WorkStore:
             )
         return parked
 
-    def unavailable(self, now: datetime) -> set[UUID]:
-        """Transfers the dispatcher must skip: claimed by a live claim, backing
-        off, or parked. Served by idx_stripe_work_unavailable (a handful of rows)."""
+    def unavailable(self, now: datetime, dead: Collection[str] = ()) -> set[UUID]:
+        """Transfers the dispatcher must skip: claimed by a live claim (of a
+        holder not in `dead`), backing off, or parked. Served by
+        idx_stripe_work_unavailable (a handful of rows)."""
         with self.db.transaction(write=False) as cursor:
             cursor.execute(
-                "SELECT transfer_id, claim_expires_at, not_before, parked_at FROM stripe_work"
+                "SELECT transfer_id, claimed_by, claim_expires_at, not_before, parked_at"
+                " FROM stripe_work"
                 " WHERE claimed_by IS NOT NULL OR not_before IS NOT NULL OR parked_at IS NOT NULL"
             )
             rows = cursor.fetchall()
-        return {values.as_uuid(r["transfer_id"]) for r in rows if self._unavailable(r, now)}
+        return {values.as_uuid(r["transfer_id"]) for r in rows if self._unavailable(r, now, dead)}
 
-    def _unavailable(self, row: Row, now: datetime) -> bool:
+    def _unavailable(self, row: Row, now: datetime, dead: Collection[str]) -> bool:
         claim_expires_at = self.db.from_db_time(row["claim_expires_at"])
         not_before = self.db.from_db_time(row["not_before"])
         return (
             row["parked_at"] is not None
-            or (claim_expires_at is not None and claim_expires_at > now)
+            or (
+                claim_expires_at is not None
+                and claim_expires_at > now
+                and row["claimed_by"] not in dead
+            )
             or (not_before is not None and not_before > now)
         )
 

@@ -365,6 +365,12 @@ class Database:
         with self._postgres_connection() as pg_conn:
             yield pg_conn
 
+    def connection_params(self) -> dict[str, Any]:
+        """PostgreSQL: the pool's own connection settings (host, port, user,
+        password, dbname, sslmode), for a connection of one's own."""
+        settings = self._postgres.pool.kwargs
+        return dict(settings() if callable(settings) else settings or {})
+
     # ----- the event log ----------------------------------------------------
 
     def select_stored_events_after(
@@ -428,9 +434,7 @@ class _ForkedChildDatabase(Database):
 
     def __init__(self, parent: Database) -> None:
         super().__init__(parent._recorder)
-        # The pool's own connection settings: host, port, user, password, dbname.
-        settings = parent._postgres.pool.kwargs
-        self._params: dict[str, Any] = dict(settings() if callable(settings) else settings or {})
+        self._params: dict[str, Any] = parent.connection_params()
 
     @contextmanager
     def _bulk_connection(self) -> Iterator[psycopg.Connection[Any]]:

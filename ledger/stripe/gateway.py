@@ -95,9 +95,13 @@ class StripeSettings:
         )
 
     def longest_call_seconds(self) -> float:
-        """How long one gateway call can take, its own retries included
-        (stripe-python sleeps at most 5 s between tries)."""
-        return (self.timeout_seconds + 5.0) * (self.network_retries + 1)
+        """How long one gateway call can take: every try timing out, and the
+        longest sleep between tries (StripeGateway._retry_delay)."""
+        sleeps = sum(
+            min(RETRY_INITIAL_DELAY_SECONDS * 2 ** (n - 1), RETRY_MAX_DELAY_SECONDS)
+            for n in range(1, self.network_retries + 1)
+        )
+        return float(self.timeout_seconds * (self.network_retries + 1) + sleeps)
 
 
 def stripe_client(settings: StripeSettings, *, retries: int | None = None) -> stripe.StripeClient:
@@ -385,6 +389,7 @@ def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:
         # APIError (5xx, 409 in-progress key), APIConnectionError (timeout,
         # dropped connection), anything unforeseen: it may have happened.
         kind = FailureKind.UNKNOWN
+    replayed = _header(error, "idempotent-replayed") == "true"
     return StripeCallFailed(
         kind,
         message,
@@ -393,15 +398,20 @@ def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:
         request_id=error.request_id,
         condition=condition,
         retry_after=retry_after,
+        key_spent=(isinstance(error, stripe.IdempotencyError) and status == 400)
+        or (replayed and (status or 0) >= 500),
+    )
+
+
+def _header(error: stripe.StripeError, name: str) -> str | None:
+    return next(
+        (value for key, value in (error.headers or {}).items() if key.lower() == name), None
     )
 
 
 def _retry_after(error: stripe.StripeError) -> float | None:
     """Stripe's Retry-After, in seconds, when it sends one (a sane one)."""
-    raw = next(
-        (value for name, value in (error.headers or {}).items() if name.lower() == "retry-after"),
-        None,
-    )
+    raw = _header(error, "retry-after")
     try:
         seconds = float(raw) if raw is not None else None
     except ValueError:

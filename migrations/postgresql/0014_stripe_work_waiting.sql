@@ -20,11 +20,12 @@
 --                  permanently_failed, with that reason.
 -- waits            refusals in a row: the backoff doubles with each, capped.
 -- attempt_started_at
---                  when the current attempt's call began. A daemon taking over
---                  work whose outcome is unknown looks the object up; if Stripe
---                  has nothing, the killed daemon's request may still be running
---                  there, so a new key is used only once that request cannot be
---                  running any more (the longest call after this moment).
+--                  when the current attempt's key was first sent. A daemon taking
+--                  over work whose outcome is unknown looks the object up; if
+--                  Stripe has nothing, the earlier daemon's request may still be
+--                  on its way or running there, so within an hour of this moment
+--                  it sends the same request under the same key (Stripe answers
+--                  it once), never a new key.
 
 ALTER TABLE stripe_work ADD COLUMN IF NOT EXISTS waiting_for text;
 ALTER TABLE stripe_work ADD COLUMN IF NOT EXISTS waiting_since timestamptz;

@@ -50,13 +50,13 @@ def _claims_ignored(world: SimWorld) -> Iterator[None]:
     claim_many = WorkStore.claim_many
     begin_attempt = WorkStore.begin_attempt
 
-    def take_all(self: WorkStore, items: Any, now: Any) -> list[Claim]:
+    def take_all(self: WorkStore, items: Any, now: Any, dead: Any = ()) -> list[Claim]:
         for transfer_id, kind in items:
             self.db.execute_alone(
                 "UPDATE stripe_work SET claimed_by = NULL WHERE transfer_id = ? AND kind = ?",
                 (self.db.to_db_id(transfer_id), kind),
             )
-        return claim_many(self, items, now)
+        return claim_many(self, items, now, dead)
 
     def begin_anyway(self: WorkStore, claim: Claim, cause: str, now: Any) -> int:
         self.db.execute_alone(
@@ -95,15 +95,19 @@ def _release_then_record(world: SimWorld) -> Iterator[None]:
 
 @contextmanager
 def _send_after_claim(world: SimWorld) -> Iterator[None]:
-    """Tries are sent however long ago the attempt began (its claim may have
-    run out and another daemon taken over, looked up and paid)."""
+    """Tries are sent however long ago the attempt began: its claim may have
+    run out and another daemon taken over, looked up and paid, or Stripe may
+    have forgotten the key."""
     init = manager.ProcessManager.__init__
 
     def never_late(self: manager.ProcessManager, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         self.send_margin = -timedelta(days=3650)
 
-    with mock.patch.object(manager.ProcessManager, "__init__", never_late):
+    with (
+        mock.patch.object(manager.ProcessManager, "__init__", never_late),
+        mock.patch.object(manager, "SAME_KEY_WITHIN", timedelta(days=3650)),
+    ):
         yield
 
 

@@ -230,8 +230,21 @@ class SimWorld:
 
     def sleep(self, seconds: float) -> None:
         # A retry's wait: time passes, and others may act meanwhile.
-        self.clock.advance(seconds)
+        self._time_passes(seconds)
         self.yield_point(f"sleeping {seconds:.1f} s")
+
+    def _time_passes(self, seconds: float) -> None:
+        """Virtual time moves on. Each live daemon's heartbeat renews its
+        claims through it, unless its whole process was suspended meanwhile
+        (drawn): then its claims run out and another daemon may take over."""
+        before = self.clock.now()
+        self._finish_all_at_stripe()
+        self.clock.advance(seconds)
+        for name, daemon in sorted(self.daemons.items()):
+            if self.choices.percent(85):
+                daemon.work.renew(self.clock.now(), beating_since=before)
+            else:
+                self.note(f"daemon {name} was suspended for {seconds:g} s")
 
     def send_to_stripe(self, request: ApiRequest) -> Call:
         call = self.engine.begin(request)
@@ -408,9 +421,8 @@ class SimWorld:
 
     def _advance_clock(self) -> None:
         seconds = self.choices.pick((1, 5, 30, 120, 900, 4 * 3600, 25 * 3600))
-        self._finish_all_at_stripe()
-        self.clock.advance(seconds)
         self.note(f"{seconds} s pass")
+        self._time_passes(seconds)
 
     # ----- the marketplace's side -------------------------------------------------
 

@@ -27,13 +27,13 @@ def audit(capsys: pytest.CaptureFixture[str], world: World, *args: str) -> tuple
 
 
 def a_transfer_through_every_kind_of_event(world: World) -> str:
-    """A payout rate-limited once then made, a refund, a reversal attempt
-    rate-limited once, then the reversal."""
-    world.simulator.add_fault("429", path="/v1/transfers")
+    """A payout answered 500 once (an attempt whose outcome is unknown, then
+    made), a refund, a reversal attempt answered 500 once, then the reversal."""
+    world.simulator.add_fault("500_before", path="/v1/transfers")
     transfer_id = world.create("order-audit", amount=9000)
     world.run_daemon_once()
     world.request_reversal(transfer_id, amount=4000)
-    world.simulator.add_fault("429", path="/reversals")
+    world.simulator.add_fault("500_before", path="/reversals")
     world.run_daemon_once()
     return str(transfer_id)
 
@@ -67,7 +67,7 @@ def test_the_history_shows_every_event_with_who_why_and_what_caused_it(
     assert events[2]["caused_by"] == f"{transfer_id}:1"
     assert events[5]["caused_by"] == f"{transfer_id}:4"
     assert events[3]["actor"] == "refund-handler" and events[3]["reason"] == "order refunded"
-    assert "429" in events[1]["error"]
+    assert "500" in events[1]["error"]
     # The state at the end is the read table's row, field for field.
     assert data["state"] == world.show(UUID(transfer_id)).as_json()
     code, text = audit(capsys, world, transfer_id)

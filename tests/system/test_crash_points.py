@@ -11,15 +11,11 @@ released in the same commit, and the read table not yet projected).
 from __future__ import annotations
 
 import signal
-from datetime import UTC, datetime
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 
-from ledger.bootstrap import work_store
 from ledger.failpoints import NAMES
-from tests.ledgers import Ledger
 from tests.system.world import (
     World,
     finish,
@@ -33,9 +29,6 @@ from tests.system.world import (
 )
 from tests.waiting import wait_for
 
-# Short claims, so that the restarted daemon takes over the dead one's work quickly.
-CLAIM_SECONDS = "1"
-
 
 def crash_then_recover(world: World, failpoint: str, tmp_path: Path) -> int:
     """Run a daemon that SIGKILLs itself at `failpoint`, then a healthy one
@@ -45,11 +38,12 @@ def crash_then_recover(world: World, failpoint: str, tmp_path: Path) -> int:
         "--once",
         log_path=tmp_path / "crashed.log",
         LEDGER_FAILPOINTS=failpoint,
-        LEDGER_CLAIM_SECONDS=CLAIM_SECONDS,
     )
     status = finish(crashed)
     healthy_log = tmp_path / "healthy.log"
-    healthy = start_daemon(world, log_path=healthy_log, LEDGER_CLAIM_SECONDS=CLAIM_SECONDS)
+    # Default settings: the dead daemon's work is taken over at once (it is
+    # known dead), not after a lease shortened for the test.
+    healthy = start_daemon(world, log_path=healthy_log)
     try:
         wait_started(healthy, healthy_log)
         wait_for(lambda: _settled(world), timeout=60, what="the work to settle")
@@ -116,25 +110,14 @@ def test_after_a_crash_and_a_day_when_stripe_forgot_the_key_the_transfer_is_foun
         "--once",
         log_path=tmp_path / "crashed.log",
         LEDGER_FAILPOINTS="after_stripe_call",
-        LEDGER_CLAIM_SECONDS=CLAIM_SECONDS,
     )
     assert finish(crashed) == -signal.SIGKILL
     assert len(world.stripe_transfers(transfer_id)) == 1
     assert world.simulator.expire_idempotency_keys() >= 1
-    wait_for(lambda: _claim_expired(world), what="the dead daemon's claim to expire")
     world.run_daemon_once()
     assert world.show(transfer_id).status == "completed"
     assert len(world.stripe_transfers(transfer_id)) == 1
     assert ledger_matches_stripe(world, [transfer_id]) == []
-
-
-def _claim_expired(world: World) -> bool:
-    with world.ledger() as ledger:
-        return not ledger_work_unavailable(ledger)
-
-
-def ledger_work_unavailable(ledger: Ledger) -> set[UUID]:
-    return work_store(ledger).unavailable(datetime.now(UTC))
 
 
 def test_a_daemon_killed_during_the_call_leaves_work_that_is_found_not_redone(
@@ -147,13 +130,12 @@ def test_a_daemon_killed_during_the_call_leaves_work_that_is_found_not_redone(
         world.simulator.add_fault("slow", path="/v1/transfers")
         transfer_id = world.create("order-killed-mid-call")
         log = tmp_path / "killed.log"
-        daemon = start_daemon(world, log_path=log, LEDGER_CLAIM_SECONDS=CLAIM_SECONDS)
+        daemon = start_daemon(world, log_path=log)
         try:
             wait_for(lambda: world.stripe_transfers(transfer_id), what="Stripe to commit")
         finally:
             kill(daemon)
         assert world.show(transfer_id).status == "pending"
-        wait_for(lambda: _claim_expired(world), what="the dead daemon's claim to expire")
         world.run_daemon_once()
         assert world.show(transfer_id).status == "completed"
         assert ledger_matches_stripe(world, [transfer_id]) == []

@@ -68,7 +68,7 @@ def test_the_api_key_is_in_no_log_line_event_stored_error_or_row(
     output = "".join(log.read_text() for log in logs) + refused_output
     stored = every_stored_value(migrated_url)
     # The search would be empty-handed if nothing had been written: it was.
-    assert "payout of transfer" in output and "failed, retry at" in output
+    assert "payout of transfer" in output and "waiting for rate_limit" in output
     assert "resource_missing" in stored["events"]
     assert "resource_missing" in stored["seller_transfers"]
     assert "same parameters" in stored["stripe_work"]
