@@ -44,6 +44,14 @@ class NothingToReverse(LedgerError):
     was paid."""
 
 
+class NotWhatWasAsked(LedgerError):
+    """A look-up found, where only the ledger's own object should be, one that
+    is not what the ledger asked for (another amount, currency, destination,
+    or metadata naming another transfer or cause): money may be wrong, and
+    recording it as ours could say "paid" of the wrong money. Parked, with
+    both sides in the message, for a person to decide."""
+
+
 class OperatorProblem(LedgerError):
     """Stripe refused our credentials (401) or a permission (403). Not a transfer
     failure: the daemon stops and says so; no attempt is spent, no transfer failed."""
@@ -131,10 +139,19 @@ class Payout(StripeEffect):
 
     def look_up(self, gateway: PaymentsGateway, transfer: Transfer, cause: str) -> Found | None:
         # transfer_group is the ledger transfer id: every Stripe transfer ever
-        # made for it, under any key, is in the group.
+        # made for it, under any key, is in the group. Each must be what the
+        # ledger asks for: a stranger in the group (a hand-made transfer, a
+        # server answering with something else) is never taken as the payout.
         made = gateway.transfers_in_group(str(transfer.id))
         if not made:
             return None
+        strangers = [t for t in made if not _is_our_payout(t, transfer, cause)]
+        if strangers:
+            raise NotWhatWasAsked(
+                f"payout of transfer {transfer.id}: the ledger asks for {transfer.amount}"
+                f" {transfer.currency} to {transfer.seller_account_id} (cause {cause}); Stripe's"
+                f" transfer_group holds {'; '.join(_described(t) for t in strangers)}"
+            )
         if len(made) > 1:
             log.error(
                 "transfer %s has %d Stripe transfers (%s): money moved more than once,"
@@ -303,6 +320,24 @@ class Reversal(StripeEffect):
             return transfer.stripe_transfer_id
         made = gateway.transfers_in_group(str(transfer.id))
         return _oldest(made).id if made else None
+
+
+def _is_our_payout(made: StripeTransfer, transfer: Transfer, cause: str) -> bool:
+    return (
+        made.amount == transfer.amount
+        and made.currency == transfer.currency
+        and made.destination == transfer.seller_account_id
+        and made.metadata.get("ledger_transfer_id") == str(transfer.id)
+        and made.metadata.get("ledger_cause") == cause
+    )
+
+
+def _described(made: StripeTransfer) -> str:
+    return (
+        f"{made.id}: {made.amount} {made.currency} to {made.destination},"
+        f" metadata ledger_transfer_id={made.metadata.get('ledger_transfer_id')!r}"
+        f" ledger_cause={made.metadata.get('ledger_cause')!r}"
+    )
 
 
 T = TypeVar("T", StripeTransfer, StripeReversal)

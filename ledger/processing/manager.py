@@ -43,6 +43,7 @@ from ledger.processing.effects import (
     NOTHING_DUE,
     Found,
     NothingToReverse,
+    NotWhatWasAsked,
     OperatorProblem,
     StripeEffect,
     UnresolvedOutcome,
@@ -133,7 +134,9 @@ class ProcessManager:
             # Parked at once: Stripe saying "this key was used with other
             # parameters" (a bug somewhere), and attempts run out while money
             # may have moved. A person looks before any new key is used.
-            park_now = isinstance(error, UnresolvedOutcome | NothingToReverse) or (
+            park_now = isinstance(
+                error, UnresolvedOutcome | NothingToReverse | NotWhatWasAsked
+            ) or (
                 isinstance(error, StripeCallFailed) and error.kind == FailureKind.BUG
             )
             parked = self.work.handling_failed(

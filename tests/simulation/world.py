@@ -77,7 +77,12 @@ WORKERS_PER_DAEMON: Final = 2
 SETTLE_WITHIN: Final = timedelta(days=2)
 MAX_SETTLE_ROUNDS: Final = 400
 # Why a person may be asked to look (parked work), as the process manager says it.
-PARK_REASONS: Final = ("UnresolvedOutcome", "NothingToReverse", "StripeCallFailed")
+PARK_REASONS: Final = (
+    "UnresolvedOutcome",
+    "NothingToReverse",
+    "StripeCallFailed",
+    "NotWhatWasAsked",
+)
 
 
 class Violation(Exception):

@@ -488,3 +488,42 @@ def test_a_reversal_an_admin_asks_of_a_transfer_paid_by_hand_is_parked_for_a_per
     assert parked.transfer_id == transfer_id and parked.kind == "reversal"
     assert "no Stripe transfer to reverse" in (parked.last_failure or "")
     assert world.money_posts() == []
+
+
+def test_a_look_up_that_finds_something_else_than_what_was_asked_parks_with_both_sides(
+    world: World,
+) -> None:
+    """After a lost answer the payout is looked up by transfer_group. A 1,100
+    transfer found there is not the 4,200 payout the ledger asked for: it is
+    never recorded as the payout; the work is parked showing both sides, and
+    nothing more is paid."""
+    transfer_id = world.create("order-lookup", amount=4200)
+    with world.ledger() as ledger:
+        work = work_store(ledger)
+        work.claim_seconds = 0  # as a killed daemon leaves it: claim run out
+        now = datetime.now(UTC)
+        [claim] = work.claim_many([(transfer_id, "payout")], now)
+        work.begin_attempt(claim, payout_cause(transfer_id), now)
+    client = stripe.StripeClient(API_KEY, base_addresses={"api": world.sim.base_url})
+    client.v1.transfers.create(
+        params={
+            "amount": 1100,
+            "currency": "usd",
+            "destination": "acct_1Seller",
+            "transfer_group": str(transfer_id),
+            "metadata": {"ledger_transfer_id": str(transfer_id)},
+        }
+    )
+
+    world.run_daemon_once()
+
+    view = world.show(transfer_id)
+    assert (view.status, view.stripe_transfer_id) == ("pending", None)
+    with world.ledger() as ledger:
+        [parked] = work_store(ledger).parked()
+    assert parked.transfer_id == transfer_id
+    failure = parked.last_failure or ""
+    assert "NotWhatWasAsked" in failure and "4200 usd to acct_1Seller" in failure
+    assert "1100 usd to acct_1Seller" in failure
+    assert len(world.stripe_transfers(transfer_id)) == 1  # nothing more was paid
+

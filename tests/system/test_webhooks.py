@@ -774,6 +774,7 @@ def _stripe_transfer_for(world: World, transfer_id: UUID) -> dict[str, Any]:
                 "destination": "acct_1Seller",
                 "transfer_group": str(transfer_id),
                 "metadata[ledger_transfer_id]": str(transfer_id),
+                "metadata[ledger_cause]": payout_cause(transfer_id),
             }
         ).encode(),
         headers={"Authorization": f"Bearer {world.api_key}"},
