@@ -191,10 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile_cmd.add_argument(
         "--since",
-        help="only ledger transfers changed, and Stripe transfers made, at or after TIME; a"
-        " reversal made at Stripe after TIME on an older transfer whose webhook was lost is"
-        " not seen: a full run (no --since) also catches reversals made at Stripe later on"
-        " older transfers",
+        help="only ledger transfers changed, Stripe transfers made, and transfers Stripe's"
+        " events say changed (reversed or updated), at or after TIME; Stripe keeps events"
+        " 30 days, so for an older TIME run in full (no --since)",
     )
 
     webhook = commands.add_parser("webhook", help="Stripe webhook deliveries")

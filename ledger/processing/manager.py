@@ -136,9 +136,7 @@ class ProcessManager:
             # may have moved. A person looks before any new key is used.
             park_now = isinstance(
                 error, UnresolvedOutcome | NothingToReverse | NotWhatWasAsked
-            ) or (
-                isinstance(error, StripeCallFailed) and error.kind == FailureKind.BUG
-            )
+            ) or (isinstance(error, StripeCallFailed) and error.kind == FailureKind.BUG)
             parked = self.work.handling_failed(
                 claim,
                 failure=failure,

@@ -155,6 +155,33 @@ class StripeReader:
                 return
             after = listed[-1].id
 
+    def transfers_changed(self, *, created_gte: int) -> set[str]:
+        """The transfers Stripe's events say changed at or after `created_gte`
+        (`transfer.reversed`, `transfer.updated`; Stripe keeps events 30 days):
+        a reversal made today of a transfer made last year."""
+        changed: set[str] = set()
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {
+                "limit": PAGE_SIZE,
+                "types": list(CHANGE_EVENTS),
+                "created": {"gte": created_gte},
+            }
+            if after:
+                params["starting_after"] = after
+            page = self._call(
+                "list events",
+                partial(self._client.v1.events.list, params=params),  # type: ignore[arg-type]
+            )
+            events = [item.to_dict() for item in page.data]
+            for event in events:
+                obj = (event.get("data") or {}).get("object") or {}
+                if obj.get("object") == "transfer" and isinstance(obj.get("id"), str):
+                    changed.add(obj["id"])
+            if not page.has_more or not events:
+                return changed
+            after = str(events[-1]["id"])
+
     def transfer(self, transfer_id: str) -> ListedTransfer | None:
         """One transfer, or None when Stripe has no such transfer."""
         try:
@@ -215,6 +242,10 @@ class StripeReader:
 
 class _Missing(Exception):
     """Stripe answered 404 to a retrieve."""
+
+
+# The events that say a transfer changed after it was made.
+CHANGE_EVENTS: Final = ("transfer.reversed", "transfer.updated")
 
 
 def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
