@@ -173,8 +173,18 @@ def build_daemon(
 
     owner = identity or daemon_identity(life_lock=backend.db.dialect == "postgresql")
     work = WorkStore(backend.db, owner, claim_seconds)
+    simulated_clock = clock is not None
     clock = clock or DatabaseClock(backend.db)
-    gateway = StripeGateway(stripe, observer, sleep=sleep, rng=rng)
+    # Imported here, as the gateway is.
+    from ledger.stripe.budget import RateBudget  # noqa: PLC0415
+
+    budget = RateBudget(
+        stripe.rate_per_endpoint,
+        stripe.rate_total,
+        sleep=sleep,
+        clock=(lambda: clock().timestamp()) if simulated_clock else time.monotonic,
+    )
+    gateway = StripeGateway(stripe, observer, sleep=sleep, rng=rng, budget=budget)
     manager = ProcessManager(
         backend.transfers,
         work,
@@ -194,6 +204,7 @@ def build_daemon(
         clock,
         options.heartbeat_seconds,
         renew=work.renew,
+        peers=budget.share,
     )
     return Daemon(backend, manager, work, options, stop, heartbeat=heartbeat, observer=observer)
 

@@ -40,9 +40,13 @@ class Heartbeat:
         interval: float = BEAT_SECONDS,
         *,
         renew: Callable[[datetime], int] | None = None,
+        peers: Callable[[int], None] | None = None,
     ) -> None:
         self.interval = interval
         self.renew = renew
+        # Told how many daemons are alive (this one included) at every beat:
+        # each takes its share of the Stripe rate budget.
+        self.peers = peers
         self.db = db
         self.daemon_id = daemon_id
         self.concurrency = concurrency
@@ -71,6 +75,8 @@ class Heartbeat:
             ),
         )
         self._last = time.monotonic()
+        if self.peers is not None:
+            self.peers(self._alive(now))
 
     def beat(self) -> None:
         """Writes at most every `interval` seconds; renews our claims first."""
@@ -83,7 +89,19 @@ class Heartbeat:
             "UPDATE daemon_heartbeats SET seen_at = ? WHERE daemon_id = ?",
             (self.db.to_db_time(now), self.daemon_id),
         )
+        if self.peers is not None:
+            self.peers(self._alive(now))
         self._last = time.monotonic()
+
+    def _alive(self, now: datetime) -> int:
+        with self.db.transaction(write=False) as cursor:
+            cursor.execute(
+                "SELECT COUNT(*) AS n FROM daemon_heartbeats"
+                " WHERE stopped_at IS NULL AND seen_at > ?",
+                (self.db.to_db_time(now - timedelta(seconds=3 * self.interval)),),
+            )
+            row = cursor.fetchone()
+        return max(1, int(row["n"]) if row else 1)
 
     def keep_beating(self, stop: threading.Event) -> threading.Thread:
         """Beat in a thread of its own until `stop`: the loop may be busy (a

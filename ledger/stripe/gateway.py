@@ -32,6 +32,7 @@ from ledger.processing.ports import (
     StripeReversal,
     StripeTransfer,
 )
+from ledger.stripe.budget import DEFAULT_RATE, DEFAULT_TOTAL_RATE, RateBudget
 
 # Explicit, because stripe-python's default is 80 s and no retries: a stuck
 # call would hold a transfer's claim for over a minute.
@@ -73,6 +74,9 @@ class StripeSettings:
     # The deterministic simulation passes one that calls the simulator's
     # engine in-process (tests/simulation/transport.py).
     http_client: stripe.HTTPClient | None = field(default=None, repr=False, compare=False)
+    # The rate budget of all daemons on the database together (budget.py).
+    rate_per_endpoint: float = DEFAULT_RATE
+    rate_total: float = DEFAULT_TOTAL_RATE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> StripeSettings:
@@ -87,11 +91,24 @@ class StripeSettings:
             exclusive=True,
             maximum=MAX_TIMEOUT_SECONDS,
         )
-        assert timeout_seconds is not None
+        rate = env_number(
+            environ, "LEDGER_STRIPE_RATE", DEFAULT_RATE, minimum=0, exclusive=True, maximum=10_000
+        )
+        total = env_number(
+            environ,
+            "LEDGER_STRIPE_RATE_TOTAL",
+            DEFAULT_TOTAL_RATE,
+            minimum=0,
+            exclusive=True,
+            maximum=10_000,
+        )
+        assert timeout_seconds is not None and rate is not None and total is not None
         return cls(
             api_key=api_key,
             api_base=environ.get("STRIPE_API_BASE") or None,
             timeout_seconds=timeout_seconds,
+            rate_per_endpoint=rate,
+            rate_total=total,
         )
 
     def longest_call_seconds(self) -> float:
@@ -128,8 +145,10 @@ class StripeGateway:
         *,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        budget: RateBudget | None = None,
     ) -> None:
         self._observer = observer
+        self.budget = budget
         self._client = stripe_client(settings, retries=0)
         self._tries_per_call = settings.network_retries + 1
         self._sleep = sleep
@@ -279,11 +298,15 @@ class StripeGateway:
                     " its answer; the next holder of the work looks it up",
                     reached=bool(reached),
                 )
+            if self.budget is not None:
+                self.budget.take(endpoint)
             started = time.monotonic()
             try:
                 result = send()
             except stripe.StripeError as error:
                 failure = classify(error, self._secret)
+                if self.budget is not None and isinstance(error, stripe.RateLimitError):
+                    self.budget.rate_limited(failure.retry_after)
                 note(stripe_request_id=failure.request_id)
                 self._observer.stripe_call(endpoint, failure.kind.value, time.monotonic() - started)
                 if moves_money and may_have_reached_stripe(error):

@@ -526,4 +526,3 @@ def test_a_look_up_that_finds_something_else_than_what_was_asked_parks_with_both
     assert "NotWhatWasAsked" in failure and "4200 usd to acct_1Seller" in failure
     assert "1100 usd to acct_1Seller" in failure
     assert len(world.stripe_transfers(transfer_id)) == 1  # nothing more was paid
-
