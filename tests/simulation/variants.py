@@ -58,12 +58,14 @@ def _claims_ignored(world: SimWorld) -> Iterator[None]:
             )
         return claim_many(self, items, now, dead)
 
-    def begin_anyway(self: WorkStore, claim: Claim, cause: str, now: Any) -> int:
+    def begin_anyway(
+        self: WorkStore, claim: Claim, cause: str, now: Any, *, same_key: bool = False
+    ) -> int:
         self.db.execute_alone(
             "UPDATE stripe_work SET claimed_by = ? WHERE transfer_id = ? AND kind = ?",
             (claim.owner, self.db.to_db_id(claim.transfer_id), claim.kind),
         )
-        return begin_attempt(self, claim, cause, now)
+        return begin_attempt(self, claim, cause, now, same_key=same_key)
 
     with (
         mock.patch.object(WorkStore, "claim_many", take_all),
