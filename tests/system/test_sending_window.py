@@ -9,13 +9,17 @@ The real stripe-python client over HTTP, against the simulator."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ledger.bootstrap import build_daemon, work_store
+from ledger.processing.daemon import DaemonOptions
 from ledger.processing.ports import ClaimRanOut
+from ledger.processing.work import WorkStore
 from ledger.stripe.gateway import StripeGateway, StripeSettings
 from ledger.stripe.simulator import SimulatorServer
-from tests.system.world import API_KEY, running_simulator
+from tests.system.world import API_KEY, new_world, running_simulator
 
 
 @pytest.fixture
@@ -81,3 +85,61 @@ def test_while_the_claim_holds_every_try_is_sent_under_the_same_key(
     posts = _posts(sim)
     assert [p["idempotency_key"] for p in posts] == ["ledger-payout-x-a1"] * 2
     assert [t["id"] for t in sim.simulator.state()["transfers"]] == [made.id]  # type: ignore[attr-defined]
+
+
+class _Clock:
+    """The daemon's clock, moved on by its own retry sleeps; its heartbeat
+    renews its claims throughout (alive, only slow), so only the key's age
+    can stop the retry."""
+
+    def __init__(self, jump: timedelta) -> None:
+        self.now = datetime.now(UTC)
+        self.jump = jump
+        self.work: WorkStore | None = None
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        before = self.now
+        self.now += self.jump
+        if self.work is not None:
+            self.work.renew(self.now, beating_since=before)
+
+
+def test_a_retry_more_than_an_hour_after_the_attempt_began_is_not_sent(
+    migrated_url: str,
+) -> None:
+    """Found by the deterministic simulation: the first try's connection
+    dropped after Stripe made the transfer, and the process then slept past
+    a day before its retry; Stripe had forgotten the key and paid again. A
+    try is now sent only within an hour of its attempt's start (Stripe keeps
+    keys 24 h): the outcome is unknown, the next handling looks it up."""
+    with running_simulator(api_key=API_KEY) as sim:
+        world = new_world(migrated_url, sim)
+        sim.simulator.add_fault("drop_after", path="/v1/transfers")
+        transfer_id = world.create("order-paused-a-day")
+        clock = _Clock(jump=timedelta(hours=2))
+        with world.ledger(pool_size=3) as ledger:
+            daemon = build_daemon(
+                ledger,
+                world.stripe_settings(),
+                world.policy(),
+                DaemonOptions(concurrency=1),
+                clock=clock,
+                sleep=clock.sleep,
+            )
+            clock.work = daemon.work
+            daemon.dispatch()
+            claim = daemon.next_claim()
+            assert claim is not None
+            daemon.work_on(claim)
+
+            state = work_store(ledger).state(transfer_id, "payout")
+        assert state is not None and state.outcome_unknown
+        assert len(_posts(sim)) == 1
+        assert world.show(transfer_id).status == "pending"
+        # The next handling finds Stripe's transfer and records it: paid once.
+        world.run_daemon_once()
+        assert world.show(transfer_id).status == "completed"
+        assert len(world.stripe_transfers(transfer_id)) == 1
