@@ -46,7 +46,12 @@ api        The Python API's create_transfer and request_reversal, 8 threads and 
            a raw ceiling in the same round (see scripts/bench_api.py). Median of --rounds
            (3) and the spread. Targets: 8 threads >= 0.6, 1 thread >= 0.8.
 
-Usage: scripts/bench [--only api,import,reversals,latency,rebuild,verify,history] [--count N]
+rate       Two daemons, 300 due payouts, the simulator at Stripe's test-mode limits (25/s):
+           with the rate budget at 20/s, sustained >= 0.9 of it with <= 1% of requests
+           answered 429; with the budget at 40/s (above the limit), every payout made,
+           none permanently_failed or parked. Median of --rounds (3) and the spread.
+
+Usage: scripts/bench [--only api,import,reversals,rate,latency,rebuild,verify,history] [--count N]
                      [--reversals N] [--latency-samples N] [--history-runs N] [--check]
                      (--check: exit 1 below any target)
 """
@@ -92,7 +97,16 @@ from tests.ledgers import Ledger  # noqa: E402
 from tests.postgres_server import create_database, database_url, postgres_server  # noqa: E402
 
 LEDGER: Final = str(Path(sys.executable).with_name("ledger"))
-BENCHMARKS: Final = ("api", "import", "reversals", "latency", "rebuild", "verify", "history")
+BENCHMARKS: Final = (
+    "api",
+    "import",
+    "reversals",
+    "rate",
+    "latency",
+    "rebuild",
+    "verify",
+    "history",
+)
 
 IMPORT_TARGET_RATIO: Final = 0.20
 STATUS_WEIGHTS: Final = {
@@ -153,6 +167,14 @@ PROCESS_START_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 15.0
 SIM_LISTENING: Final = re.compile(r"stripe-sim listening on (http://\S+)")
 API_KEY: Final = "sk_test_ledgerBenchKey0000"
+# The daemon's rate budget out of the way where the daemon's own speed is
+# measured against a simulator without rate limits.
+BENCH_BUDGET: Final = {"LEDGER_STRIPE_RATE": "10000", "LEDGER_STRIPE_RATE_TOTAL": "10000"}
+RATE_PAYOUTS: Final = 300
+RATE_CONFIGURED: Final = 20.0
+RATE_ABOVE_LIMIT: Final = 40.0
+RATE_TARGET_RATIO: Final = 0.9
+RATE_MAX_LIMITED: Final = 0.01
 
 
 @dataclass(frozen=True)
@@ -319,12 +341,12 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 @contextlib.contextmanager
-def stripe_sim(latency_ms: int, log_path: Path) -> Iterator[str]:
-    """`ledger stripe-sim --port 0` as its own process; yields its base URL."""
+def stripe_sim(latency_ms: int, log_path: Path, rate_limit: str = "off") -> Iterator[str]:
+    """`ledger stripe-sim --port 0` as its own process; yields its base URL.
+    Rate limiting off unless asked: the reversals and latency benches measure
+    the daemon's own speed (with its rate budget out of the way, BENCH_BUDGET)."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            # Rate limiting off for now: the daemon's bursts are what is measured, and the
-            # ledger does not yet keep under Stripe's test-mode limit.
             [
                 LEDGER,
                 "stripe-sim",
@@ -333,7 +355,7 @@ def stripe_sim(latency_ms: int, log_path: Path) -> Iterator[str]:
                 "--latency-ms",
                 str(latency_ms),
                 "--rate-limit",
-                "off",
+                rate_limit,
             ],
             stdout=subprocess.PIPE,
             stderr=log,  # one access-log line per request: kept out of our report
@@ -365,21 +387,28 @@ def read_startup_line(process: subprocess.Popen[bytes], log_path: Path) -> str:
     raise SystemExit(f"bench: stripe-sim did not start:\n{tail(log_path)}")
 
 
-def daemon_env(url: str, base_url: str) -> dict[str, str]:
+def daemon_env(url: str, base_url: str, budget: dict[str, str] | None = None) -> dict[str, str]:
     # Only what the bench sets: a LEDGER_/STRIPE_ variable of the caller's
     # (a real key, a shortened policy) must not change what is measured.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "STRIPE_"))}
     env.update(LEDGER_DATABASE_URL=url, STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=base_url)
+    env.update(BENCH_BUDGET if budget is None else budget)
     return env
 
 
 def start_daemon(
-    url: str, base_url: str, concurrency: int, log_path: Path, *, once: bool = False
+    url: str,
+    base_url: str,
+    concurrency: int,
+    log_path: Path,
+    *,
+    once: bool = False,
+    budget: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [LEDGER, "daemon", "--concurrency", str(concurrency), *(["--once"] if once else [])],
-            env=daemon_env(url, base_url),
+            env=daemon_env(url, base_url, budget),
             stdout=log,
             stderr=log,
         )
@@ -536,6 +565,96 @@ def measure_reversals(admin_url: str, tmp: Path, count: int, concurrency: int) -
         f" first request -> all reversed {elapsed:.2f} s; requests span {last - first:.2f} s"
     )
     return rate
+
+
+def measure_rate(admin_url: str, tmp: Path, configured: float) -> tuple[float, float, int, int]:
+    """Two daemons (--concurrency 16), RATE_PAYOUTS due payouts, the simulator
+    at Stripe's test-mode limits (25/s per endpoint and in total), the budget
+    at `configured`/s (per endpoint and in total). Returns (payouts/s from the
+    first POST to the last, share of requests answered 429, how many ended
+    permanently_failed, how many are parked)."""
+    name = f"bench_rate_{uuid.uuid4().hex[:8]}"
+    url = create_database(admin_url, name)
+    budget = {
+        "LEDGER_STRIPE_RATE": f"{configured:g}",
+        "LEDGER_STRIPE_RATE_TOTAL": f"{configured:g}",
+    }
+    with stripe_sim(20, tmp / f"{name}-sim.log", rate_limit="test") as base_url:
+        ledger_migrate(url)
+        ledger_import(url, write_jsonl(tmp / f"{name}.jsonl", pending_rows(RATE_PAYOUTS)))
+        logs = [tmp / f"{name}-{n}.log" for n in ("a", "b")]
+        daemons = [start_daemon(url, base_url, 16, log, budget=budget) for log in logs]
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+
+                def settled() -> bool:
+                    row = conn.execute(
+                        "SELECT COUNT(*) FROM seller_transfers"
+                        " WHERE status IN ('completed', 'permanently_failed')"
+                    ).fetchone()
+                    return bool(row and row[0] >= RATE_PAYOUTS)
+
+                wait_until(settled, 300, "every payout to settle")
+                failed_row = conn.execute(
+                    "SELECT COUNT(*) FROM seller_transfers WHERE status = 'permanently_failed'"
+                ).fetchone()
+                parked_row = conn.execute(
+                    "SELECT COUNT(*) FROM stripe_work WHERE parked_at IS NOT NULL"
+                ).fetchone()
+        finally:
+            for daemon in daemons:
+                stop_process(daemon)
+        requests = sim_requests(base_url)
+    made = sorted(
+        r["at"]
+        for r in requests
+        if r["method"] == "POST" and r["path"] == "/v1/transfers" and r["status"] == 200
+    )
+    limited = sum(1 for r in requests if r["status"] == 429)
+    rate = (len(made) - 1) / (made[-1] - made[0]) if len(made) > 1 else 0.0
+    return (
+        rate,
+        limited / max(1, len(requests)),
+        int(failed_row[0]) if failed_row else -1,
+        int(parked_row[0]) if parked_row else -1,
+    )
+
+
+def bench_rate(admin_url: str, tmp: Path, rounds: int) -> list[Target]:
+    section("rate")
+    print(
+        f"two daemons, {RATE_PAYOUTS} due payouts, `ledger stripe-sim --rate-limit test`"
+        " (25/s per endpoint and in total)"
+    )
+    targets = []
+    for configured in (RATE_CONFIGURED, RATE_ABOVE_LIMIT):
+        runs = [measure_rate(admin_url, tmp, configured) for _ in range(rounds)]
+        for number, (rate, limited, failed, parked) in enumerate(runs, start=1):
+            print(
+                f"budget {configured:g}/s, run {number}: {rate:,.1f} payouts/s,"
+                f" {limited:.1%} of requests 429, {failed} permanently_failed, {parked} parked"
+            )
+        ratios = [rate / configured for rate, _, _, _ in runs]
+        limited_share = statistics.median(limited for _, limited, _, _ in runs)
+        lost = sum(failed + parked for _, _, failed, parked in runs)
+        if configured == RATE_CONFIGURED:
+            median = statistics.median(ratios)
+            met = median >= RATE_TARGET_RATIO and limited_share <= RATE_MAX_LIMITED and lost == 0
+            text = (
+                f"budget {configured:g}/s: sustained {median:.2f} of it (spread"
+                f" {min(ratios):.2f}-{max(ratios):.2f}), {limited_share:.1%} of requests 429,"
+                f" {lost} failed or parked; target >= {RATE_TARGET_RATIO:.1f} with <="
+                f" {RATE_MAX_LIMITED:.0%} 429s"
+            )
+        else:
+            met = lost == 0
+            text = (
+                f"budget {configured:g}/s, above the simulator's 25/s: {lost} failed or parked,"
+                f" {limited_share:.1%} of requests 429; target: none failed or parked"
+            )
+        print(text)
+        targets.append(Target(f"rate {configured:g}/s", met, text))
+    return targets
 
 
 def bench_reversals(admin_url: str, tmp: Path, count: int) -> list[Target]:
@@ -1061,6 +1180,7 @@ def main() -> int:
         "api": api,
         "import": lambda admin_url, tmp: bench_import(admin_url, tmp, args.count),
         "reversals": lambda admin_url, tmp: bench_reversals(admin_url, tmp, args.reversals),
+        "rate": lambda admin_url, tmp: bench_rate(admin_url, tmp, args.rounds),
         "latency": lambda admin_url, tmp: bench_latency(admin_url, tmp, args.latency_samples),
         "rebuild": lambda admin_url, tmp: bench_rebuild(audit_databases(admin_url, tmp)),
         "verify": lambda admin_url, tmp: bench_verify(audit_databases(admin_url, tmp)),
