@@ -139,6 +139,10 @@ class Transfer(Aggregate):
         # The Stripe reversals recorded in Reversed events, so that one Stripe
         # tells of again (a webhook) is recognised. Not a column either.
         stripe_reversal_ids: tuple[str, ...]
+        # Every reversal request recorded (its request_ref), so that a refund
+        # handler retrying an earlier refund is recognised after a later one.
+        # Not a column either.
+        reversal_request_refs: tuple[str, ...]
         # When an imported transfer entered the ledger (None for created ones):
         # Stripe reversals older than that are in the amount_reversed it brought.
         imported_at: datetime | None
@@ -172,6 +176,7 @@ class Transfer(Aggregate):
             transfer.reversal_amount = None
             transfer.reversal_cause = None
             transfer.stripe_reversal_ids = ()
+            transfer.reversal_request_refs = ()
             transfer.imported_at = None
 
     class Imported(Event, Aggregate.Created):
@@ -198,6 +203,9 @@ class Transfer(Aggregate):
             in_reversal = self.status == Status.REVERSAL_PENDING
             transfer.reversal_cause = event_ref(self) if in_reversal else None
             transfer.stripe_reversal_ids = ()
+            transfer.reversal_request_refs = (
+                (self.reversal_request_ref,) if self.reversal_request_ref else ()
+            )
             transfer.imported_at = self.timestamp
 
     class StatusChanged(Event):
@@ -247,10 +255,16 @@ class Transfer(Aggregate):
             transfer.reversal_request_ref = self.request_ref
             transfer.reversal_amount = self.amount
             transfer.reversal_cause = event_ref(self)
-            # NULL = due now: the reversal worker picks it up on its first pass.
-            transfer.next_retry_at = None
+            # reversal_pending: NULL = due now, the reversal worker picks it up
+            # on its first pass (the seed's rule). A further refund of a
+            # reversed transfer stays `reversed` (reversed -> reversed), and
+            # next_retry_at set is what makes it due (migration 0015).
+            further = self.to_status == Status.REVERSED
+            transfer.next_retry_at = self.timestamp if further else None
             transfer.retry_count = 0
             transfer.last_error = None
+            recorded = getattr(transfer, "reversal_request_refs", ())
+            transfer.reversal_request_refs = (*recorded, self.request_ref)
 
     class ReversalAttemptFailed(StatusChanged):
         error: str
@@ -269,7 +283,11 @@ class Transfer(Aggregate):
         def apply(self, transfer: Any) -> None:
             transfer.status = self.to_status
             transfer.amount_reversed = self.amount_reversed
-            transfer.next_retry_at = None
+            # The ledger's own reversal settles its request; one made outside
+            # the ledger leaves a request still waiting (next_retry_at) as it
+            # is, unless nothing is left to reverse.
+            if self.reason != EXTERNAL_REVERSAL_REASON or self.amount_reversed >= transfer.amount:
+                transfer.next_retry_at = None
             transfer.last_error = None
             # A read-table row loaded from its columns starts without the list.
             recorded = getattr(transfer, "stripe_reversal_ids", ())
@@ -461,6 +479,16 @@ class Transfer(Aggregate):
                     f" for {self.reversal_amount}, not {amount}"
                 )
             return False
+        if request_ref in getattr(self, "reversal_request_refs", ()):
+            return False  # an earlier refund, retried after a later one
+        if self.status == Status.REVERSED:
+            return self._request_further_reversal(
+                request_ref=request_ref,
+                amount=amount,
+                actor=actor,
+                reason=reason,
+                caused_by=caused_by,
+            )
         self._require_transition(Status.REVERSAL_PENDING)
         if stripe_transfer_required and self.stripe_transfer_id is None:
             raise TransitionRefused(
@@ -494,6 +522,53 @@ class Transfer(Aggregate):
         )
         return True
 
+    def _request_further_reversal(
+        self,
+        *,
+        request_ref: str,
+        amount: int | None,
+        actor: str,
+        reason: str | None,
+        caused_by: str | None,
+    ) -> bool:
+        """Another refund of a transfer reversed in part: its own request, its
+        own Stripe reversal, within the seed's matrix. The transfer stays
+        `reversed` (a same-status step); next_retry_at marks the request due
+        until the reversal worker records its reversal."""
+        if self.stripe_transfer_id is None:
+            raise TransitionRefused(
+                self.id, self.status, Status.REVERSED, because=NO_STRIPE_TRANSFER_TO_REVERSE
+            )
+        outstanding = self.amount - self.amount_reversed
+        if outstanding <= 0:
+            raise InvalidInput(f"transfer {self.id} has nothing left to reverse")
+        if self.next_retry_at is not None:
+            raise IdempotencyConflict(
+                f"transfer {self.id} already has reversal request "
+                f"{self.reversal_request_ref!r} pending"
+            )
+        if amount is None:
+            amount = outstanding
+        if amount > outstanding:
+            raise InvalidInput(
+                f"invalid amount {amount}: transfer {self.id} has only {outstanding} to reverse"
+            )
+        self._change_status(
+            self.ReversalRequested,
+            Status.REVERSED,
+            actor=actor,
+            reason=reason,
+            caused_by=caused_by,
+            request_ref=request_ref,
+            amount=amount,
+        )
+        return True
+
+    @property
+    def further_reversal_pending(self) -> bool:
+        """A further refund of a reversed transfer waits for its reversal."""
+        return self.status == Status.REVERSED and self.next_retry_at is not None
+
     # ----- reversal process manager (StripeReversalWorker) --------------------
 
     def record_reversal_attempt_failed(
@@ -501,8 +576,8 @@ class Transfer(Aggregate):
     ) -> None:
         self._change_status(
             self.ReversalAttemptFailed,
-            Status.REVERSAL_PENDING,
-            applies_to=_AWAITING_REVERSAL,
+            Status.REVERSED if self.further_reversal_pending else Status.REVERSAL_PENDING,
+            applies_to=_AWAITING_REVERSAL | _REVERSED,
             actor=actor,
             caused_by=caused_by,
             error=values.text(error, "error"),
@@ -512,12 +587,14 @@ class Transfer(Aggregate):
     def record_reversed(
         self, *, stripe_reversal_id: str, amount_reversed: int, actor: str, caused_by: str | None
     ) -> None:
-        if self.status == Status.REVERSED or stripe_reversal_id in self.stripe_reversal_ids:
+        if stripe_reversal_id in self.stripe_reversal_ids or (
+            self.status == Status.REVERSED and not self.further_reversal_pending
+        ):
             return  # Already recorded; a second Reversed would be a duplicate outcome.
         self._change_status(
             self.Reversed,
             Status.REVERSED,
-            applies_to=_AWAITING_REVERSAL,
+            applies_to=_AWAITING_REVERSAL | _REVERSED,
             actor=actor,
             caused_by=caused_by,
             stripe_reversal_id=values.stripe_id(stripe_reversal_id, "stripe reversal id"),

@@ -21,7 +21,12 @@ from typing import Any, Final
 
 from ledger.config import env_number
 from ledger.migrate import available_migrations, pending_migrations
-from ledger.projections.queries import DUE_PAYOUT_RETRY_WHERE, DUE_PAYOUT_WHERE, DUE_REVERSAL_WHERE
+from ledger.projections.queries import (
+    DUE_FURTHER_REVERSAL_WHERE,
+    DUE_PAYOUT_RETRY_WHERE,
+    DUE_PAYOUT_WHERE,
+    DUE_REVERSAL_WHERE,
+)
 from ledger.projections.rows import TRACKING_NAME
 from ledger.storage import Database
 
@@ -29,6 +34,7 @@ from ledger.storage import Database
 # expression for when it became due.
 _DUE_SINCE: Final = (
     ("reversal", DUE_REVERSAL_WHERE, "COALESCE(s.next_retry_at, s.updated_at)"),
+    ("further_reversal", DUE_FURTHER_REVERSAL_WHERE, "s.next_retry_at"),
     ("payout_retry", DUE_PAYOUT_RETRY_WHERE, "s.next_retry_at"),
     ("payout", DUE_PAYOUT_WHERE, "s.created_at"),
 )

@@ -74,12 +74,23 @@ DUE_PAYOUT_RETRY_WHERE: Final = (
     "status = 'failed' AND next_retry_at IS NOT NULL AND next_retry_at <= ?"
 )
 DUE_PAYOUT_WHERE: Final = "status = 'pending' AND created_at <= ?"
+# A further refund of a reversed transfer (migration 0015): it stays
+# `reversed`, and next_retry_at says it waits for its reversal.
+DUE_FURTHER_REVERSAL_WHERE: Final = (
+    "status = 'reversed' AND next_retry_at IS NOT NULL AND next_retry_at <= ?"
+)
 
 # The reversal worker's due query, as the seed wrote it.
 # Served by idx_seller_transfers_reversal_pending.
 DUE_REVERSALS_SQL: Final = (
     f"SELECT id FROM seller_transfers WHERE {DUE_REVERSAL_WHERE}"
     " ORDER BY next_retry_at NULLS FIRST LIMIT ?"
+)
+
+# Further refunds' due query. Served by idx_seller_transfers_further_reversal.
+DUE_FURTHER_REVERSALS_SQL: Final = (
+    f"SELECT id FROM seller_transfers WHERE {DUE_FURTHER_REVERSAL_WHERE}"
+    " ORDER BY next_retry_at LIMIT ?"
 )
 
 # The payout retry worker's due query. Served by idx_seller_transfers_retry.

@@ -41,6 +41,7 @@ from ledger.processing.manager import ProcessManager
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.work import Claim, WorkStore
 from ledger.projections.queries import (
+    DUE_FURTHER_REVERSALS_SQL,
     DUE_PAYOUT_RETRIES_SQL,
     DUE_PAYOUTS_SQL,
     DUE_REVERSALS_SQL,
@@ -72,6 +73,7 @@ LISTEN_TIMEOUT_SECONDS: Final = 0.2
 # than free workers: reversals (money owed back) first.
 DUE_QUERIES: Final = (
     (DUE_REVERSALS_SQL, REVERSAL),
+    (DUE_FURTHER_REVERSALS_SQL, REVERSAL),
     (DUE_PAYOUT_RETRIES_SQL, PAYOUT),
     (DUE_PAYOUTS_SQL, PAYOUT),
 )

@@ -52,6 +52,11 @@ class NotWhatWasAsked(LedgerError):
     both sides in the message, for a person to decide."""
 
 
+class FurtherReversalRefused(LedgerError):
+    """Stripe refused, for good, a further reversal of a transfer already
+    reversed in part (the transfer stays `reversed`): parked for a person."""
+
+
 class OperatorProblem(LedgerError):
     """Stripe refused our credentials (401) or a permission (403). Not a transfer
     failure: the daemon stops and says so; no attempt is spent, no transfer failed."""
@@ -216,8 +221,14 @@ class Reversal(StripeEffect):
     actor = "system:reversal-manager"
 
     def cause(self, transfer: Transfer, now: datetime) -> str | None:
-        due = transfer.status == Status.REVERSAL_PENDING and (
-            transfer.next_retry_at is None or transfer.next_retry_at <= now
+        due = (
+            transfer.status == Status.REVERSAL_PENDING
+            and (transfer.next_retry_at is None or transfer.next_retry_at <= now)
+        ) or (
+            # A further refund of a reversed transfer (migration 0015).
+            transfer.further_reversal_pending
+            and transfer.next_retry_at is not None
+            and transfer.next_retry_at <= now
         )
         return transfer.reversal_cause if due else None
 
@@ -308,6 +319,13 @@ class Reversal(StripeEffect):
         )
 
     def record_permanent_failure(self, transfer: Transfer, error: str, cause: str) -> None:
+        if transfer.further_reversal_pending:
+            # `reversed` has no road to permanently_failed, and dropping the
+            # refund silently would be worse: a person decides.
+            raise FurtherReversalRefused(
+                f"transfer {transfer.id}: the further reversal asked by"
+                f" {transfer.reversal_request_ref!r} cannot be made: {error}"
+            )
         transfer.record_reversal_permanently_failed(error=error, actor=self.actor, caused_by=cause)
 
     @staticmethod

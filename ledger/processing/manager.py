@@ -42,6 +42,7 @@ from ledger.processing.effects import (
     EFFECTS,
     NOTHING_DUE,
     Found,
+    FurtherReversalRefused,
     NothingToReverse,
     NotWhatWasAsked,
     OperatorProblem,
@@ -135,7 +136,8 @@ class ProcessManager:
             # parameters" (a bug somewhere), and attempts run out while money
             # may have moved. A person looks before any new key is used.
             park_now = isinstance(
-                error, UnresolvedOutcome | NothingToReverse | NotWhatWasAsked
+                error,
+                UnresolvedOutcome | NothingToReverse | NotWhatWasAsked | FurtherReversalRefused,
             ) or (isinstance(error, StripeCallFailed) and error.kind == FailureKind.BUG)
             parked = self.work.handling_failed(
                 claim,

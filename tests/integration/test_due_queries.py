@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from ledger.projections.queries import (
+    DUE_FURTHER_REVERSALS_SQL,
     DUE_PAYOUT_RETRIES_SQL,
     DUE_PAYOUTS_SQL,
     DUE_REVERSALS_SQL,
@@ -42,6 +43,9 @@ def skewed_rows(count: int, seed: int = 3) -> list[dict[str, Any]]:
             status = "failed"  # no retry scheduled
         else:
             status = rng.choice(["completed"] * 8 + ["reversed", "pending"])
+            if status == "reversed" and rng.random() < 0.02:
+                # A further refund waiting for its reversal (migration 0015).
+                next_retry_at = NOW + timedelta(minutes=rng.randint(-600, 600))
         rows.append(
             {
                 "id": uuid.uuid4(),
@@ -145,10 +149,11 @@ def _index_names(plan: Any) -> set[str]:
     ("query", "index"),
     [
         (DUE_REVERSALS_SQL, "idx_seller_transfers_reversal_pending"),
+        (DUE_FURTHER_REVERSALS_SQL, "idx_seller_transfers_further_reversal"),
         (DUE_PAYOUT_RETRIES_SQL, "idx_seller_transfers_retry"),
         (DUE_PAYOUTS_SQL, "idx_seller_transfers_pending"),
     ],
-    ids=["reversal worker", "payout retry worker", "payout worker"],
+    ids=["reversal worker", "further refunds", "payout retry worker", "payout worker"],
 )
 def test_postgresql_serves_the_due_queries_from_their_partial_indexes(
     migrated_postgres_url: str, query: str, index: str

@@ -84,6 +84,11 @@ EXPECTED_INDEXES = {
             "CREATE INDEX idx_seller_transfers_stripe_transfer_id ON public.seller_transfers"
             " USING btree (stripe_transfer_id) WHERE (stripe_transfer_id IS NOT NULL)"
         ),
+        "idx_seller_transfers_further_reversal": (
+            "CREATE INDEX idx_seller_transfers_further_reversal ON public.seller_transfers"
+            " USING btree (next_retry_at)"
+            " WHERE ((status = 'reversed'::text) AND (next_retry_at IS NOT NULL))"
+        ),
     },
     "sqlite": {
         "idx_seller_transfers_retry": (
@@ -104,6 +109,11 @@ EXPECTED_INDEXES = {
         "idx_seller_transfers_stripe_transfer_id": (
             "CREATE INDEX idx_seller_transfers_stripe_transfer_id"
             " ON seller_transfers (stripe_transfer_id) WHERE stripe_transfer_id IS NOT NULL"
+        ),
+        "idx_seller_transfers_further_reversal": (
+            "CREATE INDEX idx_seller_transfers_further_reversal"
+            " ON seller_transfers (next_retry_at)"
+            " WHERE status = 'reversed' AND next_retry_at IS NOT NULL"
         ),
     },
 }
@@ -239,6 +249,7 @@ def test_migrate_applies_each_migration_once_and_records_it(database_url: str) -
         (12, "event_chain_in_the_append"),
         (13, "projection_quarantine"),
         (14, "stripe_work_waiting"),
+        (15, "idx_seller_transfers_further_reversal"),
     ]
 
 

@@ -682,18 +682,20 @@ class SimWorld:
         return [
             f"{self._order_of(v.id)} {v.status}"
             for v in self.api.list_transfers()
-            if not self._settled(v.status, v.reversal_request_ref, v.id)
+            if not self._settled(v.status, v.next_retry_at, v.id)
         ]
 
     def _parked(self) -> dict[UUID, str]:
         work = WorkStore(self.backend.db, "simulation", 0)
         return {p.transfer_id: p.last_failure or "" for p in work.parked()}
 
-    def _settled(self, status: str, reversal_request_ref: str | None, transfer_id: UUID) -> bool:
+    def _settled(self, status: str, next_retry_at: datetime | None, transfer_id: UUID) -> bool:
         if transfer_id in self._parked():
             return True
         if status == "completed":
             return True
+        if status == "reversed" and next_retry_at is not None:
+            return False  # a further refund waits for its reversal
         return status in TERMINAL_STATUSES
 
     # ----- invariants ----------------------------------------------------------------
@@ -757,7 +759,7 @@ class SimWorld:
             name = self._order_of(view.id)
             if view.id in parked:
                 continue
-            if not self._settled(view.status, view.reversal_request_ref, view.id):
+            if not self._settled(view.status, view.next_retry_at, view.id):
                 raise Violation("stranded work", f"{name} is {view.status} after settling")
             paid_as = self._paid.get(str(view.id))
             if view.stripe_transfer_id is None:

@@ -15,7 +15,7 @@ import stripe
 
 from ledger.bootstrap import health_report, work_store
 from ledger.domain import payout_cause
-from ledger.errors import TransitionRefused
+from ledger.errors import InvalidInput, TransitionRefused
 from ledger.health import Thresholds
 from ledger.processing.effects import OperatorProblem, idempotency_key
 from tests.system.world import (
@@ -526,3 +526,40 @@ def test_a_look_up_that_finds_something_else_than_what_was_asked_parks_with_both
     assert "NotWhatWasAsked" in failure and "4200 usd to acct_1Seller" in failure
     assert "1100 usd to acct_1Seller" in failure
     assert len(world.stripe_transfers(transfer_id)) == 1  # nothing more was paid
+
+
+def test_a_transfer_refunded_item_by_item_gets_one_stripe_reversal_per_refund(
+    world: World,
+) -> None:
+    """Three partial refunds of one order, each its own request and its own
+    Stripe reversal, until the transfer is fully reversed; a refund above
+    what is left is refused; an earlier refund retried appends nothing."""
+    transfer_id = world.create("order-items", amount=5_000)
+    world.run_daemon_once()
+
+    def refund(ref: str, amount: int | None) -> bool:
+        with world.ledger() as ledger:
+            return ledger.request_reversal(
+                transfer_id, request_ref=ref, amount=amount, reason="item refunded"
+            )
+
+    assert refund("refund-item-1", 1_000)
+    world.run_daemon_once()
+    assert refund("refund-item-2", 1_500)
+    view = world.show(transfer_id)
+    assert (view.status, view.amount_reversed) == ("reversed", 1_000)
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert (view.status, view.amount_reversed, view.next_retry_at) == ("reversed", 2_500, None)
+
+    assert refund("refund-item-1", 1_000) is False  # retried: nothing new
+    with pytest.raises(InvalidInput, match="only 2500 to reverse"):
+        refund("refund-item-3", 2_501)
+    assert refund("refund-item-3", None)  # the rest
+    world.run_daemon_once()
+
+    view = world.show(transfer_id)
+    assert (view.status, view.amount_reversed) == ("reversed", 5_000)
+    stripe_id = view.stripe_transfer_id or ""
+    assert [r["amount"] for r in world.stripe_reversals(stripe_id)] == [1_000, 1_500, 2_500]
+    assert ledger_matches_stripe(world, [transfer_id]) == []

@@ -211,8 +211,12 @@ def ledger_matches_stripe(world: World, transfer_ids: Sequence[UUID]) -> list[st
                 problems.append(f"{transfer_id}: ledger {view.stripe_transfer_id}, Stripe {made}")
                 continue
             reversals = reversals_by_transfer.get(view.stripe_transfer_id, [])
-            if len(reversals) > 1:
-                problems.append(f"{transfer_id}: {len(reversals)} Stripe reversals")
+            # One Stripe reversal per refund (several refunds may reverse a
+            # transfer in parts): never two for one request.
+            causes = [(r.get("metadata") or {}).get("ledger_cause") for r in reversals]
+            ours = [c for c in causes if c is not None]
+            if len(ours) != len(set(ours)):
+                problems.append(f"{transfer_id}: two Stripe reversals for one request: {causes}")
             reversed_at_stripe = sum(r["amount"] for r in reversals)
             if reversed_at_stripe != view.amount_reversed:
                 problems.append(

@@ -12,7 +12,7 @@ the live transfer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal
 from uuid import UUID, uuid4
@@ -54,6 +54,10 @@ class TransferModel:
     stripe_transfer_id: str | None = None
     reversal_request_ref: str | None = None
     reversal_amount: int | None = None
+    # A further refund of a reversed transfer waits for its reversal.
+    further_pending: bool = False
+    requested: set[str] = field(default_factory=set)
+    reversal_ids: set[str] = field(default_factory=set)
 
     @property
     def outstanding(self) -> int:
@@ -98,6 +102,25 @@ class TransferModel:
             # The same request again: nothing, unless it names another amount.
             same = amount is None or amount == self.reversal_amount
             return NOTHING if same else IdempotencyConflict
+        if request_ref in self.requested:
+            return NOTHING  # an earlier refund, retried after a later one
+        if self.status == "reversed":
+            # A further refund: reversed -> reversed, within the matrix.
+            if self.stripe_transfer_id is None:
+                return TransitionRefused
+            if self.outstanding <= 0:
+                return InvalidInput
+            if self.further_pending:
+                return IdempotencyConflict
+            amount = self.outstanding if amount is None else amount
+            if amount > self.outstanding:
+                return InvalidInput
+            self.reversal_request_ref = request_ref
+            self.reversal_amount = amount
+            self.retry_count = 0
+            self.further_pending = True
+            self.requested.add(request_ref)
+            return self._appended("reversed")
         if not self._moves_to("reversal_pending"):
             return TransitionRefused
         if self.status == "reversal_pending":
@@ -110,20 +133,28 @@ class TransferModel:
         self.reversal_request_ref = request_ref
         self.reversal_amount = amount
         self.retry_count = 0
+        self.requested.add(request_ref)
         return self._appended("reversal_pending")
 
     def reversal_attempt_failed(self) -> Outcome:
+        if self.status == "reversed" and self.further_pending:
+            self.retry_count += 1
+            return self._appended("reversed")
         if not self._at_stage("reversal_pending", AWAITING_REVERSAL):
             return TransitionRefused
         self.retry_count += 1
         return self._appended("reversal_pending")
 
-    def reversed(self, amount_reversed: int) -> Outcome:
-        if self.status == "reversed":
+    def reversed(self, reversal_id: str, amount_reversed: int) -> Outcome:
+        if reversal_id in self.reversal_ids:
             return NOTHING
-        if not self._at_stage("reversed", AWAITING_REVERSAL):
+        if self.status == "reversed" and not self.further_pending:
+            return NOTHING
+        if self.status != "reversed" and not self._at_stage("reversed", AWAITING_REVERSAL):
             return TransitionRefused
         self.amount_reversed = amount_reversed
+        self.further_pending = False
+        self.reversal_ids.add(reversal_id)
         return self._appended("reversed")
 
     def set_by_admin(self, to_status: str) -> Outcome:
@@ -134,6 +165,8 @@ class TransferModel:
         if to_status == "reversal_pending" and self.status != "reversal_pending":
             # A full-amount reversal request under a ref of the admin's own.
             return self.reversal_requested(f"admin:{self.transfer_id}:{self.version + 1}", None)
+        # An operator's change cancels any scheduled retry or waiting refund.
+        self.further_pending = False
         return self._appended(to_status)
 
 
@@ -268,13 +301,13 @@ class TransferLifecycle(RuleBasedStateMachine):
             ),
         )
 
-    @rule(data=st.data())
-    def the_reversal_is_carried_out(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), number=st.integers(1, 3))
+    def the_reversal_is_carried_out(self, data: st.DataObject, number: int) -> None:
         amount_reversed = data.draw(st.integers(1, self.model.amount), label="amount_reversed")
         self.attempt(
-            self.model.reversed(amount_reversed),
+            self.model.reversed(f"trr_{number}", amount_reversed),
             lambda t: t.record_reversed(
-                stripe_reversal_id="trr_1",
+                stripe_reversal_id=f"trr_{number}",
                 amount_reversed=amount_reversed,
                 actor="system:reversal",
                 caused_by=None,
