@@ -97,7 +97,9 @@ class TransferModel:
             return TransitionRefused
         return self._appended("permanently_failed")
 
-    def reversal_requested(self, request_ref: str, amount: int | None) -> Outcome:
+    def reversal_requested(
+        self, request_ref: str, amount: int | None, *, stripe_required: bool = True
+    ) -> Outcome:
         if request_ref == self.reversal_request_ref:
             # The same request again: nothing, unless it names another amount.
             same = amount is None or amount == self.reversal_amount
@@ -123,10 +125,12 @@ class TransferModel:
             return self._appended("reversed")
         if not self._moves_to("reversal_pending"):
             return TransitionRefused
-        if self.status == "reversal_pending":
-            return IdempotencyConflict  # one reversal at a time
+        if stripe_required and self.stripe_transfer_id is None:
+            return TransitionRefused  # nothing to reverse at Stripe (paid by hand)
         if self.outstanding <= 0:
             return InvalidInput
+        if self.status == "reversal_pending":
+            return IdempotencyConflict  # one reversal at a time
         amount = self.outstanding if amount is None else amount
         if amount > self.outstanding:
             return InvalidInput
@@ -164,7 +168,9 @@ class TransferModel:
             return TransitionRefused
         if to_status == "reversal_pending" and self.status != "reversal_pending":
             # A full-amount reversal request under a ref of the admin's own.
-            return self.reversal_requested(f"admin:{self.transfer_id}:{self.version + 1}", None)
+            return self.reversal_requested(
+                f"admin:{self.transfer_id}:{self.version + 1}", None, stripe_required=False
+            )
         # An operator's change cancels any scheduled retry or waiting refund.
         self.further_pending = False
         return self._appended(to_status)
