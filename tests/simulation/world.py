@@ -190,8 +190,15 @@ class SimWorld:
             clock=self.clock.seconds,
             rng=random.Random(seed),
         )
+        # The rate budget out of the way: its waits would spend the schedule's
+        # steps on sleeping, not on requests meeting faults (the budget has
+        # tests of its own: tests/unit/test_rate_budget.py, tests/system).
         self.settings = StripeSettings(
-            api_key=API_KEY, http_client=InProcessStripe(self), network_retries=2
+            api_key=API_KEY,
+            http_client=InProcessStripe(self),
+            network_retries=2,
+            rate_per_endpoint=1e6,
+            rate_total=1e6,
         )
         self.directory = Path(tempfile.mkdtemp(prefix="sim-", dir=_template().parent))
         path = self.directory / "ledger.db"
@@ -321,6 +328,8 @@ class SimWorld:
                     self._after_step()
                 self.note("--- no new work or crash; the workers finish (faults go on)")
                 self._finish_workers()
+                self.note("--- each daemon takes one more turn (faults go on)")
+                self._one_turn_each()
                 self.chaos = False
                 self.note("--- faults stop; the daemons settle")
                 self._settle()
@@ -620,6 +629,23 @@ class SimWorld:
             self._after_step()
             if actor.error is not None:
                 raise Violation("daemon error", f"{actor.name} raised:\n{actor.error}")
+
+    def _one_turn_each(self) -> None:
+        """Every daemon hands out what is due and its workers run it through,
+        while Stripe still fails at random: most schedules' calls would
+        otherwise come only after the faults stopped."""
+        for name, daemon in sorted(self.daemons.items()):
+            daemon.dispatch()
+            while (claim := daemon.next_claim()) is not None:
+                actor = self.sched.spawn(
+                    f"{name}.{claim.kind}.{self._order_of(claim.transfer_id)}",
+                    name,
+                    partial(daemon.work_on, claim),
+                )
+                self.sched.finish(actor)
+                self._after_step()
+                if actor.error is not None:
+                    raise Violation("daemon error", f"{actor.name} raised:\n{actor.error}")
 
     def _settle(self) -> None:
         if not self.daemons:
