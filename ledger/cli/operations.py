@@ -74,11 +74,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # Signals are caught from here on, so a stop during start-up is clean too.
     # A second signal interrupts the wait for in-flight calls: they are left
     # for the next daemon to look up at Stripe.
-    # One database connection per worker, plus the loop's and the metrics'.
+    # One database connection per worker, plus the loop's, the metrics', the
+    # outcome recorder's and the heartbeat thread's.
     with (
         stop_on_signals(stop, log),
         contextlib.suppress(KeyboardInterrupt),
-        open_backend(args.database_url, pool_size=concurrency + 3) as backend,
+        open_backend(args.database_url, pool_size=concurrency + 4) as backend,
         contextlib.ExitStack() as cleanup,
     ):
         observer: Observer = NO_OBSERVER
