@@ -204,7 +204,7 @@ def build_daemon(
         clock,
         options.heartbeat_seconds,
         renew=work.renew,
-        peers=budget.share,
+        peers=budget,
     )
     return Daemon(backend, manager, work, options, stop, heartbeat=heartbeat, observer=observer)
 

@@ -16,11 +16,25 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Protocol
 
 from ledger.storage import Database
 
 log = logging.getLogger("ledger.daemon")
+
+
+class SharedRate(Protocol):
+    """The daemon's part of the Stripe rate budget (ledger/stripe/budget.py),
+    as the heartbeat shares it with the other daemons on the database."""
+
+    def share(self, daemons_alive: int) -> None: ...
+
+    def paused_for(self) -> float:
+        """Seconds this daemon still pauses after its own 429 (0: none)."""
+        ...
+
+    def pause(self, seconds: float) -> None: ...
+
 
 # The default; LEDGER_HEARTBEAT_SECONDS overrides it. Claims last
 # LEASE_BEATS beats unless renewed (ledger.bootstrap.build_daemon).
@@ -40,12 +54,13 @@ class Heartbeat:
         interval: float = BEAT_SECONDS,
         *,
         renew: Callable[[datetime], int] | None = None,
-        peers: Callable[[int], None] | None = None,
+        peers: SharedRate | None = None,
     ) -> None:
         self.interval = interval
         self.renew = renew
-        # Told how many daemons are alive (this one included) at every beat:
-        # each takes its share of the Stripe rate budget.
+        # At every beat: how many daemons are alive (this one included), so
+        # that each takes its share of the Stripe rate budget; and whether any
+        # of them met a 429 lately, so that all of them pause (migration 0016).
         self.peers = peers
         self.db = db
         self.daemon_id = daemon_id
@@ -75,8 +90,7 @@ class Heartbeat:
             ),
         )
         self._last = time.monotonic()
-        if self.peers is not None:
-            self.peers(self._alive(now))
+        self._share_rate(now)
 
     def beat(self) -> None:
         """Writes at most every `interval` seconds; renews our claims first."""
@@ -85,23 +99,30 @@ class Heartbeat:
         now = self.clock()
         if self.renew is not None:
             self.renew(now)
+        paused = self.peers.paused_for() if self.peers is not None else 0.0
+        limited_until = now + timedelta(seconds=paused) if paused > 0 else None
         self.db.execute_alone(
-            "UPDATE daemon_heartbeats SET seen_at = ? WHERE daemon_id = ?",
-            (self.db.to_db_time(now), self.daemon_id),
+            "UPDATE daemon_heartbeats SET seen_at = ?, rate_limited_until = ? WHERE daemon_id = ?",
+            (self.db.to_db_time(now), self.db.to_db_time(limited_until), self.daemon_id),
         )
-        if self.peers is not None:
-            self.peers(self._alive(now))
+        self._share_rate(now)
         self._last = time.monotonic()
 
-    def _alive(self, now: datetime) -> int:
+    def _share_rate(self, now: datetime) -> None:
+        if self.peers is None:
+            return
         with self.db.transaction(write=False) as cursor:
             cursor.execute(
-                "SELECT COUNT(*) AS n FROM daemon_heartbeats"
+                "SELECT COUNT(*) AS n, MAX(rate_limited_until) AS limited FROM daemon_heartbeats"
                 " WHERE stopped_at IS NULL AND seen_at > ?",
                 (self.db.to_db_time(now - timedelta(seconds=3 * self.interval)),),
             )
             row = cursor.fetchone()
-        return max(1, int(row["n"]) if row else 1)
+        self.peers.share(max(1, int(row["n"]) if row else 1))
+        limited = self.db.from_db_time(row["limited"]) if row else None
+        if limited is not None and limited > now:
+            # Another daemon met a 429: every daemon slows down.
+            self.peers.pause((limited - now).total_seconds())
 
     def keep_beating(self, stop: threading.Event) -> threading.Thread:
         """Beat in a thread of its own until `stop`: the loop may be busy (a

@@ -101,6 +101,16 @@ class RateBudget:
             self.waited_seconds += wait
             self._sleep(wait)
 
+    def paused_for(self) -> float:
+        """Seconds this daemon still pauses (after a 429), 0 when it does not."""
+        with self._lock:
+            return max(0.0, self._paused_until - self._clock())
+
+    def pause(self, seconds: float) -> None:
+        """Another daemon met a 429 (the heartbeat says): pause as long."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
+
     def rate_limited(self, retry_after: float | None) -> None:
         """Stripe answered 429: pause every request of this daemon, and halve
         its share until the heartbeat sets it again."""

@@ -250,6 +250,7 @@ def test_migrate_applies_each_migration_once_and_records_it(database_url: str) -
         (13, "projection_quarantine"),
         (14, "stripe_work_waiting"),
         (15, "idx_seller_transfers_further_reversal"),
+        (16, "daemon_heartbeats_rate_limited"),
     ]
 
 
