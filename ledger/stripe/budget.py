@@ -11,7 +11,8 @@ divided by the daemons alive (counted from the heartbeats at every beat).
 Each share is a token bucket (a quarter of a second's worth of burst); a
 request waits for its tokens. A 429 is back-pressure: the daemon that got
 it pauses all its requests (Stripe's Retry-After, else a second) and halves
-its share until the next beat (once per pause, however many 429s came).
+its share until the next beat (once per pause, however many 429s came); its
+heartbeat tells the other daemons, which pause as long (migration 0016).
 """
 
 from __future__ import annotations
