@@ -153,13 +153,22 @@ class TransferLedger:
         currency: str,
         order_ref: str,
         actor: str = API_ACTOR,
+        source_transaction: str | None = None,
     ) -> TransferView:
         """A new `pending` transfer of `amount` minor units to `seller` (a Stripe
         connected account). `order_ref` is the idempotency key: the same order
         again with the same values returns the same transfer and appends
-        nothing; with other values it raises IdempotencyConflict."""
+        nothing; with other values it raises IdempotencyConflict.
+        `source_transaction`: the charge (`ch_...`) whose funds pay it out;
+        Stripe then waits for that charge to settle instead of taking the
+        platform's available balance (no `balance_insufficient`)."""
         return self._backend.service.create_transfer(
-            seller=seller, amount=amount, currency=currency, order_ref=order_ref, actor=actor
+            seller=seller,
+            amount=amount,
+            currency=currency,
+            order_ref=order_ref,
+            actor=actor,
+            source_transaction=source_transaction,
         ).transfer
 
     @_ledger_errors(safe_to_repeat=True)

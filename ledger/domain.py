@@ -160,8 +160,12 @@ class Transfer(Aggregate):
         order_ref: str
         amount: int
         currency: str
+        # The charge funding the payout (Stripe's source_transaction), if the
+        # marketplace names one. Events stored before it existed read None.
+        source_transaction: str | None = None
 
         def apply(self, transfer: Any) -> None:
+            transfer.source_transaction = self.source_transaction
             transfer.seller_account_id = self.seller_account_id
             transfer.order_ref = self.order_ref
             transfer.amount = self.amount
@@ -206,6 +210,7 @@ class Transfer(Aggregate):
             transfer.reversal_request_refs = (
                 (self.reversal_request_ref,) if self.reversal_request_ref else ()
             )
+            transfer.source_transaction = None
             transfer.imported_at = self.timestamp
 
     class StatusChanged(Event):
@@ -319,8 +324,12 @@ class Transfer(Aggregate):
         amount: int | str,
         currency: str,
         actor: str,
+        source_transaction: str | None = None,
     ) -> Transfer:
         order_ref = values.order_ref(order_ref)
+        funded_by = source_transaction
+        if funded_by is not None:
+            funded_by = values.source_transaction(funded_by)
         return cls._create(
             cls.Created,
             id=transfer_id_for_order(order_ref),
@@ -331,6 +340,11 @@ class Transfer(Aggregate):
             actor=values.actor(actor),
             reason=None,
             caused_by=None,
+            source_transaction=(
+                None
+                if source_transaction is None
+                else values.source_transaction(source_transaction)
+            ),
         )
 
     @classmethod

@@ -104,7 +104,14 @@ class LedgerService:
     # ----- commands -----------------------------------------------------------
 
     def create_transfer(
-        self, *, seller: str, amount: int | str, currency: str, order_ref: str, actor: str
+        self,
+        *,
+        seller: str,
+        amount: int | str,
+        currency: str,
+        order_ref: str,
+        actor: str,
+        source_transaction: str | None = None,
     ) -> Created:
         """A new `pending` transfer of `amount` minor units to `seller`.
         `order_ref` is the idempotency key, whichever way the order's transfer
@@ -117,6 +124,7 @@ class LedgerService:
             amount=amount,
             currency=currency,
             actor=actor,
+            source_transaction=source_transaction,
         )
         owner = orders.owners(self.db, [transfer.order_ref]).get(transfer.order_ref)
         if owner is None:

@@ -121,6 +121,23 @@ def stripe_id(value: object, field: str) -> str:
     )
 
 
+def source_transaction(value: object) -> str:
+    """The charge a payout is funded by (`ch_...`, or a `py_...` payment):
+    Stripe then makes the transfer wait for that charge's funds rather than
+    take the platform's available balance."""
+    if (
+        isinstance(value, str)
+        and value.startswith(("ch_", "py_"))
+        and len(value) <= MAX_ID
+        and _STRIPE_ID_RE.fullmatch(value)
+    ):
+        return value
+    raise InvalidInput(
+        f"invalid source_transaction {_show(value)}: expected a charge id like ch_1A2b3C"
+        f" (at most {MAX_ID} characters)"
+    )
+
+
 def currency(value: object) -> str:
     if isinstance(value, str) and value.isascii() and _CURRENCY_RE.fullmatch(value):
         return value.lower()

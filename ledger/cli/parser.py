@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--amount", required=True, help="minor units, e.g. 1250 for 12.50")
     create.add_argument("--currency", required=True, help="ISO code, e.g. usd")
     create.add_argument("--order", required=True, help="order reference (idempotency key)")
+    create.add_argument(
+        "--source-transaction",
+        help="the charge (ch_...) whose funds pay it out: Stripe waits for them to settle",
+    )
     create.add_argument("--actor", default=CLI_ACTOR)
 
     show = add(transfer_commands, "show", cmd_show, "current state of one transfer")

@@ -36,6 +36,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             amount=args.amount,
             currency=args.currency,
             actor=args.actor,
+            source_transaction=args.source_transaction,
         ).transfer
     if args.json:
         print_json({"id": str(transfer.id)})

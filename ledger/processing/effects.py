@@ -187,6 +187,7 @@ class Payout(StripeEffect):
             },
             idempotency_key=key,
             send_while=send_while,
+            source_transaction=getattr(transfer, "source_transaction", None),
         )
         return Found(made.id)
 

@@ -140,6 +140,7 @@ class PaymentsGateway(Protocol):
         metadata: Mapping[str, str],
         idempotency_key: str,
         send_while: Callable[[], bool] | None = None,
+        source_transaction: str | None = None,
     ) -> StripeTransfer: ...
 
     def transfers_in_group(self, transfer_group: str) -> Sequence[StripeTransfer]: ...

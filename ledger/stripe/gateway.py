@@ -171,18 +171,22 @@ class StripeGateway:
         metadata: Mapping[str, str],
         idempotency_key: str,
         send_while: Callable[[], bool] | None = None,
+        source_transaction: str | None = None,
     ) -> StripeTransfer:
+        params: dict[str, Any] = {
+            "amount": amount,
+            "currency": currency,
+            "destination": destination,
+            "transfer_group": transfer_group,
+            "metadata": dict(metadata),
+        }
+        if source_transaction is not None:
+            params["source_transaction"] = source_transaction
         try:
             created = self._tries(
                 "transfers.create",
                 lambda: self._client.v1.transfers.create(
-                    params={
-                        "amount": amount,
-                        "currency": currency,
-                        "destination": destination,
-                        "transfer_group": transfer_group,
-                        "metadata": dict(metadata),
-                    },
+                    params=params,  # type: ignore[arg-type]
                     options={"idempotency_key": idempotency_key},
                 ),
                 moves_money=True,

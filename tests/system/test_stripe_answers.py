@@ -563,3 +563,43 @@ def test_a_transfer_refunded_item_by_item_gets_one_stripe_reversal_per_refund(
     stripe_id = view.stripe_transfer_id or ""
     assert [r["amount"] for r in world.stripe_reversals(stripe_id)] == [1_000, 1_500, 2_500]
     assert ledger_matches_stripe(world, [transfer_id]) == []
+
+
+def test_a_payout_funded_by_a_charge_is_sent_with_it_and_never_waits_for_the_balance(
+    world: World,
+) -> None:
+    """`source_transaction`: Stripe makes the transfer wait for that charge's
+    funds instead of taking the platform's available balance, so a short
+    balance does not hold it up."""
+    world.simulator.set_platform_balance(0)
+    with world.ledger() as ledger:
+        transfer_id = ledger.service.create_transfer(
+            seller="acct_1Seller",
+            amount=4_200,
+            currency="usd",
+            order_ref="order-funded",
+            actor="checkout",
+            source_transaction="ch_1FundedByThisCharge",
+        ).transfer.id
+
+    world.run_daemon_once()
+
+    assert world.show(transfer_id).status == "completed"
+    [made] = world.stripe_transfers(transfer_id)
+    assert made["source_transaction"] == "ch_1FundedByThisCharge"
+
+
+def test_a_malformed_source_transaction_is_refused_and_nothing_is_appended(
+    world: World,
+) -> None:
+    with world.ledger() as ledger, pytest.raises(InvalidInput, match="source_transaction"):
+        ledger.service.create_transfer(
+            seller="acct_1Seller",
+            amount=100,
+            currency="usd",
+            order_ref="order-bad-source",
+            actor="checkout",
+            source_transaction="tr_notacharge",
+        )
+    with world.ledger() as ledger:
+        assert ledger.list() == []
