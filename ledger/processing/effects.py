@@ -239,6 +239,24 @@ class Reversal(StripeEffect):
             return None
         reversals = gateway.reversals_of(stripe_transfer)
         ours = [r for r in reversals if r.metadata.get("ledger_cause") == cause]
+        strangers = [
+            r
+            for r in ours
+            if r.metadata.get("ledger_transfer_id") != str(transfer.id)
+            or r.amount > (transfer.reversal_amount or 0)
+        ]
+        if strangers:
+            # Named as this request's, but not what it asked for: never
+            # recorded as its reversal; a person decides.
+            raise NotWhatWasAsked(
+                f"reversal of transfer {transfer.id}: the ledger asks for at most"
+                f" {transfer.reversal_amount} (cause {cause}); Stripe has "
+                + "; ".join(
+                    f"{r.id}: {r.amount}, metadata ledger_transfer_id="
+                    f"{r.metadata.get('ledger_transfer_id')!r}"
+                    for r in strangers
+                )
+            )
         if ours:
             if len(ours) > 1:
                 log.error(

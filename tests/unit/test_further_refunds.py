@@ -12,7 +12,13 @@ import pytest
 
 from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, InvalidInput
-from ledger.processing.effects import EFFECTS, REVERSAL, FurtherReversalRefused
+from ledger.processing.effects import (
+    EFFECTS,
+    REVERSAL,
+    FurtherReversalRefused,
+    NotWhatWasAsked,
+)
+from ledger.processing.ports import StripeReversal, StripeTransfer
 from tests.unit.builders import AMOUNT, FIRST_REFUND, REVERSAL_MANAGER, a_transfer_in
 
 REFUND_HANDLER = "refund-handler"
@@ -146,3 +152,46 @@ def test_a_reversal_made_outside_leaves_a_waiting_refund_waiting() -> None:
 
     assert transfer.amount_reversed == 4_000
     assert transfer.further_reversal_pending
+
+
+class _Stripe:
+    """The payments port (ledger/processing/ports.py) with one Stripe transfer
+    and the reversals given: enough for a reversal's look-up."""
+
+    def __init__(self, transfer_id: str, reversals: list[StripeReversal]) -> None:
+        self.transfer = StripeTransfer(
+            id=transfer_id,
+            amount=AMOUNT,
+            currency="usd",
+            destination="acct_1Seller",
+            transfer_group=None,
+            amount_reversed=sum(r.amount for r in reversals),
+        )
+        self.reversals = reversals
+
+    def reversals_of(self, transfer_id: str) -> list[StripeReversal]:
+        return list(reversed(self.reversals))
+
+    def retrieve_transfer(self, transfer_id: str) -> StripeTransfer:
+        return self.transfer
+
+
+def test_a_reversal_look_up_never_takes_one_larger_than_asked_as_the_requests() -> None:
+    transfer = partly_reversed(3_000)
+    ask(transfer, "refund-2", 1_000)
+    cause = transfer.reversal_cause
+    assert cause is not None
+    stripe = _Stripe(
+        "tr_1",
+        [
+            StripeReversal(
+                id="trr_big",
+                transfer="tr_1",
+                amount=5_000,
+                metadata={"ledger_transfer_id": str(transfer.id), "ledger_cause": cause},
+            )
+        ],
+    )
+
+    with pytest.raises(NotWhatWasAsked, match="trr_big: 5000"):
+        EFFECTS[REVERSAL].look_up(stripe, transfer, cause)  # type: ignore[arg-type]
