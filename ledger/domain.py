@@ -200,6 +200,8 @@ class Transfer(Aggregate):
         reversal_request_ref: str | None
         reversal_amount: int | None
         source_updated_at: datetime | None
+        # As Created's; events stored before it existed read None.
+        source_transaction: str | None = None
 
         def apply(self, transfer: Any) -> None:
             for field in STATE_FIELDS:
@@ -210,7 +212,7 @@ class Transfer(Aggregate):
             transfer.reversal_request_refs = (
                 (self.reversal_request_ref,) if self.reversal_request_ref else ()
             )
-            transfer.source_transaction = None
+            transfer.source_transaction = self.source_transaction
             transfer.imported_at = self.timestamp
 
     class StatusChanged(Event):
@@ -355,9 +357,14 @@ class Transfer(Aggregate):
         state: TransferState,
         source_updated_at: datetime | None,
         actor: str,
+        source_transaction: str | None = None,
     ) -> Transfer:
         """A transfer brought over from the old mutable table, in `state`,
-        whatever its status."""
+        whatever its status (`source_transaction`: the charge funding its
+        payout, if not made yet)."""
+        funded_by = source_transaction
+        if funded_by is not None:
+            funded_by = values.source_transaction(funded_by)
         amount = values.amount(state.amount)
         status = values.status(state.status)
         amount_reversed = values.non_negative_int(state.amount_reversed, "amount_reversed")
@@ -390,6 +397,7 @@ class Transfer(Aggregate):
             reversal_request_ref=reversal_request_ref,
             reversal_amount=reversal_amount,
             source_updated_at=source_updated_at,
+            source_transaction=funded_by,
             actor=values.actor(actor),
             reason=None,
             caused_by=None,

@@ -26,6 +26,7 @@ class ImportRecord(TransferState):
     line: int
     transfer_id: UUID
     source_updated_at: datetime | None
+    source_transaction: str | None = None
 
     def same_as(self, event: Any) -> bool:
         """Does this line record what an Imported event recorded?"""

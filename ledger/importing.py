@@ -74,6 +74,11 @@ class ImportLine(BaseModel):
     reversal_amount: Annotated[
         int | None, AfterValidator(lambda v: None if v is None else values.amount(v))
     ] = None
+    # The charge funding a payout not made yet (Stripe's source_transaction).
+    source_transaction: Annotated[
+        str | None,
+        AfterValidator(lambda v: None if v is None else values.source_transaction(v)),
+    ] = None
     # Present in `show --json` output; accepted so that output can be re-imported,
     # but the ledger derives them itself.
     created_at: Annotated[datetime | None, _time_or_none("created_at")] = None
@@ -151,6 +156,7 @@ def parse_line(line_number: int, text: str) -> ImportRecord:
         reversal_request_ref=line.reversal_request_ref,
         reversal_amount=reversal_amount,
         source_updated_at=line.updated_at,
+        source_transaction=line.source_transaction,
     )
 
 

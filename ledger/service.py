@@ -304,6 +304,7 @@ class LedgerService:
                     state=r,
                     source_updated_at=r.source_updated_at,
                     actor=actor,
+                    source_transaction=r.source_transaction,
                 )
                 for r in new
             ]

@@ -6,6 +6,7 @@ of Stripe objects is the guarantee that matters."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -17,6 +18,7 @@ from ledger.bootstrap import health_report, work_store
 from ledger.domain import payout_cause
 from ledger.errors import InvalidInput, TransitionRefused
 from ledger.health import Thresholds
+from ledger.importing import parse_lines
 from ledger.processing.effects import OperatorProblem, idempotency_key
 from tests.system.world import (
     API_KEY,
@@ -603,3 +605,25 @@ def test_a_malformed_source_transaction_is_refused_and_nothing_is_appended(
         )
     with world.ledger() as ledger:
         assert ledger.list() == []
+
+
+def test_an_imported_pending_transfer_keeps_the_charge_that_funds_it(world: World) -> None:
+    world.simulator.set_platform_balance(0)
+    transfer_id = UUID("7b4c9d2e-1f3a-4b5c-8d6e-9f0a1b2c3d4e")
+    line = {
+        "id": str(transfer_id),
+        "seller_account_id": "acct_1Seller",
+        "order_ref": "legacy-funded",
+        "amount": 900,
+        "currency": "usd",
+        "status": "pending",
+        "source_transaction": "ch_1LegacyCharge",
+    }
+    with world.ledger() as ledger:
+        ledger.import_transfers(parse_lines([json.dumps(line)]))
+
+    world.run_daemon_once()
+
+    assert world.show(transfer_id).status == "completed"
+    [made] = world.stripe_transfers(transfer_id)
+    assert made["source_transaction"] == "ch_1LegacyCharge"
