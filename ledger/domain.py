@@ -245,6 +245,17 @@ class Transfer(Aggregate):
             transfer.next_retry_at = self.next_retry_at
             transfer.last_error = self.error
 
+    class PayoutWaiting(StatusChanged):
+        """Stripe refused the payout for a condition outside the transfer (the
+        platform's balance, the seller's onboarding): no attempt counted, the
+        status stays; `error` says what it waits for, for the person reading."""
+
+        error: str
+
+        def apply(self, transfer: Any) -> None:
+            transfer.status = self.to_status
+            transfer.last_error = self.error
+
     class PayoutPermanentlyFailed(StatusChanged):
         error: str
 
@@ -435,6 +446,18 @@ class Transfer(Aggregate):
             caused_by=caused_by,
             error=values.text(error, "error"),
             next_retry_at=next_retry_at,
+        )
+
+    def record_payout_waiting(self, *, error: str, actor: str, caused_by: str | None) -> None:
+        """A same-status step (pending -> pending, failed -> failed): the
+        payout waits; nothing is counted against it."""
+        self._change_status(
+            self.PayoutWaiting,
+            self.status,
+            applies_to=AWAITING_PAYOUT,
+            actor=actor,
+            caused_by=caused_by,
+            error=values.text(error, "error"),
         )
 
     def record_payout_permanently_failed(

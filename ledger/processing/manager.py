@@ -41,6 +41,7 @@ from ledger.failpoints import failpoint
 from ledger.processing.effects import (
     EFFECTS,
     NOTHING_DUE,
+    PAYOUT,
     Found,
     FurtherReversalRefused,
     NothingToReverse,
@@ -63,6 +64,12 @@ from ledger.processing.recording import OutcomeRecorder
 from ledger.processing.work import Claim, LostClaim, WorkStore
 
 log = logging.getLogger("ledger.processing")
+
+# What a payout waits for, as its last_error says it.
+_WAITING_FOR: Final = {
+    "platform_balance": "the platform's Stripe balance (balance_insufficient)",
+    "seller_capability": "the seller's Stripe account to be able to receive transfers",
+}
 
 # Stripe keeps an idempotency key's answer for at least 24 hours: a try is
 # sent under an attempt's key only this soon after the attempt began.
@@ -388,7 +395,7 @@ class ProcessManager:
             self.observer.permanent_failure(effect.kind)
             return f"permanently failed: {error}"
         until = now + self.policy.wait(condition, waits, failure.retry_after)
-        self.work.wait(
+        wait = self.work.wait_statement(
             claim,
             condition=condition,
             failure=summary,
@@ -396,6 +403,19 @@ class ProcessManager:
             until=until,
             now=now,
         )
+        if waits == 1 and condition != Condition.RATE_LIMIT and effect.kind == PAYOUT:
+            # The first refusal of a streak is told on the transfer itself
+            # (its last_error), for the person who looks at it; a 429 is too
+            # passing for an event. Saved with the wait, in one transaction.
+            told = values.clipped(f"waiting for {_WAITING_FOR[condition]}: {summary}")
+            self.recorder.record(
+                transfer,
+                lambda t: t.record_payout_waiting(error=told, actor=effect.actor, caused_by=cause),
+                [wait],
+                cause,
+            )
+        else:
+            self.work.db.execute_alone(*wait)
         progress.released = True
         self.observer.waiting(effect.kind, condition)
         return f"waiting for {condition} until {until:%Y-%m-%d %H:%M:%S}Z: {summary}"

@@ -299,8 +299,30 @@ class WorkStore:
         """Stripe refused for a condition outside the transfer (our rate, the
         platform's balance, the seller's account): release the claim, and wait
         until `until` spending no attempt (migration 0014)."""
-        t = self.db.to_db_time
         self.db.execute_alone(
+            *self.wait_statement(
+                claim,
+                condition=condition,
+                failure=failure,
+                outcome_unknown=outcome_unknown,
+                until=until,
+                now=now,
+            )
+        )
+
+    def wait_statement(
+        self,
+        claim: Claim,
+        *,
+        condition: str,
+        failure: str,
+        outcome_unknown: bool,
+        until: datetime,
+        now: datetime,
+    ) -> Statement:
+        """`wait` as a statement, to commit with an event saying so."""
+        t = self.db.to_db_time
+        return (
             "UPDATE stripe_work SET claimed_by = NULL, claim_expires_at = NULL,"
             " outcome_unknown = ?, not_before = ?, last_failure = ?, waiting_for = ?,"
             " waiting_since = CASE WHEN waiting_for = ? THEN waiting_since ELSE ? END,"

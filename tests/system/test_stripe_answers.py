@@ -234,7 +234,11 @@ def test_a_platform_balance_too_short_makes_payouts_wait_until_a_top_up(world: W
 
     assert world.show(small).status == "completed"
     assert world.show(large).status == "pending"
-    assert outcome_events(world, large) == []
+    # Said on the transfer itself, once, with no attempt counted.
+    assert outcome_events(world, large) == ["PayoutWaiting"]
+    view = world.show(large)
+    assert view.retry_count == 0
+    assert (view.last_error or "").startswith("waiting for the platform's Stripe balance")
     work = _waiting(world, large)
     assert work is not None and work["waiting_for"] == "platform_balance"
     assert "balance_insufficient" in (work["last_failure"] or "")
@@ -260,7 +264,11 @@ def test_a_seller_who_cannot_receive_transfers_yet_waits_and_is_paid_once_onboar
 
     world.run_daemon_once()
 
-    assert world.show(transfer_id).status == "pending"
+    view = world.show(transfer_id)
+    assert (view.status, view.retry_count) == ("pending", 0)
+    assert (view.last_error or "").startswith(
+        "waiting for the seller's Stripe account to be able to receive transfers"
+    )
     with world.ledger() as ledger:
         assert work_store(ledger).parked() == []
     work = _waiting(world, transfer_id)
