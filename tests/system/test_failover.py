@@ -150,9 +150,9 @@ def _stopped(process: subprocess.Popen[bytes]) -> bool:
 def test_a_live_daemon_in_a_slow_call_keeps_its_claim_and_no_second_call_is_made(
     migrated_postgres_url: str, tmp_path: Path
 ) -> None:
-    """The call takes longer than two leases; another daemon runs alongside.
+    """The call takes longer than a lease; another daemon runs alongside.
     The heartbeat renews the claim throughout: one call, one transfer."""
-    with running_simulator(slow_ms=int(2.5 * LEASE_SECONDS * 1000)) as sim:
+    with running_simulator(slow_ms=int(1.5 * LEASE_SECONDS * 1000)) as sim:
         world = new_world(migrated_postgres_url, sim, timeout_seconds=60.0)
         world.simulator.add_fault("slow", path="/v1/transfers")
         first, first_log = _started(world, tmp_path, "first")

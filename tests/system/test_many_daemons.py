@@ -150,7 +150,7 @@ def test_three_daemons_pay_and_reverse_150_transfers_once_each_and_share_the_wor
 
 CHAOS_SEED = int(os.environ.get("LEDGER_CHAOS_SEED", "20261126"))
 # How long the killing goes on at most; it stops sooner once all is settled.
-CHAOS_SECONDS = float(os.environ.get("LEDGER_CHAOS_SECONDS", "30"))
+CHAOS_SECONDS = float(os.environ.get("LEDGER_CHAOS_SECONDS", "20"))
 CHAOS_TRANSFERS = int(os.environ.get("LEDGER_CHAOS_TRANSFERS", "24"))
 # Batches of CHAOS_TRANSFERS, each created once the one before has settled.
 CHAOS_WAVES = int(os.environ.get("LEDGER_CHAOS_WAVES", "1"))

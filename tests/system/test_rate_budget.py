@@ -15,7 +15,7 @@ from ledger.stripe.simulator import TEST_MODE
 from tests.system.world import finish, new_world, running_simulator, start_daemon, wait_started
 from tests.waiting import wait_for
 
-PAYOUTS = 120
+PAYOUTS = 80
 
 
 @pytest.mark.postgres

@@ -208,6 +208,7 @@ def test_a_429_spends_no_attempt_the_payout_waits_then_is_made_once(world: World
     permanently_failed however many come (more than LEDGER_MAX_ATTEMPTS
     here); the payout waits each out and is made once. `--once` waits out a
     rate limit's short back-off rather than leave the work for the next run."""
+    world.max_attempts = 2
     limited = world.max_attempts + 1
     for _ in range(limited):
         world.simulator.add_fault("429", path="/v1/transfers")
