@@ -415,7 +415,7 @@ class ProcessManager:
                 cause,
             )
         else:
-            self.work.db.execute_alone(*wait)
+            self.work.apply(wait)
         progress.released = True
         self.observer.waiting(effect.kind, condition)
         return f"waiting for {condition} until {until:%Y-%m-%d %H:%M:%S}Z: {summary}"

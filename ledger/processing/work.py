@@ -286,29 +286,9 @@ class WorkStore:
             ),
         )
 
-    def wait(
-        self,
-        claim: Claim,
-        *,
-        condition: str,
-        failure: str,
-        outcome_unknown: bool,
-        until: datetime,
-        now: datetime,
-    ) -> None:
-        """Stripe refused for a condition outside the transfer (our rate, the
-        platform's balance, the seller's account): release the claim, and wait
-        until `until` spending no attempt (migration 0014)."""
-        self.db.execute_alone(
-            *self.wait_statement(
-                claim,
-                condition=condition,
-                failure=failure,
-                outcome_unknown=outcome_unknown,
-                until=until,
-                now=now,
-            )
-        )
+    def apply(self, statement: Statement) -> None:
+        """One of this store's statements on its own (`wait_statement`, say)."""
+        self.db.execute_alone(*statement)
 
     def wait_statement(
         self,
@@ -320,7 +300,10 @@ class WorkStore:
         until: datetime,
         now: datetime,
     ) -> Statement:
-        """`wait` as a statement, to commit with an event saying so."""
+        """Stripe refused for a condition outside the transfer (our rate, the
+        platform's balance, the seller's account): release the claim, and wait
+        until `until` spending no attempt (migration 0014). A statement, to
+        commit alone (`apply`) or with an event saying so."""
         t = self.db.to_db_time
         return (
             "UPDATE stripe_work SET claimed_by = NULL, claim_expires_at = NULL,"
