@@ -51,6 +51,13 @@ def failpoint(name: str) -> None:
         _hook(name)
 
 
+def armed(name: str) -> bool:
+    """True when `failpoint(name)` may stop or hand over here: a caller that
+    would otherwise batch the work around the point (one round trip) does it
+    in two, so that the point falls where its name says."""
+    return name in _ACTIVE or name in _FREEZING or _hook is not None
+
+
 def install_hook(hook: Callable[[str], None] | None) -> None:
     """Call `hook(name)` at every failpoint (None: stop). For the simulation."""
     global _hook  # noqa: PLW0603 - one hook per process, by design

@@ -126,23 +126,25 @@ class LedgerService:
             actor=actor,
             source_transaction=source_transaction,
         )
-        owner = orders.owners(self.db, [transfer.order_ref]).get(transfer.order_ref)
-        if owner is None:
-            reservation = orders.reserve(self.db, [(transfer.order_ref, transfer.id)])
-            try:
-                self.transfers.save(transfer, also_execute=reservation)
-            except IntegrityError as error:
-                if is_version_conflict(error):
-                    # Created before reservations existed (migration 0010), and
-                    # not yet in the read table when those were made.
-                    owner = transfer.id
-                else:
-                    # Reserved meanwhile, by a create of this order or an import.
-                    owner = orders.owners(self.db, [transfer.order_ref]).get(transfer.order_ref)
-                    if owner is None:
-                        raise
+        # Reserve the order in the append itself, without looking first: a new
+        # order (the common case) costs no read, and an order reserved already
+        # fails the reservation, and with it the whole append.
+        reservation = orders.reserve(self.db, [(transfer.order_ref, transfer.id)])
+        try:
+            self.transfers.save(transfer, also_execute=reservation)
+        except IntegrityError as error:
+            if is_version_conflict(error):
+                # Created before reservations existed (migration 0010), and
+                # not yet in the read table when those were made.
+                owner = transfer.id
             else:
-                return Created(TransferView.of(transfer), created=True)
+                # Reserved already, by a create of this order or an import.
+                reserved = orders.owners(self.db, [transfer.order_ref]).get(transfer.order_ref)
+                if reserved is None:
+                    raise
+                owner = reserved
+        else:
+            return Created(TransferView.of(transfer), created=True)
         existing = self.transfers.get(owner)
         _check_same_order(existing, transfer)
         return Created(TransferView.of(existing), created=False)

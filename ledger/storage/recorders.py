@@ -13,9 +13,12 @@ from eventsourcing.persistence import InterfaceError, OperationalError, StoredEv
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from eventsourcing.utils import Environment, retry
+from psycopg import Connection
+from psycopg import Cursor as PsycopgCursor
+from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
-from ledger.failpoints import failpoint
+from ledger.failpoints import armed, failpoint
 from ledger.storage.cursors import Cursor, Statement, _PostgresCursor, _SQLiteCursor
 from ledger.storage.failures import pool_checked_on_connection_loss
 
@@ -139,13 +142,18 @@ class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
         aggregates: Sequence[Any] = (),
         **_: Any,
     ) -> Sequence[int] | None:
-        """One append, one transaction, every statement pipelined (two round
-        trips in all: the sync, and the commit): the ledger's statements
-        (`also_execute`, e.g. a claim's release), the library's EXCLUSIVE
-        lock and NOTIFY, the events, and the append hooks (chain links, read
-        rows). Written out here rather than through the library's method so
-        that the first failing statement is the error raised, whichever it
-        is (a constraint of the ledger's own statements included), and the
+        """One append, one transaction, every statement pipelined and sent in
+        one round trip, the commit included: the ledger's statements
+        (`also_execute`, e.g. a claim's release), the library's EXCLUSIVE lock
+        and NOTIFY, the events, and the append hooks (chain links, read rows).
+        The lock is so held only while the server works, never across a round
+        trip to this process (whose thread may be waiting for the GIL behind
+        seven others): appends from many threads follow each other at the
+        server's pace.
+
+        Written out here rather than through the library's method so that the
+        first failing statement is the error raised, whichever it is (a
+        constraint of the ledger's own statements included), and the
         transaction is rolled back whole. Retried, as the library's is, after
         a dropped connection: a retry of an append that did commit meets the
         events' primary key, and callers recognise that (see
@@ -155,11 +163,27 @@ class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
         with (
             pool_checked_on_connection_loss(self.datastore),
             self.datastore.get_connection() as conn,
-            conn.pipeline() as pipeline,
-            conn.transaction(),
-            conn.cursor() as statements,
-            conn.cursor() as inserted,
         ):
+            try:
+                inserted = self._append(conn, stored_events, also_execute, aggregates)
+            except BaseException:
+                # A statement failed: the server skipped the rest, the COMMIT
+                # too, and left the transaction aborted. Roll it back here
+                # rather than hand the pool a connection in that state.
+                if not conn.closed:
+                    conn.rollback()
+                raise
+            return [row["notification_id"] for row in inserted.fetchall()] if stored_events else []
+
+    def _append(
+        self,
+        conn: Connection[DictRow],
+        stored_events: Sequence[StoredEvent],
+        also_execute: Sequence[Statement],
+        aggregates: Sequence[Any],
+    ) -> PsycopgCursor[DictRow]:
+        inserted = conn.cursor()
+        with conn.pipeline() as pipeline, conn.transaction(), conn.cursor() as statements:
             for sql, params in also_execute:
                 # None, not (): psycopg then leaves a literal % in the SQL alone.
                 statements.execute(sql.replace("?", "%s"), params or None)
@@ -180,6 +204,10 @@ class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
                 appended = Appended(stored_events, None, aggregates)
                 for hook in self.append_hooks:
                     hook.after_insert(_PostgresCursor(statements), appended)
-            pipeline.sync()
-            failpoint("append_before_commit")
-            return [row["notification_id"] for row in inserted.fetchall()] if stored_events else []
+            if armed("append_before_commit"):
+                # Only where a test stops here: run everything but the commit.
+                pipeline.sync()
+                failpoint("append_before_commit")
+        # Leaving the pipeline sent the COMMIT with the rest, and raised the
+        # first statement's error, if any.
+        return inserted
