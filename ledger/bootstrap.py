@@ -35,6 +35,7 @@ from ledger.config import DatabaseConfig
 from ledger.errors import DatabaseUnavailable, InvalidInput, NotMigrated, first_line
 from ledger.health import Check, HealthReport, Thresholds, check_migrations, judge, measure
 from ledger.migrate import Migration, apply_migrations, require_migrated
+from ledger.orders import OrderReservations
 from ledger.processing.clock import DatabaseClock
 from ledger.processing.daemon import Daemon, DaemonOptions
 from ledger.processing.heartbeat import LEASE_BEATS, Heartbeat
@@ -76,9 +77,14 @@ def open_backend(url: str, *, pool_size: int = 1, migrated: bool = True) -> Back
         check_postgres_reachable(config.libpq_params())
     transfers = Transfers(env=config.eventsourcing_env(pool_size))
     db = Database(transfers.recorder)
-    # What every append writes in its own transaction, with its events: their
-    # chain links, and the read table's rows and position.
-    transfers.recorder.append_hooks = [InlineLinks(db), InlineProjection(db)]  # type: ignore[attr-defined]
+    # What every append writes in its own transaction, with its events: the
+    # orders of the transfers it creates, their chain links, and the read
+    # table's rows and position.
+    transfers.recorder.append_hooks = [  # type: ignore[attr-defined]
+        OrderReservations(db),
+        InlineLinks(db),
+        InlineProjection(db),
+    ]
     backend = Backend(
         config=config,
         transfers=transfers,

@@ -124,7 +124,7 @@ class DatabaseConfig:
         return {
             "PERSISTENCE_MODULE": "ledger.storage:LedgerPostgresFactory",
             "LEDGER_LIBPQ_OPTIONS": json.dumps(dict(self.options)),
-            "APPLICATION_RECORDER_TOPIC": "ledger.storage:ArrayInsertPostgresRecorder",
+            "APPLICATION_RECORDER_TOPIC": "ledger.storage:FunctionAppendPostgresRecorder",
             "POSTGRES_DBNAME": self.dbname,
             "POSTGRES_HOST": self.host,
             "POSTGRES_PORT": str(self.port),

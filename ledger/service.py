@@ -126,12 +126,12 @@ class LedgerService:
             actor=actor,
             source_transaction=source_transaction,
         )
-        # Reserve the order in the append itself, without looking first: a new
-        # order (the common case) costs no read, and an order reserved already
-        # fails the reservation, and with it the whole append.
-        reservation = orders.reserve(self.db, [(transfer.order_ref, transfer.id)])
+        # The append reserves the order itself (orders.OrderReservations),
+        # without looking first: a new order (the common case) costs no read,
+        # and an order reserved already fails the reservation, and with it
+        # the whole append.
         try:
-            self.transfers.save(transfer, also_execute=reservation)
+            self.transfers.save(transfer)
         except IntegrityError as error:
             if is_version_conflict(error):
                 # Created before reservations existed (migration 0010), and
@@ -310,8 +310,8 @@ class LedgerService:
                 )
                 for r in new
             ]
-            reservations = orders.reserve(self.db, [(r.order_ref, r.transfer_id) for r in new])
-            self.transfers.save_new(transfers, also_execute=reservations)
+            # The append reserves their orders (orders.OrderReservations).
+            self.transfers.save_new(transfers)
             imported += len(new)
         return ImportResult(imported=imported, already_present=present)
 

@@ -75,12 +75,13 @@ class InlineLinks:
         self.db = db
 
     def after_insert(self, cursor: Cursor, appended: Appended) -> None:
-        if appended.positions is None:
-            # PostgreSQL hashes in SQL (migration 0012's function), where the
-            # events' positions are: no round trip inside the lock.
-            cursor.execute("SELECT ledger_link_appended(?)", (len(appended.events),))
-            return
+        assert appended.positions is not None  # SQLite knows them
         _link_after_head(cursor, self.db, zip(appended.positions, appended.events, strict=True))
+
+    def arguments(self, appended: Appended) -> dict[str, Any]:
+        # PostgreSQL links in SQL (migration 0012's function, called by 0017's
+        # ledger_append), where the events' positions are.
+        return {"link": True}
 
 
 def _link_after_head(

@@ -21,7 +21,7 @@ from ledger.storage.failures import (
 from ledger.storage.recorders import (
     Appended,
     AppendHook,
-    ArrayInsertPostgresRecorder,
+    FunctionAppendPostgresRecorder,
     LedgerPostgresFactory,
     StatementsSQLiteRecorder,
 )
@@ -32,10 +32,10 @@ __all__ = [
     "SQLITE_MAX_PARAMS",
     "AppendHook",
     "Appended",
-    "ArrayInsertPostgresRecorder",
     "Cursor",
     "Database",
     "Dialect",
+    "FunctionAppendPostgresRecorder",
     "LedgerPostgresFactory",
     "Row",
     "Statement",

@@ -7,19 +7,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from eventsourcing.utils import Environment, retry
 from psycopg import Connection
-from psycopg import Cursor as PsycopgCursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
 
 from ledger.failpoints import armed, failpoint
-from ledger.storage.cursors import Cursor, Statement, _PostgresCursor, _SQLiteCursor
+from ledger.storage.cursors import Cursor, Statement, _SQLiteCursor
 from ledger.storage.failures import pool_checked_on_connection_loss
 
 
@@ -40,7 +38,7 @@ class LedgerPostgresFactory(PostgresFactory):
         kwargs.update(options)
         # The library looks up its composite event type (a round trip, when the
         # recorder is made, and on every new connection after) for its own
-        # insert statement; ArrayInsertPostgresRecorder sends plain arrays.
+        # insert statement; FunctionAppendPostgresRecorder sends JSON.
         self.datastore.register_type_adapters = _no_type_adapters  # type: ignore[method-assign]
         # Open the pool now, waiting for its first connections: a command asking
         # for a connection while they are still being made would have the pool
@@ -60,10 +58,9 @@ class Appended:
     """What one append wrote, for the `AppendHook`s that write with it."""
 
     events: Sequence[StoredEvent]
-    # Their positions in the log, where Python knows them inside the
-    # transaction (SQLite). On PostgreSQL the append's own INSERT drew them
-    # from the events' sequence, so SQL finds them: the last is its currval,
-    # the first len(events) - 1 before it (nobody else draws under the lock).
+    # Their positions in the log (SQLite, where Python knows them inside the
+    # transaction). None on PostgreSQL, where the hooks give their
+    # `arguments` before the function draws the positions.
     positions: Sequence[int] | None
     # The aggregates these events are of, in their state after them (empty
     # for an append of bare events).
@@ -72,12 +69,22 @@ class Appended:
 
 class AppendHook(Protocol):
     """Something every append writes in its own transaction, after its events
-    and under the events table's lock (so in commit order): the chain's links
-    (ledger/audit/chain.py), the read table's rows and position (the inline
-    projection). The composition root gives the recorder its hooks; this
-    module knows none of them."""
+    and under the events table's lock (so in commit order): the order
+    reservations (ledger/orders.py), the chain's links (ledger/audit/chain.py),
+    the read table's rows and position (the inline projection). The
+    composition root gives the recorder its hooks; this module knows none of
+    them.
+
+    On SQLite the recorder calls `after_insert`, which runs the hook's
+    statements in the append's transaction. On PostgreSQL an append is one
+    call of migration 0017's `ledger_append`, which does all of it in SQL:
+    the recorder asks each hook for its part of the function's document
+    (`arguments`, JSON-ready), or raises what the hook raises (a row that
+    cannot be stored) before anything is sent."""
 
     def after_insert(self, cursor: Cursor, appended: Appended) -> None: ...
+
+    def arguments(self, appended: Appended) -> dict[str, Any]: ...
 
 
 class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
@@ -111,27 +118,25 @@ class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
         return notification_ids
 
 
-class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
-    """The library's PostgreSQL application recorder, appending with four
-    parallel arrays instead of one array of a composite type.
+class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
+    """The library's PostgreSQL application recorder, appending through one
+    call of `ledger_append` (migration 0017) instead of the library's
+    statements.
 
-    Everything that makes an append safe is the library's own and unchanged:
-    the EXCLUSIVE table lock (insert order = commit order), the NOTIFY, the
-    RETURNING of notification ids, the transaction and the pipeline. Only the
-    statement differs: psycopg adapts a composite array row by row in Python,
-    escaping every `state` as text, which made it the slowest step of a bulk
-    import; plain arrays go over in binary.
+    Everything that makes an append safe is kept, in the function: the
+    EXCLUSIVE table lock (insert order = commit order) with the library's
+    lock timeout, the NOTIFY, the positions returned, one transaction. What
+    changes is the work on this side: one JSON document (json.dumps, in C)
+    instead of about nine statements whose parameters psycopg adapts in
+    Python, which was most of an API call's time and, with several threads,
+    queued on the GIL. And with nothing else to run in the transaction the
+    call is the transaction: the lock is taken and released inside the
+    server, never held across a round trip to this process.
     """
 
-    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
-        super().__init__(datastore, events_table_name=events_table_name)
-        self._insert_arrays_statement = SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
-            " RETURNING notification_id"
-        ).format(schema=Identifier(datastore.schema), table=Identifier(events_table_name))
-
     append_hooks: Sequence[AppendHook] = ()
+
+    _APPEND: Final = "SELECT ledger_append(%s::json) AS positions"
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
@@ -142,30 +147,28 @@ class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
         aggregates: Sequence[Any] = (),
         **_: Any,
     ) -> Sequence[int] | None:
-        """One append, one transaction, every statement pipelined and sent in
-        one round trip, the commit included: the ledger's statements
-        (`also_execute`, e.g. a claim's release), the library's EXCLUSIVE lock
-        and NOTIFY, the events, and the append hooks (chain links, read rows).
-        The lock is so held only while the server works, never across a round
-        trip to this process (whose thread may be waiting for the GIL behind
-        seven others): appends from many threads follow each other at the
-        server's pace.
-
-        Written out here rather than through the library's method so that the
-        first failing statement is the error raised, whichever it is (a
-        constraint of the ledger's own statements included), and the
-        transaction is rolled back whole. Retried, as the library's is, after
-        a dropped connection: a retry of an append that did commit meets the
-        events' primary key, and callers recognise that (see
-        ledger.application.Transfers.change)."""
+        """One append, one transaction, one round trip: the ledger's
+        statements (`also_execute`, e.g. a claim's release) and the append,
+        pipelined with their COMMIT. Any statement's error is the error
+        raised, and the transaction is rolled back whole. Retried, as the
+        library's is, after a dropped connection: a retry of an append that
+        did commit meets the events' primary key, and callers recognise that
+        (see ledger.application.Transfers.change)."""
         if not stored_events and not also_execute:
             return []
+        document = self._document(stored_events, aggregates) if stored_events else None
+        failpoint("mid_append")
         with (
             pool_checked_on_connection_loss(self.datastore),
             self.datastore.get_connection() as conn,
         ):
+            if document is not None and not also_execute and not armed("append_before_commit"):
+                # Autocommit: the one statement is the whole transaction.
+                row = conn.execute(self._APPEND, (document,), prepare=True).fetchone()
+                assert row is not None
+                return list(row["positions"])
             try:
-                inserted = self._append(conn, stored_events, also_execute, aggregates)
+                return self._in_transaction(conn, document, also_execute)
             except BaseException:
                 # A statement failed: the server skipped the rest, the COMMIT
                 # too, and left the transaction aborted. Roll it back here
@@ -173,41 +176,38 @@ class ArrayInsertPostgresRecorder(PostgresApplicationRecorder):
                 if not conn.closed:
                     conn.rollback()
                 raise
-            return [row["notification_id"] for row in inserted.fetchall()] if stored_events else []
 
-    def _append(
-        self,
-        conn: Connection[DictRow],
-        stored_events: Sequence[StoredEvent],
-        also_execute: Sequence[Statement],
-        aggregates: Sequence[Any],
-    ) -> PsycopgCursor[DictRow]:
-        inserted = conn.cursor()
+    def _in_transaction(
+        self, conn: Connection[DictRow], document: str | None, also_execute: Sequence[Statement]
+    ) -> list[int]:
+        appended = conn.cursor()
         with conn.pipeline() as pipeline, conn.transaction(), conn.cursor() as statements:
             for sql, params in also_execute:
                 # None, not (): psycopg then leaves a literal % in the SQL alone.
                 statements.execute(sql.replace("?", "%s"), params or None)
-            if stored_events:
-                self._lock_table(statements)
-                self._notify_channel(statements)
-                inserted.execute(
-                    self._insert_arrays_statement,
-                    (
-                        [e.originator_id for e in stored_events],
-                        [e.originator_version for e in stored_events],
-                        [e.topic for e in stored_events],
-                        [e.state for e in stored_events],
-                    ),
-                    binary=True,
-                )
-                failpoint("mid_append")
-                appended = Appended(stored_events, None, aggregates)
-                for hook in self.append_hooks:
-                    hook.after_insert(_PostgresCursor(statements), appended)
+            if document is not None:
+                appended.execute(self._APPEND, (document,))
             if armed("append_before_commit"):
                 # Only where a test stops here: run everything but the commit.
                 pipeline.sync()
                 failpoint("append_before_commit")
-        # Leaving the pipeline sent the COMMIT with the rest, and raised the
-        # first statement's error, if any.
-        return inserted
+        # Leaving the pipeline sent the COMMIT with the rest (one round trip),
+        # and raised the first statement's error, if any.
+        if document is None:
+            return []
+        row = appended.fetchone()
+        assert row is not None
+        return list(row["positions"])
+
+    def _document(self, stored_events: Sequence[StoredEvent], aggregates: Sequence[Any]) -> str:
+        appended = Appended(stored_events, None, aggregates)
+        document: dict[str, Any] = {
+            "events": [
+                [str(e.originator_id), e.originator_version, e.topic, e.state.hex()]
+                for e in stored_events
+            ],
+            "lock_timeout": f"{self.datastore.lock_timeout}s",
+        }
+        for hook in self.append_hooks:
+            document.update(hook.arguments(appended))
+        return json.dumps(document, separators=(",", ":"))

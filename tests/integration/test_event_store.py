@@ -6,7 +6,7 @@ from uuid import uuid4
 
 from eventsourcing.persistence import StoredEvent
 
-from ledger.storage import ArrayInsertPostgresRecorder
+from ledger.storage import FunctionAppendPostgresRecorder
 from tests.ledgers import Ledger
 
 
@@ -15,7 +15,7 @@ def test_a_batch_append_reads_back_byte_for_byte_in_notification_order(
 ) -> None:
     with Ledger.open(migrated_url) as ledger:
         if ledger.db.dialect == "postgresql":
-            assert isinstance(ledger.transfers.recorder, ArrayInsertPostgresRecorder)
+            assert isinstance(ledger.transfers.recorder, FunctionAppendPostgresRecorder)
         # Bytes that text escaping would mangle: NUL, backslashes, quotes, non-UTF-8.
         batch = [
             StoredEvent(uuid4(), version, f"topic.{i}", bytes([0, 92, 39, 34, 255, i]))

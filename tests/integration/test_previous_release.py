@@ -57,7 +57,7 @@ def test_a_database_the_previous_release_wrote_migrates_links_and_verifies_clean
 
     applied = migrate_database(url)
 
-    assert [m.version for m in applied] == [10, 11, 12, 13, 14, 15, 16]
+    assert [m.version for m in applied] == [10, 11, 12, 13, 14, 15, 16, 17]
     code, out = cli(capsys, "audit", "verify", "--json", "--database-url", url)
     report = json.loads(out)
     assert code == 0, report["findings"]
