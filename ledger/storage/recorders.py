@@ -136,7 +136,7 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
 
     append_hooks: Sequence[AppendHook] = ()
 
-    _APPEND: Final = "SELECT ledger_append(%s::json) AS positions"
+    _APPEND: Final = "SELECT ledger_append(%s::jsonb) AS positions"
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
