@@ -3,13 +3,12 @@ the read table's tracking position, in its own transaction."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from ledger.projections.rows import (
     _COLUMN_VALUES,
     TABLE,
+    TIME_INDEXES,
     TRACKING_NAME,
     TransferRow,
     check_storable,
@@ -74,8 +73,9 @@ class InlineProjection:
         cursor.executemany(self._sqlite_upsert, [row.as_params(self.db) for row in rows])
 
     def arguments(self, appended: Appended) -> dict[str, Any]:
-        """PostgreSQL: the rows, as JSON objects, for ledger_append (migration
-        0017), which moves the position and upserts them in SQL."""
+        """PostgreSQL: the rows, as JSON arrays of their values in COLUMNS
+        order, for ledger_append (migration 0017), which moves the position
+        and upserts them in SQL."""
         rows = self._rows(appended)
         if rows is None:
             return {}
@@ -85,9 +85,11 @@ class InlineProjection:
         }
 
 
-def _json_row(row: TransferRow) -> dict[str, Any]:
-    return {
-        name: str(value) if isinstance(value, UUID) else value.isoformat()
-        if isinstance(value, datetime) else value
-        for name, value in zip(COLUMNS, _COLUMN_VALUES(row), strict=True)
-    }
+def _json_row(row: TransferRow) -> list[Any]:
+    values = list(_COLUMN_VALUES(row))
+    values[0] = str(values[0])  # the id
+    for index in TIME_INDEXES:
+        value = values[index]
+        if value is not None:
+            values[index] = value.isoformat()
+    return values

@@ -14,9 +14,10 @@
 --              of the transfers whose first event this is (an order reserved
 --              already fails the whole append: one order, one transfer)
 --   link       true: link every event into the chain (ledger_link_appended)
---   rows       the seller_transfers rows these events lead to, one object per
---              transfer (keys: the table's columns); absent for bare events,
---              which the asynchronous projection writes
+--   rows       the seller_transfers rows these events lead to, one array per
+--              transfer, its values in the order of the INSERT's column list
+--              below (ledger.views.COLUMNS, which a test holds equal); absent
+--              for bare events, which the asynchronous projection writes
 --   tracking   the projection's tracking name, whose position moves to the
 --              append's last event when nothing before it is unprojected
 --   lock_timeout  how long to wait for the events table's lock
@@ -61,15 +62,11 @@ BEGIN
         INSERT INTO seller_transfers (id, status, seller_account_id, order_ref, amount, currency,
                 retry_count, next_retry_at, stripe_transfer_id, amount_reversed, last_error,
                 reversal_request_ref, reversal_amount, version, created_at, updated_at)
-            SELECT id, status, seller_account_id, order_ref, amount, currency,
-                retry_count, next_retry_at, stripe_transfer_id, amount_reversed, last_error,
-                reversal_request_ref, reversal_amount, version, created_at, updated_at
-            FROM jsonb_to_recordset(appended->'rows') AS r(id uuid, status text,
-                seller_account_id text, order_ref text, amount bigint, currency text,
-                retry_count integer, next_retry_at timestamptz, stripe_transfer_id text,
-                amount_reversed bigint, last_error text, reversal_request_ref text,
-                reversal_amount bigint, version integer, created_at timestamptz,
-                updated_at timestamptz)
+            SELECT (r->>0)::uuid, r->>1, r->>2, r->>3, (r->>4)::bigint, r->>5,
+                (r->>6)::integer, (r->>7)::timestamptz, r->>8, (r->>9)::bigint, r->>10,
+                r->>11, (r->>12)::bigint, (r->>13)::integer, (r->>14)::timestamptz,
+                (r->>15)::timestamptz
+            FROM jsonb_array_elements(appended->'rows') r
             ON CONFLICT (id) DO UPDATE SET status = excluded.status,
                 seller_account_id = excluded.seller_account_id,
                 order_ref = excluded.order_ref, amount = excluded.amount,
