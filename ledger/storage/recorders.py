@@ -4,11 +4,13 @@ append is one transaction holding the events, the ledger's own statements
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
@@ -172,32 +174,34 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
             except BaseException:
                 # A statement failed: the server skipped the rest, the COMMIT
                 # too, and left the transaction aborted. Roll it back here
-                # rather than hand the pool a connection in that state.
-                if not conn.closed:
+                # rather than hand the pool a connection in that state; if the
+                # connection itself is gone, the pool drops it, and the error
+                # raised stays the statement's.
+                with contextlib.suppress(psycopg.Error):
                     conn.rollback()
                 raise
 
     def _in_transaction(
         self, conn: Connection[DictRow], document: str | None, also_execute: Sequence[Statement]
     ) -> list[int]:
-        appended = conn.cursor()
-        with conn.pipeline() as pipeline, conn.transaction(), conn.cursor() as statements:
-            for sql, params in also_execute:
-                # None, not (): psycopg then leaves a literal % in the SQL alone.
-                statements.execute(sql.replace("?", "%s"), params or None)
-            if document is not None:
-                appended.execute(self._APPEND, (document,))
-            if armed("append_before_commit"):
-                # Only where a test stops here: run everything but the commit.
-                pipeline.sync()
-                failpoint("append_before_commit")
-        # Leaving the pipeline sent the COMMIT with the rest (one round trip),
-        # and raised the first statement's error, if any.
-        if document is None:
-            return []
-        row = appended.fetchone()
-        assert row is not None
-        return list(row["positions"])
+        with conn.cursor() as appended:
+            with conn.pipeline() as pipeline, conn.transaction(), conn.cursor() as statements:
+                for sql, params in also_execute:
+                    # None, not (): psycopg then leaves a literal % in the SQL alone.
+                    statements.execute(sql.replace("?", "%s"), params or None)
+                if document is not None:
+                    appended.execute(self._APPEND, (document,))
+                if armed("append_before_commit"):
+                    # Only where a test stops here: run everything but the commit.
+                    pipeline.sync()
+                    failpoint("append_before_commit")
+            # Leaving the pipeline sent the COMMIT with the rest (one round
+            # trip), and raised the first statement's error, if any.
+            if document is None:
+                return []
+            row = appended.fetchone()
+            assert row is not None
+            return list(row["positions"])
 
     def _document(self, stored_events: Sequence[StoredEvent], aggregates: Sequence[Any]) -> str:
         appended = Appended(stored_events, None, aggregates)

@@ -18,3 +18,12 @@ def test_ledger_append_inserts_the_rows_columns_in_the_order_the_projection_send
     # One value per column, read from positions 0 .. len(COLUMNS) - 1.
     positions = sorted({int(p) for p in re.findall(r"r->>(\d+)", migration.sql)})
     assert positions == list(range(len(COLUMNS)))
+
+
+def test_ledger_append_upserts_every_column_but_the_id_from_the_newer_row() -> None:
+    (migration,) = [m for m in available_migrations("postgresql") if m.version == 17]
+    assignments = re.findall(r"(\w+) = excluded\.(\w+)", migration.sql)
+    assert all(column == source for column, source in assignments)
+    assert tuple(column for column, _ in assignments) == COLUMNS[1:]
+    # The version guard, as the other projections' upserts have it.
+    assert "WHERE seller_transfers.version < excluded.version" in migration.sql
