@@ -343,6 +343,50 @@ def test_a_transfer_already_fully_reversed_at_stripe_is_recorded_as_reversed(
     assert len(world.stripe_reversals(stripe_id)) == 1  # no over-reversal attempt succeeded
 
 
+def test_a_reversal_costs_one_stripe_request_when_the_ledger_knows_what_is_left(
+    world: World,
+) -> None:
+    # The bound of the daemon's reversal throughput (scripts/bench) is one
+    # request per reversal: no look at the transfer before its first attempt.
+    transfer_id = world.create("order-9a", amount=2500)
+    world.run_daemon_once()
+    before = len(world.simulator.state()["requests"])
+    world.request_reversal(transfer_id, amount=1000)
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    assert view.status == "reversed" and view.amount_reversed == 1000
+    sent = world.simulator.state()["requests"][before:]
+    assert [(r["method"], r["path"].rsplit("/", 1)[-1]) for r in sent] == [
+        ("POST", "reversals")
+    ]
+
+
+def test_a_partial_reversal_made_outside_meanwhile_is_retried_for_what_is_left_at_stripe(
+    world: World,
+) -> None:
+    transfer_id = world.create("order-9b", amount=2500)
+    world.run_daemon_once()
+    stripe_id = world.show(transfer_id).stripe_transfer_id or ""
+    # From the Dashboard, its webhook not delivered: the ledger thinks 2,500 is left.
+    world.simulator.reverse_outside(stripe_id, amount=1500)
+    world.request_reversal(transfer_id)
+    world.run_daemon_once()
+    view = world.show(transfer_id)
+    # The first attempt asked for 2,500 and was refused (nothing moved); the
+    # retry looked at Stripe first and asked for the 1,000 left.
+    assert outcome_events(world, transfer_id) == [
+        "PayoutSucceeded",
+        "ReversalAttemptFailed",
+        "Reversed",
+    ]
+    assert "unreversed amount" in (world.events(transfer_id)[-2].error or "")
+    assert view.status == "reversed" and view.amount_reversed == 1000
+    ours = [r for r in world.stripe_reversals(stripe_id) if r["metadata"]]
+    assert [r["amount"] for r in ours] == [1000]
+    [at_stripe] = world.stripe_transfers(transfer_id)
+    assert at_stripe["amount_reversed"] == 2500
+
+
 def test_balance_insufficient_is_retried_until_max_attempts_then_permanently_failed(
     world: World,
 ) -> None:
