@@ -157,12 +157,13 @@ def build_daemon(
     identity: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
-    group_commit: bool = True,
+    one_thread_at_a_time: bool = False,
 ) -> Daemon:
     """`ledger daemon`'s daemon. The defaults are what it runs; the
     deterministic simulation (tests/simulation) gives its own clock, sleep
     and randomness (virtual time, a seeded generator), a fixed identity, and
-    saves each outcome in its worker's own thread."""
+    runs one thread at a time (`one_thread_at_a_time`: each outcome saved in
+    its worker's own thread, no limit on the calls in flight)."""
     # A claim lives as long as its holder: a lease of a few heartbeats, which
     # every beat renews (ledger/processing/work.py). A killed daemon's work is
     # taken over when its lease runs out, or at once when it is known dead.
@@ -174,6 +175,10 @@ def build_daemon(
             claim_seconds,
             options.heartbeat_seconds,
         )
+    # Shared with the gateway: once the daemon stops, no request is sent.
+    stop = stop or threading.Event()
+    # Shared with the gateway: once the daemon stops, no request is sent.
+    stop = stop or threading.Event()
     # Imported here: stripe-python costs every other command ~40 ms of start-up.
     from ledger.stripe.gateway import StripeGateway  # noqa: PLC0415
 
@@ -190,7 +195,18 @@ def build_daemon(
         sleep=sleep,
         clock=(lambda: clock().timestamp()) if simulated_clock else time.monotonic,
     )
-    gateway = StripeGateway(stripe, observer, sleep=sleep, rng=rng, budget=budget)
+    gateway = StripeGateway(
+        stripe,
+        observer,
+        sleep=sleep,
+        rng=rng,
+        budget=budget,
+        # `--concurrency` calls in flight at once, however many worker threads
+        # there are. Not when one thread runs at a time: a thread waiting for
+        # a place would never come to a point where it yields to the others.
+        calls_at_once=None if one_thread_at_a_time else options.concurrency,
+        stopping=stop,
+    )
     manager = ProcessManager(
         backend.transfers,
         work,
@@ -198,7 +214,8 @@ def build_daemon(
         policy,
         clock,
         observer=observer,
-        group_commit=group_commit,
+        # One thread at a time cannot wait for a recorder thread's batch.
+        group_commit=not one_thread_at_a_time,
         # A try is sent only while the claim holds at least half a lease
         # longer: a process paused between checking and sending has that long.
         send_margin=timedelta(seconds=claim_seconds / 2),

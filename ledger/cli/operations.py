@@ -74,8 +74,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # Signals are caught from here on, so a stop during start-up is clean too.
     # A second signal interrupts the wait for in-flight calls: they are left
     # for the next daemon to look up at Stripe.
-    # One database connection per worker, plus the loop's, the metrics', the
-    # outcome recorder's and the heartbeat thread's.
+    # One database connection per Stripe call in flight (a worker holds one
+    # only for a database step, never across its call, and the workers beyond
+    # `concurrency` are there for those steps), plus the loop's, the
+    # metrics', the outcome recorder's and the heartbeat thread's.
     with (
         stop_on_signals(stop, log),
         contextlib.suppress(KeyboardInterrupt),

@@ -59,8 +59,17 @@ SHUTDOWN_GRACE_SECONDS: Final = 5.0
 # While workers are busy, the loop takes at most one turn per this long. An idle
 # daemon still answers a NOTIFY at once.
 BUSY_TURN_SECONDS: Final = 0.02
-# Items in hand per worker: one being worked on, one queued behind it.
-BACKLOG_PER_WORKER: Final = 2
+# Worker threads per Stripe call in flight (`--concurrency`). A handling is a
+# Stripe call plus the daemon's own steps around it (loading the transfer,
+# recording the attempt, then the outcome: about a tenth of it at 100 ms a
+# call); the gateway lets `concurrency` calls through at once, and the other
+# threads do their database steps meanwhile, so those steps cost no place
+# among the calls in flight.
+WORKERS_PER_CALL: Final = 2
+# Items in hand per call in flight: one per worker thread, plus one queued
+# behind each call, so a worker that finishes starts the next item at once
+# instead of waiting for a turn.
+BACKLOG_PER_CALL: Final = WORKERS_PER_CALL + 1
 # After a failing turn (database down), wait this long before the next.
 ERROR_PAUSE_SECONDS: Final = 1.0
 LISTEN_RECONNECT_SECONDS: Final = 1.0
@@ -126,16 +135,14 @@ class Daemon:
         self._reported_dead: set[str] = set()
         # One log line when a step starts failing, not a traceback every turn.
         self.problems = Problems(log)
-        # Work in hand: every worker busy plus as many queued, so a worker that
-        # finishes starts the next item at once instead of waiting for a turn.
-        self._backlog_limit = options.concurrency * BACKLOG_PER_WORKER
+        self._backlog_limit = options.concurrency * BACKLOG_PER_CALL
 
     # ----- the loop -------------------------------------------------------------
 
     def run(self) -> None:
         """Until stopped (or, with `once`, until nothing is due). Raises
         OperatorProblem when Stripe refused our credentials."""
-        for number in range(self.options.concurrency):
+        for number in range(self.options.concurrency * WORKERS_PER_CALL):
             threading.Thread(
                 target=self._worker, name=f"ledger-worker-{number}", daemon=True
             ).start()

@@ -58,6 +58,7 @@ from ledger.processing.ports import (
     Condition,
     FailureKind,
     PaymentsGateway,
+    StoppedBeforeSending,
     StripeCallFailed,
 )
 from ledger.processing.recording import OutcomeRecorder
@@ -131,6 +132,13 @@ class ProcessManager:
             outcome = self._run(effect, transfer, cause, progress)
         except LostClaim:
             return "taken over"
+        except StoppedBeforeSending as stopped:
+            # The daemon is stopping and this try was never sent: the work
+            # goes back for the next daemon, knowing no more and no less than
+            # before (an earlier try of this call may have reached Stripe).
+            outcome_unknown = progress.outcome_unknown or stopped.reached
+            self.work.release(claim, outcome_unknown=outcome_unknown, now=self.clock())
+            return str(stopped)
         except OperatorProblem:
             # Stripe did nothing on a 401/403; keep only what we knew before.
             self.work.release(claim, outcome_unknown=progress.outcome_unknown, now=self.clock())

@@ -106,6 +106,17 @@ class ClaimRanOut(Exception):
         super().__init__(message)
 
 
+class StoppedBeforeSending(Exception):
+    """A try was not sent because the daemon is stopping (a signal came while
+    it waited for a place among the calls in flight): after a stop, no new
+    request leaves. `reached`: an earlier try of this call may have reached
+    Stripe."""
+
+    def __init__(self, message: str, *, reached: bool) -> None:
+        self.reached = reached
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class StripeTransfer:
     id: str

@@ -8,8 +8,10 @@ every message that leaves; it is in no repr, log line or error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from ledger.processing.ports import (
     ClaimRanOut,
     Condition,
     FailureKind,
+    StoppedBeforeSending,
     StripeCallFailed,
     StripeReversal,
     StripeTransfer,
@@ -51,6 +54,9 @@ DEFAULT_NETWORK_RETRIES: Final = 2
 RETRY_INITIAL_DELAY_SECONDS: Final = 0.5
 RETRY_MAX_DELAY_SECONDS: Final = 5.0
 PAGE_SIZE: Final = 100
+# How often a try waiting for a place among the calls in flight looks whether
+# the daemon is stopping.
+PLACE_WAIT_SLICE_SECONDS: Final = 0.1
 _REDACTED: Final = "[redacted]"
 # A 400 about one of these is Stripe refusing the transfer or reversal itself.
 _REFUSABLE_PARAMS: Final = frozenset({"amount", "currency", "destination"})
@@ -146,9 +152,19 @@ class StripeGateway:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         budget: RateBudget | None = None,
+        calls_at_once: int | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
+        """`calls_at_once`: at most this many requests in flight through this
+        gateway (`ledger daemon --concurrency`); None: no limit. `stopping`:
+        once set, no request is sent any more (StoppedBeforeSending)."""
         self._observer = observer
         self.budget = budget
+        # A place is held for one try, so that the daemon's own steps around
+        # a call (loading the transfer, recording the attempt and the outcome)
+        # take no place among the Stripe calls in flight (DESIGN section 5).
+        self._places = threading.BoundedSemaphore(calls_at_once) if calls_at_once else None
+        self._stopping = stopping or threading.Event()
         self._client = stripe_client(settings, retries=0)
         self._tries_per_call = settings.network_retries + 1
         self._sleep = sleep
@@ -296,36 +312,66 @@ class StripeGateway:
         reached: list[StripeCallFailed] = []
         for number in range(1, self._tries_per_call + 1):
             failpoint("stripe_try")
-            if send_while is not None and not send_while():
-                raise ClaimRanOut(
-                    f"{endpoint}: not sent (try {number}), the claim would run out before"
-                    " its answer; the next holder of the work looks it up",
-                    reached=bool(reached),
-                )
-            if self.budget is not None:
-                self.budget.take(endpoint)
-            started = time.monotonic()
-            try:
-                result = send()
-            except stripe.StripeError as error:
-                failure = classify(error, self._secret)
-                if self.budget is not None and isinstance(error, stripe.RateLimitError):
-                    self.budget.rate_limited(failure.retry_after)
-                note(stripe_request_id=failure.request_id)
-                self._observer.stripe_call(endpoint, failure.kind.value, time.monotonic() - started)
-                if moves_money and may_have_reached_stripe(error):
-                    reached.append(failure)
-                if number < self._tries_per_call and should_try_again(error):
-                    self._sleep(self._retry_delay(number))
-                    continue
-                if reached and failure.kind != FailureKind.UNKNOWN:
-                    raise failure.after_unknown_tries(reached) from None
-                raise failure from None
-            response = getattr(result, "last_response", None)
-            note(stripe_request_id=getattr(response, "request_id", None))
-            self._observer.stripe_call(endpoint, "ok", time.monotonic() - started)
-            return result
+            with self._place(endpoint, number, reached=bool(reached)):
+                if send_while is not None and not send_while():
+                    raise ClaimRanOut(
+                        f"{endpoint}: not sent (try {number}), the claim would run out before"
+                        " its answer; the next holder of the work looks it up",
+                        reached=bool(reached),
+                    )
+                if self.budget is not None:
+                    self.budget.take(endpoint)
+                started = time.monotonic()
+                try:
+                    result = send()
+                except stripe.StripeError as error:
+                    failure = classify(error, self._secret)
+                    if self.budget is not None and isinstance(error, stripe.RateLimitError):
+                        self.budget.rate_limited(failure.retry_after)
+                    note(stripe_request_id=failure.request_id)
+                    self._observer.stripe_call(
+                        endpoint, failure.kind.value, time.monotonic() - started
+                    )
+                    if moves_money and may_have_reached_stripe(error):
+                        reached.append(failure)
+                    if not (number < self._tries_per_call and should_try_again(error)):
+                        if reached and failure.kind != FailureKind.UNKNOWN:
+                            raise failure.after_unknown_tries(reached) from None
+                        raise failure from None
+                else:
+                    response = getattr(result, "last_response", None)
+                    note(stripe_request_id=getattr(response, "request_id", None))
+                    self._observer.stripe_call(endpoint, "ok", time.monotonic() - started)
+                    return result
+            # Waiting to try again holds no place among the calls in flight.
+            self._sleep(self._retry_delay(number))
         raise AssertionError("unreachable: the last try returns or raises")
+
+    @contextlib.contextmanager
+    def _place(self, endpoint: str, number: int, *, reached: bool) -> Iterator[None]:
+        """A place among the calls in flight, for one try; none once stopping."""
+
+        def stopped() -> StoppedBeforeSending:
+            return StoppedBeforeSending(
+                f"{endpoint}: not sent (try {number}), the daemon is stopping", reached=reached
+            )
+
+        if self._places is None:
+            if self._stopping.is_set():
+                raise stopped()
+            yield
+            return
+        # Woken now and then to see whether to stop: a stopping daemon's
+        # waiting workers give their work back instead of sending it later.
+        while not self._places.acquire(timeout=PLACE_WAIT_SLICE_SECONDS):
+            if self._stopping.is_set():
+                raise stopped()
+        try:
+            if self._stopping.is_set():
+                raise stopped()
+            yield
+        finally:
+            self._places.release()
 
     def _retry_delay(self, failed_tries: int) -> float:
         ceiling = min(

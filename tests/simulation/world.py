@@ -396,7 +396,7 @@ class SimWorld:
             identity=f"sim-{name}",
             sleep=self.sleep,
             rng=random.Random(self.seed * 31 + self.daemons_started),
-            group_commit=False,
+            one_thread_at_a_time=True,
         )
         self.note(f"daemon {name} starts")
 

@@ -356,9 +356,7 @@ def test_a_reversal_costs_one_stripe_request_when_the_ledger_knows_what_is_left(
     view = world.show(transfer_id)
     assert view.status == "reversed" and view.amount_reversed == 1000
     sent = world.simulator.state()["requests"][before:]
-    assert [(r["method"], r["path"].rsplit("/", 1)[-1]) for r in sent] == [
-        ("POST", "reversals")
-    ]
+    assert [(r["method"], r["path"].rsplit("/", 1)[-1]) for r in sent] == [("POST", "reversals")]
 
 
 def test_a_partial_reversal_made_outside_meanwhile_is_retried_for_what_is_left_at_stripe(

@@ -169,6 +169,7 @@ class StripeSimulator:
             call.record.fault = response.fault
             call.record.replayed = response.replayed
             call.record.rate_limited = response.rate_limited
+            call.record.answered_at = self._clock()
             return response
 
     def _begin(self, call: Call, now: float) -> ApiResponse | None:

@@ -66,6 +66,9 @@ class RequestRecord:
     fault: str | None = None
     replayed: bool = False
     rate_limited: bool = False
+    # When its answer was ready (after the latency): with `at`, how many
+    # requests were in flight at once.
+    answered_at: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -77,4 +80,5 @@ class RequestRecord:
             "fault": self.fault,
             "replayed": self.replayed,
             "rate_limited": self.rate_limited,
+            "answered_at": self.answered_at,
         }
