@@ -59,6 +59,8 @@ SHUTDOWN_GRACE_SECONDS: Final = 5.0
 # While workers are busy, the loop takes at most one turn per this long. An idle
 # daemon still answers a NOTIFY at once.
 BUSY_TURN_SECONDS: Final = 0.02
+# How often a loop waiting for room in its backlog looks whether to stop.
+ROOM_WAIT_SLICE_SECONDS: Final = 0.1
 # Worker threads per Stripe call in flight (`--concurrency`). A handling is a
 # Stripe call plus the daemon's own steps around it (loading the transfer,
 # recording the attempt, then the outcome: about a tenth of it at 100 ms a
@@ -181,6 +183,7 @@ class Daemon:
                     # Workers have a backlog queued: a turn per NOTIFY (one per
                     # recorded outcome) would only compete with them for the GIL.
                     self.stop.wait(BUSY_TURN_SECONDS)
+                    self._wait_for_room()
                 self.wake.wait(self.poll_seconds)
             self.stop.set()
             self._hand_back_queued()
@@ -225,6 +228,23 @@ class Daemon:
         for claim in claims:
             self._queue.put(claim)
         return len(claims)
+
+    def _wait_for_room(self) -> None:
+        """While the backlog still holds a place's worth of work for every
+        call in flight, a turn would find no room to fill: wait until it
+        does not (or the poll interval passes, or the daemon stops). A turn
+        is a handful of queries; fewer of them leave the workers more of the
+        process's time."""
+        deadline = time.monotonic() + self.poll_seconds
+        room = self.options.concurrency
+        with self._idle:
+            while (
+                self._backlog_limit - len(self._in_flight) < room
+                and not self.stop.is_set()
+                and (left := deadline - time.monotonic()) > 0
+            ):
+                # In slices: a stop (a signal) does not notify this condition.
+                self._idle.wait(min(left, ROOM_WAIT_SLICE_SECONDS))
 
     def _rate_limit_ends_soon(self) -> bool:
         """`--once` runs until nothing is due, and waits out a 429's short
