@@ -16,6 +16,7 @@ the service stands below the read model in the layers and imports nothing of it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, NamedTuple, Protocol
@@ -290,30 +291,43 @@ class LedgerService:
             self._check_against_ledger(batch)
         repeated = within.confirm(source)
         imported = present = 0
-        for batch in batched(source(), IMPORT_BATCH_SIZE):
-            fresh = [r for r in batch if (r.transfer_id, r.line) not in repeated]
-            with self.db.transaction(write=False) as cursor:
-                stored = self.db.first_stored_events(cursor, [r.transfer_id for r in fresh])
-            new = [r for r in fresh if r.transfer_id not in stored]
-            present += len(fresh) - len(new)
-            if not new:
-                continue
-            # Checked in the first pass; a writer that got there since makes
-            # this append fail on its reservations, and the import stops here.
-            transfers = [
-                Transfer.import_existing(
-                    transfer_id=r.transfer_id,
-                    state=r,
-                    source_updated_at=r.source_updated_at,
-                    actor=actor,
-                    source_transaction=r.source_transaction,
-                )
-                for r in new
-            ]
-            # The append reserves their orders (orders.OrderReservations).
-            self.transfers.save_new(transfers)
-            imported += len(new)
+        # One append at a time, in a thread of its own: while the database
+        # writes one batch, this thread reads and builds the next (the
+        # append's wait for the server releases the GIL).
+        appending: Future[int] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="ledger-import-append") as appends:
+            for batch in batched(source(), IMPORT_BATCH_SIZE):
+                fresh = [r for r in batch if (r.transfer_id, r.line) not in repeated]
+                with self.db.transaction(write=False) as cursor:
+                    stored = self.db.first_stored_events(cursor, [r.transfer_id for r in fresh])
+                new = [r for r in fresh if r.transfer_id not in stored]
+                present += len(fresh) - len(new)
+                if not new:
+                    continue
+                # Checked in the first pass; a writer that got there since makes
+                # an append fail on its reservations, and the import stops there.
+                transfers = [
+                    Transfer.import_existing(
+                        transfer_id=r.transfer_id,
+                        state=r,
+                        source_updated_at=r.source_updated_at,
+                        actor=actor,
+                        source_transaction=r.source_transaction,
+                    )
+                    for r in new
+                ]
+                if appending is not None:
+                    # The batch before has committed, or its error stops the import.
+                    imported += appending.result()
+                # The append reserves their orders (orders.OrderReservations).
+                appending = appends.submit(self._save_new, transfers)
+            if appending is not None:
+                imported += appending.result()
         return ImportResult(imported=imported, already_present=present)
+
+    def _save_new(self, transfers: Sequence[Transfer]) -> int:
+        self.transfers.save_new(transfers)
+        return len(transfers)
 
     def _check_against_ledger(self, batch: Sequence[ImportRecord]) -> None:
         """Refuse (IdempotencyConflict, naming the line) a record the ledger

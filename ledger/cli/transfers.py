@@ -4,6 +4,9 @@ commands, each through the application service."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 from ledger import matrix, values
@@ -121,13 +124,29 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     source = ImportFile(Path(args.file))
     actor = values.actor(args.actor)
-    with open_backend(args.database_url) as backend:
+    with open_backend(args.database_url) as backend, _cyclic_collection_paused():
         result = backend.service.import_transfers(source.records, actor=actor)
     if args.json:
         print_json({"imported": result.imported, "already_present": result.already_present})
     else:
         print(f"imported {result.imported}, already present {result.already_present}")
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _cyclic_collection_paused() -> Iterator[None]:
+    """An import makes next to no cyclic garbage (1,300 objects for 30,000
+    transfers: reference counting frees the rest), yet Python's collector
+    would scan the records kept between the two passes, and every object
+    made since, again and again: a third of a 100,000-line import's time.
+    This process runs nothing else meanwhile; collection resumes after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:

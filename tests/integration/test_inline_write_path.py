@@ -5,10 +5,12 @@ with SIGKILL in the middle of an append (both databases)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,12 @@ from uuid import UUID
 
 import pytest
 
+from ledger import failpoints
 from ledger.audit.verify import verify
 from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
+from ledger.importing import parse_lines
+from ledger.service import IMPORT_BATCH_SIZE
 from tests.ledgers import Ledger
 from tests.paying import pay_out
 
@@ -143,4 +148,55 @@ def test_a_process_killed_in_the_middle_of_an_append_leaves_nothing_half_written
         )
         assert created
         assert sorted(v.order_ref for v in ledger.list()) == ["before", "killed-mid-append"]
+        _assert_in_step(ledger, migrated_url)
+
+
+class _AppendRefused(Exception):
+    pass
+
+
+def test_an_import_whose_second_batch_fails_keeps_the_first_and_a_rerun_finishes_it(
+    migrated_url: str,
+) -> None:
+    """The import appends one batch while it builds the next: an append that
+    fails stops it there, the batches before it committed, none after it;
+    running it again imports the rest."""
+    lines = [
+        json.dumps(
+            {
+                "id": str(uuid.UUID(int=n + 1)),
+                "seller_account_id": "acct_1",
+                "order_ref": f"order-batch-{n}",
+                "amount": 100 + n,
+                "currency": "usd",
+                "status": "pending",
+            }
+        )
+        for n in range(IMPORT_BATCH_SIZE * 2 + 10)
+    ]
+    records = parse_lines(lines)
+    appends: list[str] = []
+
+    def refuse_the_second(name: str) -> None:
+        if name == "mid_append":
+            appends.append(name)
+            if len(appends) == 2:
+                raise _AppendRefused
+
+    with Ledger.open(migrated_url) as ledger:
+        failpoints.install_hook(refuse_the_second)
+        try:
+            with pytest.raises(_AppendRefused):
+                ledger.import_transfers(records)
+        finally:
+            failpoints.install_hook(None)
+        assert len(ledger.list()) == IMPORT_BATCH_SIZE
+        assert _scalar(ledger, "SELECT COUNT(*) FROM event_chain") == IMPORT_BATCH_SIZE
+
+        result = ledger.import_transfers(records)
+        assert (result.imported, result.already_present) == (
+            len(lines) - IMPORT_BATCH_SIZE,
+            IMPORT_BATCH_SIZE,
+        )
+        assert len(ledger.list()) == len(lines)
         _assert_in_step(ledger, migrated_url)
