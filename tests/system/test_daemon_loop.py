@@ -72,9 +72,7 @@ def test_concurrency_n_keeps_exactly_n_stripe_calls_in_flight(migrated_url: str)
 
 def most_in_flight(requests: list[dict[str, Any]]) -> int:
     # An answer at the same instant as an arrival counts first: that place was free.
-    moments = sorted(
-        [(r["at"], 1) for r in requests] + [(r["answered_at"], -1) for r in requests]
-    )
+    moments = sorted([(r["at"], 1) for r in requests] + [(r["answered_at"], -1) for r in requests])
     in_flight = most = 0
     for _, change in moments:
         in_flight += change
