@@ -177,8 +177,6 @@ def build_daemon(
         )
     # Shared with the gateway: once the daemon stops, no request is sent.
     stop = stop or threading.Event()
-    # Shared with the gateway: once the daemon stops, no request is sent.
-    stop = stop or threading.Event()
     # Imported here: stripe-python costs every other command ~40 ms of start-up.
     from ledger.stripe.gateway import StripeGateway  # noqa: PLC0415
 

@@ -313,14 +313,20 @@ class StripeGateway:
         for number in range(1, self._tries_per_call + 1):
             failpoint("stripe_try")
             with self._place(endpoint, number, reached=bool(reached)):
+                if self.budget is not None:
+                    # May wait (a 429's pause): the checks below come after it.
+                    self.budget.take(endpoint)
+                # Checked last, right before sending: a stop, or a process
+                # paused while it waited for its place or its budget, sends
+                # nothing after another daemon may have taken the work over.
+                if self._stopping.is_set():
+                    raise self._stopped(endpoint, number, reached=bool(reached))
                 if send_while is not None and not send_while():
                     raise ClaimRanOut(
                         f"{endpoint}: not sent (try {number}), the claim would run out before"
                         " its answer; the next holder of the work looks it up",
                         reached=bool(reached),
                     )
-                if self.budget is not None:
-                    self.budget.take(endpoint)
                 started = time.monotonic()
                 try:
                     result = send()
@@ -349,29 +355,26 @@ class StripeGateway:
 
     @contextlib.contextmanager
     def _place(self, endpoint: str, number: int, *, reached: bool) -> Iterator[None]:
-        """A place among the calls in flight, for one try; none once stopping."""
-
-        def stopped() -> StoppedBeforeSending:
-            return StoppedBeforeSending(
-                f"{endpoint}: not sent (try {number}), the daemon is stopping", reached=reached
-            )
-
+        """A place among the calls in flight, for one try (none to wait for
+        without a limit). A stop while waiting gives up the wait."""
         if self._places is None:
-            if self._stopping.is_set():
-                raise stopped()
             yield
             return
         # Woken now and then to see whether to stop: a stopping daemon's
         # waiting workers give their work back instead of sending it later.
         while not self._places.acquire(timeout=PLACE_WAIT_SLICE_SECONDS):
             if self._stopping.is_set():
-                raise stopped()
+                raise self._stopped(endpoint, number, reached=reached)
         try:
-            if self._stopping.is_set():
-                raise stopped()
             yield
         finally:
             self._places.release()
+
+    @staticmethod
+    def _stopped(endpoint: str, number: int, *, reached: bool) -> StoppedBeforeSending:
+        return StoppedBeforeSending(
+            f"{endpoint}: not sent (try {number}), the daemon is stopping", reached=reached
+        )
 
     def _retry_delay(self, failed_tries: int) -> float:
         ceiling = min(
@@ -442,11 +445,13 @@ def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:
             # Stripe gives this no code: the transfer's state differs from what
             # the ledger thinks. Look it up; don't guess.
             kind = FailureKind.UNKNOWN
-        elif param == "amount" and "unreversed amount" in message:
-            # The ledger asks for no more than Stripe had left when it looked:
-            # someone reversed part of it since (found by the deterministic
-            # simulation). Nothing was done; the next attempt asks for what
-            # is left then, instead of failing the refund for good.
+        elif "unreversed amount" in message.lower():
+            # More than Stripe has left: someone reversed part of it meanwhile
+            # (found by the deterministic simulation). A first attempt asks for
+            # what the ledger knows is left. Nothing was done; the retry looks
+            # at Stripe first and asks for what is left there, instead of
+            # failing the refund for good. Told by the message alone: whether
+            # Stripe names `param` here is not something to depend on.
             kind = FailureKind.RETRY_LATER
         elif param in _REFUSABLE_PARAMS or code in _REFUSAL_CODES or status == 404:
             # Stripe refuses this money movement as asked: this destination,

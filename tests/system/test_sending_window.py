@@ -17,6 +17,7 @@ from ledger.bootstrap import build_daemon, work_store
 from ledger.processing.daemon import DaemonOptions
 from ledger.processing.ports import ClaimRanOut
 from ledger.processing.work import WorkStore
+from ledger.stripe.budget import RateBudget
 from ledger.stripe.gateway import StripeGateway, StripeSettings
 from ledger.stripe.simulator import SimulatorServer
 from tests.system.world import API_KEY, new_world, running_simulator
@@ -143,3 +144,29 @@ def test_a_retry_more_than_an_hour_after_the_attempt_began_is_not_sent(
         world.run_daemon_once()
         assert world.show(transfer_id).status == "completed"
         assert len(world.stripe_transfers(transfer_id)) == 1
+
+
+def test_a_try_that_waited_for_the_rate_budget_past_its_claim_is_not_sent(
+    sim: SimulatorServer,
+) -> None:
+    """Found by review: the claim was checked, then the try waited for the
+    rate budget (a 429's pause), then it was sent, however long the wait. The
+    check now comes after the wait, right before sending."""
+    now = [0.0]
+    waited: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        # The process sleeps through its pause; its claim runs out meanwhile.
+        waited.append(seconds)
+        now[0] += seconds
+
+    budget = RateBudget(clock=lambda: now[0], sleep=sleep)
+    budget.rate_limited(30.0)
+    settings = StripeSettings(api_key=API_KEY, api_base=sim.base_url, timeout_seconds=2.0)
+    gateway = StripeGateway(settings, sleep=lambda seconds: None, budget=budget)
+
+    with pytest.raises(ClaimRanOut):
+        _pay(gateway, lambda: not waited)
+
+    assert waited  # it did wait for the budget
+    assert _posts(sim) == []

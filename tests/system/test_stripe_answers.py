@@ -167,6 +167,42 @@ def test_a_reversal_whose_first_try_may_have_reached_stripe_is_not_made_twice_af
     assert ledger_matches_stripe(world, [transfer_id]) == []
 
 
+@pytest.mark.parametrize("kind", ["payout", "reversal"])
+def test_a_same_key_resend_that_meets_a_429_leaves_the_outcome_unknown_and_no_new_key(
+    world: World, kind: str
+) -> None:
+    """Found by review: the first attempt's outcome is unknown (a 500, which
+    Stripe asks not to retry) and the look-up finds nothing; the next handling
+    sends it again under ITS key, and that meets a 429. A 429 says nothing of
+    the first request, which may still land: what was unknown stays unknown,
+    the handling after looks up again and sends under the same key, never a
+    new one (a new key is how a late first request would pay twice)."""
+    path = "/v1/transfers" if kind == "payout" else "/reversals"
+    transfer_id = world.create(f"order-429-{kind}", amount=4000)
+    if kind == "reversal":
+        world.run_daemon_once()
+    world.simulator.add_fault("500_before", path=path)
+    world.simulator.add_fault("429", path=path)
+    if kind == "reversal":
+        world.request_reversal(transfer_id)
+    world.run_daemon_once()
+    world.run_daemon_once()
+    posts = [r for r in world.money_posts() if r["path"].endswith(path.rsplit("/", 1)[-1])]
+    keys = {r["idempotency_key"] for r in posts}
+    if kind == "payout":
+        expected = idempotency_key("payout", payout_cause(transfer_id), 1)
+    else:
+        requested = next(
+            e for e in world.events(transfer_id) if type(e).__name__ == "ReversalRequested"
+        )
+        expected = idempotency_key("reversal", f"{transfer_id}:{requested.originator_version}", 1)
+    assert [r["status"] for r in posts] == [500, 429, 200]
+    assert keys == {expected}
+    view = world.show(transfer_id)
+    assert view.status == ("completed" if kind == "payout" else "reversed")
+    assert ledger_matches_stripe(world, [transfer_id]) == []
+
+
 def test_random_faults_with_the_client_retrying_never_move_money_twice(
     migrated_url: str,
 ) -> None:
