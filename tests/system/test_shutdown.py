@@ -11,6 +11,7 @@ from ledger.processing.daemon import BACKLOG_PER_CALL, SHUTDOWN_GRACE_SECONDS
 from tests.system.world import (
     World,
     finish,
+    kill,
     ledger_matches_stripe,
     new_world,
     running_simulator,
@@ -28,13 +29,16 @@ def test_sigterm_during_in_flight_calls_exits_0_and_loses_nothing(
         transfer_ids = [world.create(f"order-{n}") for n in range(12)]
         log = tmp_path / "daemon.log"
         daemon = start_daemon(world, "--concurrency", "4", log_path=log)
-        wait_started(daemon, log)
-        # Calls are in flight once the simulator has seen them arrive.
-        wait_for(lambda: len(world.money_posts()) >= 4, what="calls in flight")
-        daemon.send_signal(signal.SIGTERM)
-        # In-flight calls take 0.8 s here; the daemon waits for them, no longer
-        # than its grace period, and then exits cleanly.
-        assert finish(daemon, timeout=SHUTDOWN_GRACE_SECONDS + 10) == 0, log.read_text()
+        try:
+            wait_started(daemon, log)
+            # Calls are in flight once the simulator has seen them arrive.
+            wait_for(lambda: len(world.money_posts()) >= 4, what="calls in flight")
+            daemon.send_signal(signal.SIGTERM)
+            # In-flight calls take 0.8 s here; the daemon waits for them, no
+            # longer than its grace period, and then exits cleanly.
+            assert finish(daemon, timeout=SHUTDOWN_GRACE_SECONDS + 10) == 0, log.read_text()
+        finally:
+            kill(daemon)  # a failed wait must not leave it running
         assert "SIGTERM received" in log.read_text()
         # It stopped taking work: not everything was paid.
         assert len(world.stripe_transfers()) < len(transfer_ids)
@@ -59,16 +63,19 @@ def test_sigterm_hands_queued_work_back_at_once_while_every_worker_is_in_a_slow_
             world.create(f"order-q{n}")
         log = tmp_path / "daemon.log"
         daemon = start_daemon(world, "--concurrency", "2", log_path=log)
-        wait_started(daemon, log)
-        # Two calls in flight; the rest of the backlog claimed behind them:
-        # workers waiting for a place, and work queued for them.
-        wait_for(lambda: len(world.money_posts()) >= 2, what="both places taken by a call")
-        wait_for(
-            lambda: len(claimed(world)) == 2 * BACKLOG_PER_CALL,
-            what="the whole backlog claimed",
-        )
-        daemon.send_signal(signal.SIGTERM)
-        assert finish(daemon, timeout=SHUTDOWN_GRACE_SECONDS + 10) == 0, log.read_text()
+        try:
+            wait_started(daemon, log)
+            # Two calls in flight; the rest of the backlog claimed behind
+            # them: workers waiting for a place, and work queued for them.
+            wait_for(lambda: len(world.money_posts()) >= 2, what="both places taken by a call")
+            wait_for(
+                lambda: len(claimed(world)) == 2 * BACKLOG_PER_CALL,
+                what="the whole backlog claimed",
+            )
+            daemon.send_signal(signal.SIGTERM)
+            assert finish(daemon, timeout=SHUTDOWN_GRACE_SECONDS + 10) == 0, log.read_text()
+        finally:
+            kill(daemon)  # a failed wait must not leave it running
         assert len(world.money_posts()) == 2  # nothing sent after the signal
 
         # Only the two calls that were sent may keep their claims (a call
