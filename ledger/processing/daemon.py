@@ -189,12 +189,13 @@ class Daemon:
             self._hand_back_queued()
             self._drain()
         beating.set()
-        with contextlib.suppress(Exception):
-            # What the last outcomes recorded, visible on exit.
-            self.observer.events_projected(self.backend.catch_up())
-        if self.heartbeat is not None:
+        if self._database_reachable():
             with contextlib.suppress(Exception):
-                self.heartbeat.stopped()
+                # What the last outcomes recorded, visible on exit.
+                self.observer.events_projected(self.backend.catch_up())
+            if self.heartbeat is not None:
+                with contextlib.suppress(Exception):
+                    self.heartbeat.stopped()
         if self._fatal is not None:
             raise self._fatal
 
@@ -283,15 +284,25 @@ class Daemon:
                 claim = self._queue.get_nowait()
             except queue.Empty:
                 return
-            try:
-                self.work.release(
-                    claim, outcome_unknown=claim.outcome_unknown, now=self.manager.clock()
-                )
-            except Exception as error:
-                self.problems.report("hand back", error)
+            if self._database_reachable():
+                try:
+                    self.work.release(
+                        claim, outcome_unknown=claim.outcome_unknown, now=self.manager.clock()
+                    )
+                except Exception as error:
+                    self.problems.report("hand back", error)
             with self._idle:
                 self._in_flight.discard(claim.transfer_id)
                 self._idle.notify_all()
+
+    def _database_reachable(self) -> bool:
+        """False while the loop's last database steps failed: stopping then
+        writes nothing more, since each write would wait out the pool's
+        timeout (10 s, one after another: a SIGTERM took half a minute with
+        the database down). Claims not handed back run out on their own."""
+        return not any(
+            self.problems.failing(step) for step in ("dispatch", "projection", "hand back")
+        )
 
     def _busy(self) -> bool:
         with self._lock:
@@ -331,10 +342,11 @@ class Daemon:
         try:
             if self.stop.is_set():
                 # Stopping: queued work is handed back for the next daemon.
-                with contextlib.suppress(Exception):
-                    self.work.release(
-                        claim, outcome_unknown=claim.outcome_unknown, now=self.manager.clock()
-                    )
+                if self._database_reachable():
+                    with contextlib.suppress(Exception):
+                        self.work.release(
+                            claim, outcome_unknown=claim.outcome_unknown, now=self.manager.clock()
+                        )
                 return
             outcome = self._handle(claim)
             # The read table said due, the transfer said no: it lags the

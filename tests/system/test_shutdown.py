@@ -7,6 +7,11 @@ import signal
 from pathlib import Path
 from uuid import UUID
 
+import psycopg
+import pytest
+from psycopg import sql
+
+from ledger.config import DatabaseConfig
 from ledger.processing.daemon import BACKLOG_PER_CALL, SHUTDOWN_GRACE_SECONDS
 from tests.system.world import (
     World,
@@ -101,3 +106,47 @@ def claimed(world: World) -> set[UUID]:
     with world.ledger() as ledger, ledger.db.transaction(write=False) as cursor:
         cursor.execute("SELECT transfer_id FROM stripe_work WHERE claimed_by IS NOT NULL")
         return {UUID(str(row["transfer_id"])) for row in cursor.fetchall()}
+
+
+@pytest.mark.postgres
+def test_sigterm_with_the_database_gone_exits_without_waiting_on_it_write_after_write(
+    migrated_postgres_url: str, postgres_admin_url: str, tmp_path: Path
+) -> None:
+    """With the database unreachable, each write a stopping daemon makes
+    (hand back a claim, project, say it stopped) waited out the pool's
+    timeout, one after another. It writes nothing more once its loop's
+    database steps fail: the claims run out on their own."""
+    name = DatabaseConfig.from_url(migrated_postgres_url).dbname
+    with running_simulator(latency_ms=30_000) as sim:
+        world = new_world(migrated_postgres_url, sim)
+        for n in range(8):
+            world.create(f"order-gone-{n}")
+        log = tmp_path / "daemon.log"
+        daemon = start_daemon(world, "--concurrency", "2", log_path=log)
+        try:
+            wait_started(daemon, log)
+            wait_for(
+                lambda: len(claimed(world)) == 2 * BACKLOG_PER_CALL,
+                what="the whole backlog claimed",
+            )
+            with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
+                        sql.Identifier(name)
+                    )
+                )
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+            wait_for(lambda: "failed" in log.read_text(), what="the daemon to notice")
+            daemon.send_signal(signal.SIGTERM)
+            # A turn in progress may still wait out the pool's timeout once
+            # (10 s), then the grace for calls in flight (5 s); not a wait per write.
+            assert finish(daemon, timeout=SHUTDOWN_GRACE_SECONDS + 25) == 0, log.read_text()
+        finally:
+            kill(daemon)
+            with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name))
+                )
