@@ -9,7 +9,14 @@ from collections.abc import Iterator
 import pytest
 
 from ledger.stripe.simulator import SimulatorServer
-from tests.system.world import World, new_world, running_simulator
+from tests.system.world import STARTED_DAEMONS, World, kill, new_world, running_simulator
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_left_running() -> Iterator[None]:
+    yield
+    while STARTED_DAEMONS:
+        kill(STARTED_DAEMONS.pop())
 
 
 @pytest.fixture

@@ -150,17 +150,25 @@ def daemon_env(world: World, **extra: str) -> dict[str, str]:
     return env
 
 
+# Every daemon process a test started: killed at the test's end if still
+# running (tests/system/conftest.py), so that a test failing before it
+# stops its daemon leaves none behind to share the machine with later work.
+STARTED_DAEMONS: list[subprocess.Popen[bytes]] = []
+
+
 def start_daemon(
     world: World, *args: str, log_path: Path, **extra_env: str
 ) -> subprocess.Popen[bytes]:
     """`ledger daemon ARGS` as a real process; its stderr goes to `log_path`."""
     with log_path.open("ab") as log:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [str(LEDGER_SCRIPT), "daemon", *args],
             env=daemon_env(world, **extra_env),
             stdout=log,
             stderr=log,
         )
+    STARTED_DAEMONS.append(process)
+    return process
 
 
 def wait_started(process: subprocess.Popen[bytes], log_path: Path) -> None:
