@@ -542,30 +542,15 @@ class Transfer(Aggregate):
                 Status.REVERSAL_PENDING,
                 because=NO_STRIPE_TRANSFER_TO_REVERSE,
             )
-        outstanding = self.amount - self.amount_reversed
-        if outstanding <= 0:
-            raise InvalidInput(f"transfer {self.id} has nothing left to reverse")
-        if amount is None:
-            amount = outstanding
-        if self.status == Status.REVERSAL_PENDING:
-            raise IdempotencyConflict(
-                f"transfer {self.id} already has reversal request "
-                f"{self.reversal_request_ref!r} pending"
-            )
-        if amount > outstanding:
-            raise InvalidInput(
-                f"invalid amount {amount}: transfer {self.id} has only {outstanding} to reverse"
-            )
-        self._change_status(
-            self.ReversalRequested,
+        return self._record_reversal_request(
             Status.REVERSAL_PENDING,
+            already_pending=self.status == Status.REVERSAL_PENDING,
+            request_ref=request_ref,
+            amount=amount,
             actor=actor,
             reason=reason,
             caused_by=caused_by,
-            request_ref=request_ref,
-            amount=amount,
         )
-        return True
 
     def _request_further_reversal(
         self,
@@ -584,10 +569,34 @@ class Transfer(Aggregate):
             raise TransitionRefused(
                 self.id, self.status, Status.REVERSED, because=NO_STRIPE_TRANSFER_TO_REVERSE
             )
+        return self._record_reversal_request(
+            Status.REVERSED,
+            already_pending=self.next_retry_at is not None,
+            request_ref=request_ref,
+            amount=amount,
+            actor=actor,
+            reason=reason,
+            caused_by=caused_by,
+        )
+
+    def _record_reversal_request(
+        self,
+        to_status: Status,
+        *,
+        already_pending: bool,
+        request_ref: str,
+        amount: int | None,
+        actor: str,
+        reason: str | None,
+        caused_by: str | None,
+    ) -> bool:
+        """What a first and a further reversal request share: something left
+        to reverse, no other request pending, at most what is left (default:
+        all of it)."""
         outstanding = self.amount - self.amount_reversed
         if outstanding <= 0:
             raise InvalidInput(f"transfer {self.id} has nothing left to reverse")
-        if self.next_retry_at is not None:
+        if already_pending:
             raise IdempotencyConflict(
                 f"transfer {self.id} already has reversal request "
                 f"{self.reversal_request_ref!r} pending"
@@ -600,7 +609,7 @@ class Transfer(Aggregate):
             )
         self._change_status(
             self.ReversalRequested,
-            Status.REVERSED,
+            to_status,
             actor=actor,
             reason=reason,
             caused_by=caused_by,
