@@ -239,18 +239,16 @@ class ProcessManager:
         except StripeCallFailed as failure:
             if same_key and failure.key_spent:
                 return self._key_spent(effect, transfer, cause, failure, progress)
-            if failure.kind == FailureKind.WAIT:
-                # A 429 (or a condition) is answered before anything runs and
-                # is not saved under the key: it says nothing of an earlier
-                # try whose outcome is unknown, which may still be on its way
-                # (found by review: a same-key resend met a 429, and the next
-                # attempt went out under a new key). What was unknown stays
-                # so: the next handling looks up first.
-                return self._failed(effect, transfer, cause, failure, progress)
             if failure.kind != FailureKind.UNKNOWN:
-                # A definite answer to this call (and a look-up, if one ran,
-                # found nothing from before): nothing is unknown any more.
-                progress.outcome_unknown = False
+                if failure.kind != FailureKind.WAIT:
+                    # A definite answer to this call (and a look-up, if one
+                    # ran, found nothing from before): nothing is unknown any
+                    # more. Not a WAIT: a 429 is answered before anything runs
+                    # and is not saved under the key, so it says nothing of an
+                    # earlier try that may still land (found by review: a
+                    # same-key resend met a 429, and the next attempt went out
+                    # under a new key). The next handling looks up first.
+                    progress.outcome_unknown = False
                 return self._failed(effect, transfer, cause, failure, progress)
             # It may have happened: the object tells, not the error.
             progress.outcome_unknown = True
