@@ -4,6 +4,7 @@ exits 0 within a few seconds, and nothing is lost or done twice."""
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 from uuid import UUID
 
@@ -16,7 +17,6 @@ from ledger.processing.daemon import BACKLOG_PER_CALL, SHUTDOWN_GRACE_SECONDS
 from tests.system.world import (
     World,
     finish,
-    kill,
     ledger_matches_stripe,
     new_world,
     running_simulator,
@@ -34,16 +34,13 @@ def test_sigterm_during_in_flight_calls_exits_0_and_loses_nothing(
         transfer_ids = [world.create(f"order-{n}") for n in range(12)]
         log = tmp_path / "daemon.log"
         daemon = start_daemon(world, "--concurrency", "4", log_path=log)
-        try:
-            wait_started(daemon, log)
-            # Calls are in flight once the simulator has seen them arrive.
-            wait_for(lambda: len(world.money_posts()) >= 4, what="calls in flight")
-            daemon.send_signal(signal.SIGTERM)
-            # In-flight calls take 0.8 s here; the daemon waits for them, no
-            # longer than its grace period, and then exits cleanly.
-            assert finish(daemon, timeout=SHUTDOWN_GRACE_SECONDS + 10) == 0, log.read_text()
-        finally:
-            kill(daemon)  # a failed wait must not leave it running
+        wait_started(daemon, log)
+        # Calls are in flight once the simulator has seen them arrive.
+        wait_for(lambda: len(world.money_posts()) >= 4, what="calls in flight")
+        daemon.send_signal(signal.SIGTERM)
+        # In-flight calls take 0.8 s here; the daemon waits for them, no longer
+        # than its grace period, and then exits cleanly.
+        assert finish(daemon, timeout=SHUTDOWN_GRACE_SECONDS + 10) == 0, log.read_text()
         assert "SIGTERM received" in log.read_text()
         # It stopped taking work: not everything was paid.
         assert len(world.stripe_transfers()) < len(transfer_ids)
@@ -67,20 +64,12 @@ def test_sigterm_hands_queued_work_back_at_once_while_every_worker_is_in_a_slow_
         for n in range(8):
             world.create(f"order-q{n}")
         log = tmp_path / "daemon.log"
-        daemon = start_daemon(world, "--concurrency", "2", log_path=log)
-        try:
-            wait_started(daemon, log)
-            # Two calls in flight; the rest of the backlog claimed behind
-            # them: workers waiting for a place, and work queued for them.
-            wait_for(lambda: len(world.money_posts()) >= 2, what="both places taken by a call")
-            wait_for(
-                lambda: len(claimed(world)) == 2 * BACKLOG_PER_CALL,
-                what="the whole backlog claimed",
-            )
-            daemon.send_signal(signal.SIGTERM)
-            assert finish(daemon, timeout=SHUTDOWN_GRACE_SECONDS + 10) == 0, log.read_text()
-        finally:
-            kill(daemon)  # a failed wait must not leave it running
+        daemon = _daemon_with_its_backlog_claimed(world, log)
+        # Two calls in flight; the rest of the backlog claimed behind them:
+        # workers waiting for a place, and work queued for them.
+        wait_for(lambda: len(world.money_posts()) >= 2, what="both places taken by a call")
+        daemon.send_signal(signal.SIGTERM)
+        assert finish(daemon, timeout=SHUTDOWN_GRACE_SECONDS + 10) == 0, log.read_text()
         assert len(world.money_posts()) == 2  # nothing sent after the signal
 
         # Only the two calls that were sent may keep their claims (a call
@@ -96,15 +85,29 @@ def test_sigterm_hands_queued_work_back_at_once_while_every_worker_is_in_a_slow_
         assert unknown(world) == sent
 
 
+def _daemon_with_its_backlog_claimed(world: World, log: Path) -> subprocess.Popen[bytes]:
+    """A daemon with two places, once it holds its whole backlog (the
+    simulator is slow: nothing it claims is done meanwhile)."""
+    daemon = start_daemon(world, "--concurrency", "2", log_path=log)
+    wait_started(daemon, log)
+    wait_for(
+        lambda: len(claimed(world)) == 2 * BACKLOG_PER_CALL,
+        what="the whole backlog claimed",
+    )
+    return daemon
+
+
 def unknown(world: World) -> set[UUID]:
-    with world.ledger() as ledger, ledger.db.transaction(write=False) as cursor:
-        cursor.execute("SELECT transfer_id FROM stripe_work WHERE outcome_unknown")
-        return {UUID(str(row["transfer_id"])) for row in cursor.fetchall()}
+    return _work_where(world, "outcome_unknown")
 
 
 def claimed(world: World) -> set[UUID]:
+    return _work_where(world, "claimed_by IS NOT NULL")
+
+
+def _work_where(world: World, condition: str) -> set[UUID]:
     with world.ledger() as ledger, ledger.db.transaction(write=False) as cursor:
-        cursor.execute("SELECT transfer_id FROM stripe_work WHERE claimed_by IS NOT NULL")
+        cursor.execute(f"SELECT transfer_id FROM stripe_work WHERE {condition}")
         return {UUID(str(row["transfer_id"])) for row in cursor.fetchall()}
 
 
@@ -122,13 +125,8 @@ def test_sigterm_with_the_database_gone_exits_without_waiting_on_it_write_after_
         for n in range(8):
             world.create(f"order-gone-{n}")
         log = tmp_path / "daemon.log"
-        daemon = start_daemon(world, "--concurrency", "2", log_path=log)
+        daemon = _daemon_with_its_backlog_claimed(world, log)
         try:
-            wait_started(daemon, log)
-            wait_for(
-                lambda: len(claimed(world)) == 2 * BACKLOG_PER_CALL,
-                what="the whole backlog claimed",
-            )
             with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
                 admin.execute(
                     sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
@@ -145,7 +143,6 @@ def test_sigterm_with_the_database_gone_exits_without_waiting_on_it_write_after_
             # (10 s), then the grace for calls in flight (5 s); not a wait per write.
             assert finish(daemon, timeout=SHUTDOWN_GRACE_SECONDS + 25) == 0, log.read_text()
         finally:
-            kill(daemon)
             with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
                 admin.execute(
                     sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name))
