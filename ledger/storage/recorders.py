@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
+from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
@@ -140,6 +141,10 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
 
     _APPEND: Final = "SELECT ledger_append(%s::jsonb) AS positions"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._select_statements: dict[tuple[bool, bool, bool, bool], str] = {}
+
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self,
@@ -180,6 +185,49 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
                 raise
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        """The library's read of one transfer's events, with each shape of the
+        statement composed once: the library composes it (psycopg.sql) on every
+        call, which cost more than the query's round trip (0.24 ms a read,
+        against 0.15 with the text ready). Same rows, same order."""
+        shape = (gt is not None, lte is not None, desc, limit is not None)
+        statement = self._select_statements.get(shape)
+        if statement is None:
+            statement = self._select_statement(*shape)
+            self._select_statements[shape] = statement
+        params = [p for p in (originator_id, gt, lte, limit) if p is not None]
+        with self.datastore.get_connection() as conn:
+            rows = conn.execute(statement, params, prepare=True).fetchall()
+        return [
+            StoredEvent(
+                originator_id=row["originator_id"],
+                originator_version=row["originator_version"],
+                topic=row["topic"],
+                state=bytes(row["state"]),
+            )
+            for row in rows
+        ]
+
+    def _select_statement(self, gt: bool, lte: bool, desc: bool, limit: bool) -> str:
+        table = f'"{self.datastore.schema}"."{self.events_table_name}"'
+        assert '"' not in self.datastore.schema + self.events_table_name  # quoted as is
+        return (
+            "SELECT originator_id, originator_version, topic, state"
+            f" FROM {table} WHERE originator_id = %s"
+            + (" AND originator_version > %s" if gt else "")
+            + (" AND originator_version <= %s" if lte else "")
+            + (" ORDER BY originator_version DESC" if desc else " ORDER BY originator_version ASC")
+            + (" LIMIT %s" if limit else "")
+        )
 
     def _in_transaction(
         self, conn: Connection[DictRow], document: str | None, also_execute: Sequence[Statement]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from uuid import uuid4
 
 from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
 
 from ledger.storage import FunctionAppendPostgresRecorder
 from tests.ledgers import Ledger
@@ -29,3 +30,42 @@ def test_a_batch_append_reads_back_byte_for_byte_in_notification_order(
     assert [(n.originator_id, n.originator_version, n.topic, n.state) for n in notifications] == [
         (e.originator_id, e.originator_version, e.topic, e.state) for e in batch
     ]
+
+
+def test_reading_one_transfer_gives_what_the_library_s_own_read_gives(migrated_url: str) -> None:
+    """The PostgreSQL recorder composes its read statements once: every
+    combination of bounds, order and limit reads what the library's read does."""
+    with Ledger.open(migrated_url) as ledger:
+        recorder = ledger.transfers.recorder
+        transfer_id = uuid4()
+        recorder.insert_events(
+            [StoredEvent(transfer_id, v, "topic", bytes([v, 0, 255])) for v in range(1, 8)]
+            + [StoredEvent(uuid4(), 1, "other", b"x")]
+        )
+        # The library's own read, past the ledger's override.
+        library = (
+            PostgresApplicationRecorder.select_events.__get__(recorder)
+            if isinstance(recorder, FunctionAppendPostgresRecorder)
+            else None
+        )
+        for gt in (None, 0, 3):
+            for lte in (None, 5, 7):
+                for desc in (False, True):
+                    for limit in (None, 2):
+                        read = recorder.select_events(
+                            transfer_id, gt=gt, lte=lte, desc=desc, limit=limit
+                        )
+                        versions = [
+                            v
+                            for v in range(1, 8)
+                            if (gt is None or v > gt) and (lte is None or v <= lte)
+                        ]
+                        versions = versions[::-1] if desc else versions
+                        versions = versions[:limit] if limit else versions
+                        assert [(e.originator_version, e.state) for e in read] == [
+                            (v, bytes([v, 0, 255])) for v in versions
+                        ]
+                        if library is not None:
+                            assert read == library(
+                                transfer_id, gt=gt, lte=lte, desc=desc, limit=limit
+                            )
