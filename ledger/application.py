@@ -19,7 +19,13 @@ from eventsourcing.utils import Environment, EnvType
 
 from ledger.domain import Transfer
 from ledger.errors import LedgerError, TransferNotFound
-from ledger.storage import Statement, is_version_conflict
+from ledger.storage import (
+    FunctionAppendPostgresRecorder,
+    PreparedAppend,
+    Statement,
+    StatementsSQLiteRecorder,
+    is_version_conflict,
+)
 
 T = TypeVar("T")
 
@@ -107,20 +113,24 @@ class Transfers(Application[UUID]):
         stored = list(self.events.get(transfer_id, gt=first - 1, lte=first + len(pending) - 1))
         return stored == pending
 
-    def save_new(
-        self, transfers: Sequence[Transfer], *, also_execute: Sequence[Statement] = ()
-    ) -> list[Recording[UUID]]:
-        """Save brand-new transfers (an import's batch) in one append.
-
-        Goes to the event store directly rather than through `save()`: the
-        batch is only creation events of fresh aggregates, and save()'s
-        per-object protocol checks cost more than the insert itself here.
+    def prepare_new(self, transfers: Sequence[Transfer]) -> PreparedAppend:
+        """Brand-new transfers (an import's batch) saved in two steps: this
+        one builds their append (their creation events stored as the mapper
+        stores them, and the document), and can run while the database writes
+        the batch before; `append_prepared` sends it. Straight to the recorder
+        rather than through `save()`: for fresh aggregates' creation events
+        save()'s per-object protocol checks cost more than the insert itself.
         The aggregates go down with their events, for the append hooks."""
-        return self.events.put(
-            [e for t in transfers for e in t.collect_events()],
-            also_execute=also_execute,
-            aggregates=transfers,
-        )
+        stored = [self.mapper.to_stored_event(e) for t in transfers for e in t.collect_events()]
+        recorder = self.recorder
+        assert isinstance(recorder, (FunctionAppendPostgresRecorder, StatementsSQLiteRecorder))
+        return recorder.prepare(stored, transfers)
+
+    def append_prepared(self, prepared: PreparedAppend) -> int:
+        """Send what `prepare_new` built, as one append; the number of
+        transfers it saved."""
+        self.recorder.insert_events(prepared.events, prepared=prepared)
+        return len(prepared.aggregates)
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -291,9 +291,10 @@ class LedgerService:
             self._check_against_ledger(batch)
         repeated = within.confirm(source)
         imported = present = 0
-        # One append at a time, in a thread of its own: while the database
-        # writes one batch, this thread reads and builds the next (the
-        # append's wait for the server releases the GIL).
+        # One append at a time, in a thread of its own that only sends: while
+        # the database writes one batch, this thread reads the next and builds
+        # all of its append (aggregates, stored events, the document), and the
+        # append's wait for the server releases the GIL to it.
         appending: Future[int] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="ledger-import-append") as appends:
             for batch in batched(source(), IMPORT_BATCH_SIZE):
@@ -319,15 +320,12 @@ class LedgerService:
                 if appending is not None:
                     # The batch before has committed, or its error stops the import.
                     imported += appending.result()
+                prepared = self.transfers.prepare_new(transfers)
                 # The append reserves their orders (orders.OrderReservations).
-                appending = appends.submit(self._save_new, transfers)
+                appending = appends.submit(self.transfers.append_prepared, prepared)
             if appending is not None:
                 imported += appending.result()
         return ImportResult(imported=imported, already_present=present)
-
-    def _save_new(self, transfers: Sequence[Transfer]) -> int:
-        self.transfers.save_new(transfers)
-        return len(transfers)
 
     def _check_against_ledger(self, batch: Sequence[ImportRecord]) -> None:
         """Refuse (IdempotencyConflict, naming the line) a record the ledger

@@ -23,6 +23,7 @@ from ledger.storage.recorders import (
     AppendHook,
     FunctionAppendPostgresRecorder,
     LedgerPostgresFactory,
+    PreparedAppend,
     StatementsSQLiteRecorder,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "Dialect",
     "FunctionAppendPostgresRecorder",
     "LedgerPostgresFactory",
+    "PreparedAppend",
     "Row",
     "Statement",
     "StatementsSQLiteRecorder",

@@ -70,6 +70,18 @@ class Appended:
     aggregates: Sequence[Any]
 
 
+@dataclass(frozen=True)
+class PreparedAppend:
+    """An append built ahead of sending it (an import builds the next batch
+    while the database writes this one): its events as the mapper stored them,
+    their aggregates, and on PostgreSQL the document `ledger_append` takes.
+    `insert_events(..., prepared=...)` sends it."""
+
+    events: Sequence[StoredEvent]
+    aggregates: Sequence[Any]
+    document: str | None = None
+
+
 class AppendHook(Protocol):
     """Something every append writes in its own transaction, after its events
     and under the events table's lock (so in commit order): the order
@@ -99,6 +111,12 @@ class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
 
     append_hooks: Sequence[AppendHook] = ()
 
+    def prepare(
+        self, stored_events: Sequence[StoredEvent], aggregates: Sequence[Any]
+    ) -> PreparedAppend:
+        # Nothing to build ahead here: the hooks write in the transaction.
+        return PreparedAppend(stored_events, aggregates)
+
     def _insert_events(
         self,
         c: SQLiteCursor,
@@ -106,8 +124,11 @@ class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
         *,
         also_execute: Sequence[Statement] = (),
         aggregates: Sequence[Any] = (),
+        prepared: PreparedAppend | None = None,
         **kwargs: Any,
     ) -> Sequence[int] | None:
+        if prepared is not None:
+            aggregates = prepared.aggregates
         notification_ids = super()._insert_events(c, stored_events, **kwargs)
         failpoint("mid_append")
         if stored_events and self.append_hooks:
@@ -152,6 +173,7 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
         *,
         also_execute: Sequence[Statement] = (),
         aggregates: Sequence[Any] = (),
+        prepared: PreparedAppend | None = None,
         **_: Any,
     ) -> Sequence[int] | None:
         """One append, one transaction, one round trip: the ledger's
@@ -160,10 +182,15 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
         raised, and the transaction is rolled back whole. Retried, as the
         library's is, after a dropped connection: a retry of an append that
         did commit meets the events' primary key, and callers recognise that
-        (see ledger.application.Transfers.change)."""
+        (see ledger.application.Transfers.change). `prepared`: the document
+        built already (`prepare`), for these `stored_events`."""
         if not stored_events and not also_execute:
             return []
-        document = self._document(stored_events, aggregates) if stored_events else None
+        if prepared is not None:
+            assert prepared.events is stored_events  # the document is of these events
+            document = prepared.document
+        else:
+            document = self._document(stored_events, aggregates) if stored_events else None
         failpoint("mid_append")
         with (
             pool_checked_on_connection_loss(self.datastore),
@@ -185,6 +212,12 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
                 raise
+
+    def prepare(
+        self, stored_events: Sequence[StoredEvent], aggregates: Sequence[Any]
+    ) -> PreparedAppend:
+        """Build the append's document now, to send it later."""
+        return PreparedAppend(stored_events, aggregates, self._document(stored_events, aggregates))
 
     def select_events(
         self,
