@@ -64,12 +64,9 @@ def owners(db: Database, order_refs: Iterable[str]) -> dict[str, UUID]:
     refs = sorted(set(order_refs))
     found: dict[str, UUID] = {}
     with db.transaction(write=False) as cursor:
-        for start in range(0, len(refs), SQLITE_MAX_PARAMS):
-            chunk = refs[start : start + SQLITE_MAX_PARAMS]
+        for chunk, condition in db.any_of("order_ref", refs):
             cursor.execute(
-                "SELECT order_ref, transfer_id FROM transfer_orders"
-                f" WHERE order_ref IN ({', '.join('?' * len(chunk))})",
-                chunk,
+                f"SELECT order_ref, transfer_id FROM transfer_orders WHERE {condition}", chunk
             )
             for row in cursor.fetchall():
                 owner = row["transfer_id"]

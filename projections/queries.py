@@ -47,12 +47,9 @@ def find_by_stripe_transfer_ids(
         return {}
     rows = []
     with db.transaction(write=False) as cursor:
-        for start in range(0, len(ids), SQLITE_MAX_PARAMS):
-            chunk = ids[start : start + SQLITE_MAX_PARAMS]
+        for chunk, condition in db.any_of("stripe_transfer_id", ids):
             cursor.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM {table}"
-                f" WHERE stripe_transfer_id IN ({', '.join('?' * len(chunk))}) ORDER BY id",
-                chunk,
+                f"SELECT {', '.join(COLUMNS)} FROM {table} WHERE {condition} ORDER BY id", chunk
             )
             rows += cursor.fetchall()
     found: dict[str, list[TransferView]] = {}

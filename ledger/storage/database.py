@@ -397,6 +397,18 @@ class Database:
         row = cursor.fetchone()
         return 0 if row is None else int(row["n"])
 
+    def any_of(self, column: str, texts: Sequence[str]) -> Iterator[tuple[list[Any], str]]:
+        """A condition "`column` is one of `texts`" and its parameters, as
+        statements to run one after another: on PostgreSQL one statement with
+        an array (thousands of `?` cost the server more to parse and plan
+        than to look the values up); on SQLite, SQLITE_MAX_PARAMS at a time."""
+        if self.dialect == "postgresql":
+            yield [list(texts)], f"{column} = ANY(?::text[])"
+            return
+        for start in range(0, len(texts), SQLITE_MAX_PARAMS):
+            chunk = list(texts[start : start + SQLITE_MAX_PARAMS])
+            yield chunk, f"{column} IN ({', '.join('?' * len(chunk))})"
+
     def first_stored_events(self, cursor: Cursor, ids: Sequence[UUID]) -> dict[UUID, StoredEvent]:
         """The first event of each of these aggregates that has one (for
         idempotent imports: present already, and with the same values?)."""
