@@ -11,7 +11,7 @@ from uuid import UUID
 
 from ledger import values
 from ledger.projections.rows import TABLE
-from ledger.storage import SQLITE_MAX_PARAMS, Database
+from ledger.storage import Database
 from ledger.views import COLUMNS, TransferView
 
 

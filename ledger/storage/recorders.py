@@ -219,6 +219,8 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
         """Build the append's document now, to send it later."""
         return PreparedAppend(stored_events, aggregates, self._document(stored_events, aggregates))
 
+    # Retried after a lost connection, as the library's read is: a read is safe to repeat.
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def select_events(
         self,
         originator_id: UUID | str,
@@ -238,7 +240,10 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
             statement = self._select_statement(*shape)
             self._select_statements[shape] = statement
         params = [p for p in (originator_id, gt, lte, limit) if p is not None]
-        with self.datastore.get_connection() as conn:
+        with (
+            pool_checked_on_connection_loss(self.datastore),
+            self.datastore.get_connection() as conn,
+        ):
             rows = conn.execute(statement, params, prepare=True).fetchall()
         return [
             StoredEvent(
