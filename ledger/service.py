@@ -317,10 +317,11 @@ class LedgerService:
                     )
                     for r in new
                 ]
+                # Built while the batch before is still being appended.
+                prepared = self.transfers.prepare_new(transfers)
                 if appending is not None:
                     # The batch before has committed, or its error stops the import.
                     imported += appending.result()
-                prepared = self.transfers.prepare_new(transfers)
                 # The append reserves their orders (orders.OrderReservations).
                 appending = appends.submit(self.transfers.append_prepared, prepared)
             if appending is not None:
