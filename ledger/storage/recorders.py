@@ -56,6 +56,12 @@ def _no_type_adapters() -> None:
     pass
 
 
+def _id_text(originator_id: UUID | str) -> str:
+    # A uuid as 32 hex digits: PostgreSQL reads it as well as the dashed form,
+    # and Python writes it in half the time (an import writes 100,000s).
+    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
+
+
 @dataclass(frozen=True)
 class Appended:
     """What one append wrote, for the `AppendHook`s that write with it."""
@@ -293,7 +299,7 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
         appended = Appended(stored_events, None, aggregates)
         document: dict[str, Any] = {
             "events": [
-                [str(e.originator_id), e.originator_version, e.topic, e.state.hex()]
+                [_id_text(e.originator_id), e.originator_version, e.topic, e.state.hex()]
                 for e in stored_events
             ],
             "lock_timeout": f"{self.datastore.lock_timeout}s",
