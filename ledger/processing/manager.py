@@ -88,6 +88,16 @@ class _Progress:
     released: bool = False
 
 
+def settles_unknown(failure: StripeCallFailed) -> bool:
+    """Does this definite answer to a call (after a look-up, if one ran,
+    found nothing from before) settle an earlier call's unknown outcome?
+    Not a WAIT: a 429 is answered before anything runs and is not saved
+    under the key, so it says nothing of an earlier try that may still land
+    (found by review: a same-key resend met a 429, and the next attempt went
+    out under a new key). The next handling then looks up first."""
+    return failure.kind not in (FailureKind.UNKNOWN, FailureKind.WAIT)
+
+
 class ProcessManager:
     """Runs due work through the steps in this module's docstring."""
 
@@ -240,14 +250,7 @@ class ProcessManager:
             if same_key and failure.key_spent:
                 return self._key_spent(effect, transfer, cause, failure, progress)
             if failure.kind != FailureKind.UNKNOWN:
-                if failure.kind != FailureKind.WAIT:
-                    # A definite answer to this call (and a look-up, if one
-                    # ran, found nothing from before): nothing is unknown any
-                    # more. Not a WAIT: a 429 is answered before anything runs
-                    # and is not saved under the key, so it says nothing of an
-                    # earlier try that may still land (found by review: a
-                    # same-key resend met a 429, and the next attempt went out
-                    # under a new key). The next handling looks up first.
+                if settles_unknown(failure):
                     progress.outcome_unknown = False
                 return self._failed(effect, transfer, cause, failure, progress)
             # It may have happened: the object tells, not the error.

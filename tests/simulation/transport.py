@@ -6,11 +6,13 @@ A request is where a simulated daemon may pause (`at Stripe`, `answer`;
 before sending it pauses at the gateway's `stripe_try` failpoint) and where
 the schedule's faults are decided: answered before anything runs (500, 429,
 lock timeout, a connection refused), committed and then lost (500 after,
-connection dropped, a timeout), or fine. A daemon that crashes while its
-request is at Stripe still has the request finish there: a killed client
-does not stop the server. Stripe finishes a request within the client's
-timeout: the world finishes every request at Stripe before it lets virtual
-time jump (a paused client then sees a timeout).
+connection dropped, a timeout), still running at Stripe when the client
+times out (`in_flight`), or fine. A request whose client is gone (timed out,
+or its daemon crashed while the request was at Stripe) is not stopped: Stripe
+finishes it on its own, later (the world decides when, within
+STRIPE_ANSWERS_WITHIN of its start), and until then its key is taken, so a
+same-key request gets 409. That is how an earlier attempt lands after a later
+handling looked it up and found nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import stripe
 from requests.structures import CaseInsensitiveDict
 
 from ledger.stripe.simulator.api import ApiRequest
+from tests.simulation.scheduler import Crash
 
 if TYPE_CHECKING:
     from tests.simulation.world import SimWorld
@@ -31,9 +34,12 @@ if TYPE_CHECKING:
 # The engine's own faults, scripted for one request: answered before executing
 # (nothing done, nothing saved) or after it committed.
 ENGINE_FAULTS: Final = ("500_before", "429", "lock_timeout", "500_after", "drop_after", "slow")
-# The transport's own: the connection fails before the request is sent.
+# The transport's own: the connection fails before the request is sent; or
+# the client times out while Stripe is still executing the request, which
+# finishes there later (a same-key request meanwhile gets 409).
 REFUSED: Final = "refused"
-FAULTS: Final = (*ENGINE_FAULTS, REFUSED)
+IN_FLIGHT: Final = "in_flight"
+FAULTS: Final = (*ENGINE_FAULTS, REFUSED, IN_FLIGHT)
 
 
 def _connection_error(message: str) -> stripe.APIConnectionError:
@@ -82,16 +88,32 @@ class InProcessStripe(stripe.HTTPClient):
         if fault == REFUSED:
             world.note(f"{what}: connection refused")
             raise _connection_error("ConnectionError: [Errno 111] Connection refused")
+        if fault == IN_FLIGHT:
+            call = world.send_to_stripe(request)
+            world.note(f"{what} key={request.idempotency_key or '-'} -> timed out, still at Stripe")
+            world.leave_at_stripe(call)
+            world.yield_point(f"answer to {what}")
+            raise _connection_error("ReadTimeout: Read timed out.")
         if fault is not None:
             engine.add_fault(fault, path=request.path, method=request.method)
         sent_at = world.clock.seconds()
         call = world.send_to_stripe(request)
         try:
             world.yield_point(f"{what} at Stripe")
-        finally:
-            # A killed client does not stop the server: it finishes the call.
-            response = world.finish_at_stripe(call)
+        except Crash:
+            # A killed client does not stop the server: Stripe finishes the
+            # call on its own, maybe after another daemon has looked it up.
+            world.leave_at_stripe(call)
+            raise
         late = world.clock.seconds() - sent_at > world.settings.timeout_seconds
+        if late and world.still_at_stripe(call):
+            # The client gave up waiting; Stripe is still at it, and finishes
+            # it later (a same-key retry meanwhile gets 409).
+            world.note(f"{what} key={request.idempotency_key or '-'} -> timed out, still at Stripe")
+            world.leave_at_stripe(call)
+            world.yield_point(f"answer to {what}")
+            raise _connection_error("ReadTimeout: Read timed out.")
+        response = world.finish_at_stripe(call)
         world.note(
             f"{what} key={request.idempotency_key or '-'} -> {response.status}"
             + (f" {response.body.get('id', '')}" if response.status == 200 else "")

@@ -129,6 +129,17 @@ def _429_spends_an_attempt(world: SimWorld) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _429_settles_unknown(world: SimWorld) -> Iterator[None]:
+    """The review's finding: a 429 met by a same-key resend counted as a
+    definite answer, so the next attempt went out under a new key without a
+    look-up, while the first request could still land at Stripe."""
+    with mock.patch.object(
+        manager, "settles_unknown", lambda failure: failure.kind != FailureKind.UNKNOWN
+    ):
+        yield
+
+
 def _variant(name: str, install: Callable[[SimWorld], AbstractContextManager[None]]) -> Variant:
     return Variant(name=name, install=install, expected=MONEY_TWICE)
 
@@ -141,6 +152,7 @@ VARIANTS: dict[str, Variant] = {
         _variant("claims-ignored", _claims_ignored),
         _variant("release-then-record", _release_then_record),
         _variant("send-after-claim", _send_after_claim),
+        _variant("429-settles-unknown", _429_settles_unknown),
         Variant(
             name="429-spends-an-attempt",
             install=_429_spends_an_attempt,

@@ -13,9 +13,11 @@ A schedule has two phases. In the first, anything may happen at any step:
 commands, webhooks (late, twice, for reversals made at Stripe by someone
 else), a rebuild, daemons dispatching, workers taking a step, faults on
 Stripe requests, daemons crashing and new ones starting, time passing. In the
-second, faults and crashes stop and the daemons run until nothing is left
-to do (time jumping to the next retry or claim expiry): every transfer must
-then settle within a bounded virtual time. The invariants are checked after
+second, faults and crashes stop (Stripe's rate limits do not: a request is
+answered 429 now and then) and the daemons run until nothing is left to do
+(time jumping to the next retry or claim expiry, while requests a gone client
+left at Stripe finish there): every transfer must then settle within a
+bounded virtual time. The invariants are checked after
 every step (the cheap ones: Stripe's side) and all of them at the end.
 """
 
@@ -70,6 +72,11 @@ WEBHOOK_SECRET: Final = "whsec_simulation"
 # Stripe knows the first two; the third does not exist (a permanent refusal).
 SELLERS: Final = ("acct_1Alpha", "acct_1Beta", "acct_1unknownGamma")
 NAMESPACE: Final = UUID("5b1f0c1e-3f7e-4c53-9a39-6f2b1f1f0a01")
+# A request Stripe has begun is finished there within this long, whether or
+# not its client still waits (a killed daemon's, a timed-out client's): long
+# enough for the killed daemon's claim to run out and another daemon to take
+# its work over meanwhile, as in the real world.
+STRIPE_ANSWERS_WITHIN: Final = 300.0
 # Chaos: at most this many steps; then the settling phase.
 MAX_CHAOS_STEPS: Final = 50
 MAX_DAEMONS: Final = 2
@@ -217,10 +224,13 @@ class SimWorld:
         self.refund_number = 0
         # Stripe transfers already checked, and the ledger transfer each pays.
         self._seen_stripe: dict[str, str] = {}
-        # Requests Stripe has begun and not answered yet, and answers kept
-        # for clients that were paused while Stripe finished their request.
+        # Requests Stripe has begun and not answered yet (and when each began),
+        # answers kept for clients that were paused while Stripe finished their
+        # request, and the begun requests no client waits for any more.
         self._at_stripe: dict[int, Call] = {}
+        self._begun_at: dict[int, float] = {}
         self._answers: dict[int, ApiResponse] = {}
+        self._orphaned: set[int] = set()
         self._paid: dict[str, str] = {}
 
     def close(self) -> None:
@@ -251,7 +261,7 @@ class SimWorld:
         claims through it, unless its whole process was suspended meanwhile
         (drawn): then its claims run out and another daemon may take over."""
         before = self.clock.now()
-        self._finish_all_at_stripe()
+        self._stripe_catches_up(seconds)
         self.clock.advance(seconds)
         for name, daemon in sorted(self.daemons.items()):
             if self.choices.percent(85):
@@ -262,21 +272,58 @@ class SimWorld:
     def send_to_stripe(self, request: ApiRequest) -> Call:
         call = self.engine.begin(request)
         self._at_stripe[id(call)] = call
+        self._begun_at[id(call)] = self.clock.seconds()
         return call
 
+    def still_at_stripe(self, call: Call) -> bool:
+        return id(call) in self._at_stripe
+
     def finish_at_stripe(self, call: Call) -> ApiResponse:
-        """The call's answer: finished now, or earlier by `_finish_all_at_stripe`."""
+        """The call's answer: finished now, or earlier while time passed."""
         if id(call) in self._at_stripe:
-            del self._at_stripe[id(call)]
-            self._answers[id(call)] = self.engine.finish(call)
-            self.engine.clear_scripted_faults()
+            self._finish(id(call))
         return self._answers.pop(id(call))
 
-    def _finish_all_at_stripe(self) -> None:
-        for key, call in list(self._at_stripe.items()):
-            del self._at_stripe[key]
-            self._answers[key] = self.engine.finish(call)
+    def leave_at_stripe(self, call: Call) -> None:
+        """Its client is gone (killed, or gave up waiting): Stripe finishes
+        the request on its own, later, within STRIPE_ANSWERS_WITHIN of its
+        start (a step of its own, or as time passes). Meanwhile its key is
+        taken: another request with it gets 409."""
+        if id(call) in self._at_stripe:
+            self._orphaned.add(id(call))
+        else:
+            self._answers.pop(id(call), None)
+
+    def _finish(self, key: int) -> None:
+        call = self._at_stripe.pop(key)
+        del self._begun_at[key]
+        answer = self.engine.finish(call)
         self.engine.clear_scripted_faults()
+        if key in self._orphaned:
+            self._orphaned.discard(key)
+            what = f"{call.request.method} {call.request.path}"
+            self.note(
+                f"Stripe finishes {what} key={call.request.idempotency_key or '-'}"
+                f" -> {answer.status} (its client is gone)"
+            )
+        else:
+            self._answers[key] = answer
+
+    def _stripe_catches_up(self, seconds: float) -> None:
+        """Before `seconds` pass: every request begun at Stripe that must be
+        finished by then is, and each other one may be (drawn)."""
+        later = self.clock.seconds() + seconds
+        for key in list(self._at_stripe):
+            if later - self._begun_at[key] >= STRIPE_ANSWERS_WITHIN or self.choices.percent(15):
+                self._finish(key)
+
+    def _finish_all_at_stripe(self) -> None:
+        for key in list(self._at_stripe):
+            self._finish(key)
+
+    def _stripe_finishes_one(self) -> None:
+        # In the order they began (an id() order would differ run to run).
+        self._finish(self.choices.pick(list(self._at_stripe)))
 
     def _without_faults(self, request: ApiRequest) -> ApiResponse:
         """The world's own request (the old system paying an order): it must
@@ -292,8 +339,13 @@ class SimWorld:
                 )
 
     def draw_fault(self, request: ApiRequest) -> str | None:
-        if not self.chaos or self.sched.current() is None:
+        if self.sched.current() is None:
             return None
+        if not self.chaos:
+            # Faults have stopped; Stripe's rate limits have not: while the
+            # daemons settle, a request now and then is answered 429 (when
+            # this schedule's weather has them at all).
+            return "429" if "429" in self.fault_mix and self.choices.percent(5) else None
         # Faults come in bursts, as outages do: after a fault, the next
         # request (often the same call's retry) meets one more often.
         chance = 70 if self._last_faulted else self.fault_percent
@@ -370,6 +422,8 @@ class SimWorld:
             (1, "outside", self._outside_reversal),
             (1, "rebuild", self._rebuild),
         ]
+        if self._at_stripe:
+            options.append((1, "stripe", self._stripe_finishes_one))
         if self.daemons:
             options.append((2, "crash", self._crash_daemon))
         if len(self.daemons) < MAX_DAEMONS:
@@ -679,6 +733,9 @@ class SimWorld:
                 return
             if upcoming > deadline:
                 break
+            # Requests still at Stripe (a killed daemon's, a timed-out one's)
+            # may finish before then, and must if their time is up.
+            self._stripe_catches_up((upcoming - self.clock.now()).total_seconds())
             self.clock.until(upcoming)
         raise Violation(
             "stranded work",
@@ -785,6 +842,7 @@ class SimWorld:
             self._paid[ledger_id] = transfer.id
 
     def check_all(self) -> None:
+        self._finish_all_at_stripe()
         self._after_step()
         parked = self._parked()
         for transfer_id, failure in parked.items():
