@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledger.domain import Transfer
 from ledger.projections.rows import (
-    _COLUMN_VALUES,
     TABLE,
-    TIME_INDEXES,
     TRACKING_NAME,
-    TransferRow,
     check_storable,
+    json_row_of,
     on_conflict,
     row_of,
 )
@@ -51,20 +50,20 @@ class InlineProjection:
             " THEN ? ELSE position END WHERE name = ?"
         )
 
-    def _rows(self, appended: Appended) -> list[TransferRow] | None:
+    def _transfers(self, appended: Appended) -> list[Transfer] | None:
         ids = {e.originator_id for e in appended.events}
         transfers = [a for a in appended.aggregates if a.id in ids]
         if {t.id for t in transfers} != ids:
             return None  # bare events: the asynchronous projection's
+        return transfers
+
+    def after_insert(self, cursor: Cursor, appended: Appended) -> None:
+        transfers = self._transfers(appended)
+        if transfers is None:
+            return
         rows = [row_of(t) for t in transfers]
         for row in rows:
             check_storable(row)
-        return rows
-
-    def after_insert(self, cursor: Cursor, appended: Appended) -> None:
-        rows = self._rows(appended)
-        if rows is None:
-            return
         assert appended.positions is not None  # SQLite knows them
         cursor.execute(
             self._track,
@@ -76,20 +75,10 @@ class InlineProjection:
         """PostgreSQL: the rows, as JSON arrays of their values in COLUMNS
         order, for ledger_append (migration 0017), which moves the position
         and upserts them in SQL."""
-        rows = self._rows(appended)
-        if rows is None:
+        transfers = self._transfers(appended)
+        if transfers is None:
             return {}
         return {
-            "rows": [_json_row(row) for row in rows],
+            "rows": [json_row_of(t) for t in transfers],
             "tracking": self.tracking_name,
         }
-
-
-def _json_row(row: TransferRow) -> list[Any]:
-    values = list(_COLUMN_VALUES(row))
-    values[0] = values[0].hex  # the id, as 32 hex digits (half the time of str())
-    for index in TIME_INDEXES:
-        value = values[index]
-        if value is not None:
-            values[index] = value.isoformat()
-    return values
