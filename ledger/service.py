@@ -307,18 +307,25 @@ class LedgerService:
                     continue
                 # Checked in the first pass; a writer that got there since makes
                 # an append fail on its reservations, and the import stops there.
-                transfers = [
-                    Transfer.import_existing(
-                        transfer_id=r.transfer_id,
-                        state=r,
-                        source_updated_at=r.source_updated_at,
-                        actor=actor,
-                        source_transaction=r.source_transaction,
-                    )
-                    for r in new
-                ]
-                # Built while the batch before is still being appended.
-                prepared = self.transfers.prepare_new(transfers)
+                try:
+                    transfers = [
+                        Transfer.import_existing(
+                            transfer_id=r.transfer_id,
+                            state=r,
+                            source_updated_at=r.source_updated_at,
+                            actor=actor,
+                            source_transaction=r.source_transaction,
+                        )
+                        for r in new
+                    ]
+                    # Built while the batch before is still being appended.
+                    prepared = self.transfers.prepare_new(transfers)
+                except Exception:
+                    # The batch before's own failure, if any, names an earlier
+                    # line: it goes first.
+                    if appending is not None:
+                        appending.result()
+                    raise
                 if appending is not None:
                     # The batch before has committed, or its error stops the import.
                     imported += appending.result()

@@ -41,7 +41,8 @@ def find_by_stripe_transfer_ids(
 ) -> dict[str, list[TransferView]]:
     """The rows recording each of these Stripe transfers (usually one each;
     two means a person must look), found by idx_seller_transfers_stripe_transfer_id
-    (migration 0011), SQLITE_MAX_PARAMS ids a statement."""
+    (migration 0011): one statement on PostgreSQL, SQLITE_MAX_PARAMS ids a
+    statement on SQLite (Database.any_of)."""
     ids = sorted(set(stripe_ids))
     if not ids:
         return {}

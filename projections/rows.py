@@ -70,9 +70,13 @@ def check_storable(row: TransferRow) -> None:
     another writer, may still carry such a value."""
     for name, value in row.__dict__.items():
         if isinstance(value, str) and ("\x00" in value or not _encodes(value)):
-            raise ProjectionError(
-                f"transfer {row.id}: {name} {values.printable(value)[:60]!r} cannot be stored"
-            )
+            raise _unstorable(row.id, name, value)
+
+
+def _unstorable(transfer_id: UUID, name: str, value: str) -> ProjectionError:
+    return ProjectionError(
+        f"transfer {transfer_id}: {name} {values.printable(value)[:60]!r} cannot be stored"
+    )
 
 
 def _encodes(text: str) -> bool:
@@ -100,12 +104,10 @@ def json_row_of(transfer: Transfer) -> list[Any]:
     refuses a row: in one pass, for PostgreSQL's ledger_append, since an
     import makes 100,000s of them."""
     row = list(_AGGREGATE_VALUES(transfer))
-    for index, value in enumerate(row):
+    for name, value in zip(COLUMNS, row, strict=True):
+        # check_storable's test, inline: it runs for every value of every row.
         if isinstance(value, str) and ("\x00" in value or not _encodes(value)):
-            raise ProjectionError(
-                f"transfer {transfer.id}: {COLUMNS[index]}"
-                f" {values.printable(value)[:60]!r} cannot be stored"
-            )
+            raise _unstorable(transfer.id, name, value)
     row[0] = row[0].hex
     for index in TIME_INDEXES:
         if row[index] is not None:

@@ -94,7 +94,9 @@ def settles_unknown(failure: StripeCallFailed) -> bool:
     Not a WAIT: a 429 is answered before anything runs and is not saved
     under the key, so it says nothing of an earlier try that may still land
     (found by review: a same-key resend met a 429, and the next attempt went
-    out under a new key). The next handling then looks up first."""
+    out under a new key). The other WAITs (a seller not yet able to receive,
+    the platform's balance) are taken the same way: keeping the outcome
+    unknown only costs the next handling a look-up first."""
     return failure.kind not in (FailureKind.UNKNOWN, FailureKind.WAIT)
 
 

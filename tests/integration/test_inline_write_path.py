@@ -19,6 +19,7 @@ from uuid import UUID
 import pytest
 
 from ledger import failpoints
+from ledger.application import Transfers
 from ledger.audit.verify import verify
 from ledger.config import DatabaseConfig
 from ledger.domain import Transfer
@@ -200,3 +201,47 @@ def test_an_import_whose_second_batch_fails_keeps_the_first_and_a_rerun_finishes
         )
         assert len(ledger.list()) == len(lines)
         _assert_in_step(ledger, migrated_url)
+
+
+def test_when_an_append_and_the_next_batch_both_fail_the_append_s_error_is_the_one_raised(
+    migrated_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next batch is built while the one before is appended: if building
+    it fails too, the earlier batch's failure (an earlier line's) is raised."""
+    lines = [
+        json.dumps(
+            {
+                "id": str(uuid.UUID(int=n + 1)),
+                "seller_account_id": "acct_1",
+                "order_ref": f"order-both-{n}",
+                "amount": 100 + n,
+                "currency": "usd",
+                "status": "pending",
+            }
+        )
+        for n in range(IMPORT_BATCH_SIZE + 10)
+    ]
+    records = parse_lines(lines)
+    prepare_new = Transfers.prepare_new
+    prepared: list[int] = []
+
+    def refuse_the_second_batch(self: Transfers, transfers: Any) -> Any:
+        prepared.append(len(transfers))
+        if len(prepared) == 2:
+            raise ValueError("the second batch could not be built")
+        return prepare_new(self, transfers)
+
+    def refuse_the_first_append(name: str) -> None:
+        if name == "mid_append":
+            raise _AppendRefused
+
+    monkeypatch.setattr(Transfers, "prepare_new", refuse_the_second_batch)
+    with Ledger.open(migrated_url) as ledger:
+        failpoints.install_hook(refuse_the_first_append)
+        try:
+            with pytest.raises(_AppendRefused):
+                ledger.import_transfers(records)
+        finally:
+            failpoints.install_hook(None)
+        assert prepared == [IMPORT_BATCH_SIZE, 10]
+        assert ledger.list() == []

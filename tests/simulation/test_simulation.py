@@ -57,6 +57,9 @@ def test_a_schedule_does_work_worth_checking() -> None:
         "an outcome looked up": "GET /v1/transfers key=-",
         "a reversal webhook": "webhook transfer.reversed",
         "an import": "import legacy",
+        "a client timed out, Stripe still at it": "timed out, still at Stripe",
+        "Stripe finished a gone client's request": "(its client is gone)",
+        "a same-key request met one in flight": "-> 409",
     }
     for seed in range(60):
         text = "\n".join(run_schedule(seed).trace)

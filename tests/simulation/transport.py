@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 from urllib.parse import urlsplit
 
 import stripe
@@ -29,6 +29,7 @@ from ledger.stripe.simulator.api import ApiRequest
 from tests.simulation.scheduler import Crash
 
 if TYPE_CHECKING:
+    from ledger.stripe.simulator.engine import Call
     from tests.simulation.world import SimWorld
 
 # The engine's own faults, scripted for one request: answered before executing
@@ -67,7 +68,6 @@ class InProcessStripe(stripe.HTTPClient):
         _usage: list[str] | None = None,
     ) -> tuple[bytes, int, Mapping[str, str]]:
         world = self.world
-        engine = world.engine
         headers = headers or {}
         split = urlsplit(url)
         body = post_data.encode() if isinstance(post_data, str) else (post_data or b"")
@@ -90,14 +90,11 @@ class InProcessStripe(stripe.HTTPClient):
             raise _connection_error("ConnectionError: [Errno 111] Connection refused")
         if fault == IN_FLIGHT:
             call = world.send_to_stripe(request)
-            world.note(f"{what} key={request.idempotency_key or '-'} -> timed out, still at Stripe")
-            world.leave_at_stripe(call)
-            world.yield_point(f"answer to {what}")
-            raise _connection_error("ReadTimeout: Read timed out.")
-        if fault is not None:
-            engine.add_fault(fault, path=request.path, method=request.method)
+            # The client waits out its timeout (others act meanwhile), then gives up.
+            world.sleep(world.settings.timeout_seconds)
+            self._give_up(call, what)
         sent_at = world.clock.seconds()
-        call = world.send_to_stripe(request)
+        call = world.send_to_stripe(request, fault)
         try:
             world.yield_point(f"{what} at Stripe")
         except Crash:
@@ -107,12 +104,7 @@ class InProcessStripe(stripe.HTTPClient):
             raise
         late = world.clock.seconds() - sent_at > world.settings.timeout_seconds
         if late and world.still_at_stripe(call):
-            # The client gave up waiting; Stripe is still at it, and finishes
-            # it later (a same-key retry meanwhile gets 409).
-            world.note(f"{what} key={request.idempotency_key or '-'} -> timed out, still at Stripe")
-            world.leave_at_stripe(call)
-            world.yield_point(f"answer to {what}")
-            raise _connection_error("ReadTimeout: Read timed out.")
+            self._give_up(call, what)
         response = world.finish_at_stripe(call)
         world.note(
             f"{what} key={request.idempotency_key or '-'} -> {response.status}"
@@ -131,6 +123,19 @@ class InProcessStripe(stripe.HTTPClient):
         answer: CaseInsensitiveDict[str] = CaseInsensitiveDict(response.headers)
         answer["Request-Id"] = response.request_id
         return json.dumps(response.body).encode(), response.status, answer
+
+    def _give_up(self, call: Call, what: str) -> NoReturn:
+        """The client timed out. Stripe may still be at the request: then it
+        finishes it later, and a same-key retry meanwhile gets 409."""
+        world = self.world
+        at_stripe = world.still_at_stripe(call)
+        world.note(
+            f"{what} key={call.request.idempotency_key or '-'} -> timed out"
+            + (", still at Stripe" if at_stripe else " (its answer lost)")
+        )
+        world.leave_at_stripe(call)
+        world.yield_point(f"answer to {what}")
+        raise _connection_error("ReadTimeout: Read timed out.")
 
     def close(self) -> None:
         pass

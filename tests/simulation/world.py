@@ -57,6 +57,7 @@ from ledger.stripe.listing import StripeReader
 from ledger.stripe.simulator import OFF, SimulatorConfig, StripeSimulator
 from ledger.stripe.simulator.api import ApiRequest, ApiResponse, StripeErrorResponse
 from ledger.stripe.simulator.engine import Call
+from ledger.stripe.simulator.faults import BEFORE_FAULTS
 from ledger.stripe.simulator.webhooks import Delivery
 from ledger.webhooks import handle_delivery
 from tests.ramdisk import ram_temp_dir
@@ -231,6 +232,10 @@ class SimWorld:
         self._begun_at: dict[int, float] = {}
         self._answers: dict[int, ApiResponse] = {}
         self._orphaned: set[int] = set()
+        # The fault a begun request takes when Stripe finishes it (500 after
+        # commit, a dropped connection, a slow answer): its own, whichever
+        # other requests finish first.
+        self._after_fault: dict[int, str] = {}
         self._paid: dict[str, str] = {}
 
     def close(self) -> None:
@@ -269,10 +274,19 @@ class SimWorld:
             else:
                 self.note(f"daemon {name} was suspended for {seconds:g} s")
 
-    def send_to_stripe(self, request: ApiRequest) -> Call:
+    def send_to_stripe(self, request: ApiRequest, fault: str | None = None) -> Call:
+        """Stripe begins the request, with `fault` (one of the engine's) if
+        drawn. The engine's scripted faults are a queue per path; each is
+        queued only around its own request's begin and finish, so that no
+        other request finishing meanwhile takes it."""
+        if fault is not None:
+            self.engine.add_fault(fault, path=request.path, method=request.method)
         call = self.engine.begin(request)
+        self.engine.clear_scripted_faults()
         self._at_stripe[id(call)] = call
         self._begun_at[id(call)] = self.clock.seconds()
+        if fault is not None and fault not in BEFORE_FAULTS:
+            self._after_fault[id(call)] = fault
         return call
 
     def still_at_stripe(self, call: Call) -> bool:
@@ -297,14 +311,20 @@ class SimWorld:
     def _finish(self, key: int) -> None:
         call = self._at_stripe.pop(key)
         del self._begun_at[key]
+        fault = self._after_fault.pop(key, None)
+        if fault is not None:
+            self.engine.add_fault(fault, path=call.request.path, method=call.request.method)
         answer = self.engine.finish(call)
         self.engine.clear_scripted_faults()
         if key in self._orphaned:
             self._orphaned.discard(key)
             what = f"{call.request.method} {call.request.path}"
-            self.note(
-                f"Stripe finishes {what} key={call.request.idempotency_key or '-'}"
-                f" -> {answer.status} (its client is gone)"
+            # Stripe's doing, whichever actor's step it happened in.
+            self.trace.append(
+                f"{self.step_number:3d} {self.clock.now():%d %H:%M:%S} stripe: finishes {what}"
+                f" key={call.request.idempotency_key or '-'} -> {answer.status}"
+                + (f" [{answer.fault}]" if answer.fault else "")
+                + " (its client is gone)"
             )
         else:
             self._answers[key] = answer
@@ -763,6 +783,10 @@ class SimWorld:
                 moment = db.from_db_time(row["next_retry_at"])
                 if moment is not None and moment > self.clock.now():
                     times.append(moment)
+        # A request still at Stripe must be finished by then: the daemons
+        # settle what it did too.
+        for begun in self._begun_at.values():
+            times.append(datetime.fromtimestamp(begun + STRIPE_ANSWERS_WITHIN, UTC))
         if not times:
             return None
         return min(times) + timedelta(seconds=1)
