@@ -19,13 +19,7 @@ from eventsourcing.utils import Environment, EnvType
 
 from ledger.domain import Transfer
 from ledger.errors import LedgerError, TransferNotFound
-from ledger.storage import (
-    FunctionAppendPostgresRecorder,
-    PreparedAppend,
-    Statement,
-    StatementsSQLiteRecorder,
-    is_version_conflict,
-)
+from ledger.storage import PreparedAppend, PreparingRecorder, Statement, is_version_conflict
 
 T = TypeVar("T")
 
@@ -122,15 +116,19 @@ class Transfers(Application[UUID]):
         save()'s per-object protocol checks cost more than the insert itself.
         The aggregates go down with their events, for the append hooks."""
         stored = [self.mapper.to_stored_event(e) for t in transfers for e in t.collect_events()]
-        recorder = self.recorder
-        assert isinstance(recorder, (FunctionAppendPostgresRecorder, StatementsSQLiteRecorder))
-        return recorder.prepare(stored, transfers)
+        return self._preparing_recorder().prepare(stored, transfers)
 
     def append_prepared(self, prepared: PreparedAppend) -> int:
         """Send what `prepare_new` built, as one append; the number of
         transfers it saved."""
-        self.recorder.insert_events(prepared.events, prepared=prepared)
+        self._preparing_recorder().append_prepared(prepared)
         return len(prepared.aggregates)
+
+    def _preparing_recorder(self) -> PreparingRecorder:
+        recorder = self.recorder
+        if not isinstance(recorder, PreparingRecorder):
+            raise TypeError(f"{type(recorder).__name__} cannot prepare an append")
+        return recorder
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -24,6 +24,7 @@ from ledger.storage.recorders import (
     FunctionAppendPostgresRecorder,
     LedgerPostgresFactory,
     PreparedAppend,
+    PreparingRecorder,
     StatementsSQLiteRecorder,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "FunctionAppendPostgresRecorder",
     "LedgerPostgresFactory",
     "PreparedAppend",
+    "PreparingRecorder",
     "Row",
     "Statement",
     "StatementsSQLiteRecorder",

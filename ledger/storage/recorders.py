@@ -8,7 +8,7 @@ import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 from uuid import UUID
 
 import psycopg
@@ -81,11 +81,23 @@ class PreparedAppend:
     """An append built ahead of sending it (an import builds the next batch
     while the database writes this one): its events as the mapper stored them,
     their aggregates, and on PostgreSQL the document `ledger_append` takes.
-    `insert_events(..., prepared=...)` sends it."""
+    The recorder's `append_prepared` sends it."""
 
     events: Sequence[StoredEvent]
     aggregates: Sequence[Any]
     document: str | None = None
+
+
+@runtime_checkable
+class PreparingRecorder(Protocol):
+    """A recorder that can build an append ahead of sending it (both of the
+    ledger's): an import builds the next batch while this one is written."""
+
+    def prepare(
+        self, stored_events: Sequence[StoredEvent], aggregates: Sequence[Any]
+    ) -> PreparedAppend: ...
+
+    def append_prepared(self, prepared: PreparedAppend) -> Sequence[int] | None: ...
 
 
 class AppendHook(Protocol):
@@ -123,6 +135,9 @@ class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
         # Nothing to build ahead here: the hooks write in the transaction.
         return PreparedAppend(stored_events, aggregates)
 
+    def append_prepared(self, prepared: PreparedAppend) -> Sequence[int] | None:
+        return self.insert_events(prepared.events, aggregates=prepared.aggregates)
+
     def _insert_events(
         self,
         c: SQLiteCursor,
@@ -130,11 +145,8 @@ class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
         *,
         also_execute: Sequence[Statement] = (),
         aggregates: Sequence[Any] = (),
-        prepared: PreparedAppend | None = None,
         **kwargs: Any,
     ) -> Sequence[int] | None:
-        if prepared is not None:
-            aggregates = prepared.aggregates
         notification_ids = super()._insert_events(c, stored_events, **kwargs)
         failpoint("mid_append")
         if stored_events and self.append_hooks:
@@ -172,31 +184,36 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
         super().__init__(*args, **kwargs)
         self._select_statements: dict[tuple[bool, bool, bool, bool], str] = {}
 
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self,
         stored_events: Sequence[StoredEvent],
         *,
         also_execute: Sequence[Statement] = (),
         aggregates: Sequence[Any] = (),
-        prepared: PreparedAppend | None = None,
         **_: Any,
     ) -> Sequence[int] | None:
         """One append, one transaction, one round trip: the ledger's
         statements (`also_execute`, e.g. a claim's release) and the append,
         pipelined with their COMMIT. Any statement's error is the error
-        raised, and the transaction is rolled back whole. Retried, as the
-        library's is, after a dropped connection: a retry of an append that
-        did commit meets the events' primary key, and callers recognise that
-        (see ledger.application.Transfers.change). `prepared`: the document
-        built already (`prepare`), for these `stored_events`."""
-        if not stored_events and not also_execute:
+        raised, and the transaction is rolled back whole."""
+        document = self._document(stored_events, aggregates) if stored_events else None
+        positions: Sequence[int] | None = self._send(document, also_execute)  # retry() is untyped
+        return positions
+
+    def append_prepared(self, prepared: PreparedAppend) -> Sequence[int] | None:
+        """Send the append `prepare` built."""
+        positions: Sequence[int] | None = self._send(prepared.document, ())
+        return positions
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _send(
+        self, document: str | None, also_execute: Sequence[Statement]
+    ) -> Sequence[int] | None:
+        """Retried, as the library's append is, after a dropped connection: a
+        retry of an append that did commit meets the events' primary key, and
+        callers recognise that (see ledger.application.Transfers.change)."""
+        if document is None and not also_execute:
             return []
-        if prepared is not None:
-            assert prepared.events is stored_events  # the document is of these events
-            document = prepared.document
-        else:
-            document = self._document(stored_events, aggregates) if stored_events else None
         failpoint("mid_append")
         with (
             pool_checked_on_connection_loss(self.datastore),
