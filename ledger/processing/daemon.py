@@ -138,6 +138,9 @@ class Daemon:
         # One log line when a step starts failing, not a traceback every turn.
         self.problems = Problems(log)
         self._backlog_limit = options.concurrency * BACKLOG_PER_CALL
+        # When the loop last began a turn (time.monotonic()): the heartbeat
+        # beats only while it keeps turning.
+        self._turned_at = time.monotonic()
 
     # ----- the loop -------------------------------------------------------------
 
@@ -150,10 +153,13 @@ class Daemon:
             ).start()
         beating = threading.Event()
         if self.heartbeat is not None:
+            self._turned_at = time.monotonic()
+            self.heartbeat.follow(lambda: self._turned_at)
             self.heartbeat.start()
             self.heartbeat.keep_beating(beating)
         with self._alive(), self._listening():
             while not self.stop.is_set():
+                self._turned_at = time.monotonic()
                 self.wake.clear()
                 # Sampled before the turn: work finishing during it may have
                 # left more due work that this turn's queries did not see.

@@ -42,6 +42,14 @@ BEAT_SECONDS: Final = 2.0
 LEASE_BEATS: Final = 3
 # Rows of daemons gone this long are deleted when a daemon starts.
 FORGET_AFTER: Final = timedelta(days=7)
+# A daemon whose loop has not turned for this long is stuck (a turn comes at
+# least every poll interval, a second or less, plus its queries): it stops
+# beating and renewing its claims until the loop turns again, so that its
+# work runs out to the other daemons and `ledger health` reports it, instead
+# of a live heartbeat thread vouching for a dead loop. A daemon wrongly taken
+# for stuck (a catch-up this long) only loses its claims: a try is sent only
+# while its claim holds.
+STUCK_AFTER_SECONDS: Final = 120.0
 
 
 class Heartbeat:
@@ -55,9 +63,14 @@ class Heartbeat:
         *,
         renew: Callable[[datetime], int] | None = None,
         peers: SharedRate | None = None,
+        stuck_after: float = STUCK_AFTER_SECONDS,
     ) -> None:
         self.interval = interval
         self.renew = renew
+        self.stuck_after = stuck_after
+        # When the daemon's loop last turned (time.monotonic()), once `follow`ed.
+        self._loop_turned: Callable[[], float] | None = None
+        self._stuck = False
         # At every beat: how many daemons are alive (this one included), so
         # that each takes its share of the Stripe rate budget; and whether any
         # of them met a 429 lately, so that all of them pause (migration 0016).
@@ -92,9 +105,15 @@ class Heartbeat:
         self._last = time.monotonic()
         self._share_rate(now)
 
+    def follow(self, loop_turned: Callable[[], float]) -> None:
+        """Beat only while the daemon's loop turns: `loop_turned()` says when
+        it last did (time.monotonic())."""
+        self._loop_turned = loop_turned
+
     def beat(self) -> None:
-        """Writes at most every `interval` seconds; renews our claims first."""
-        if time.monotonic() - self._last < self.interval:
+        """Writes at most every `interval` seconds; renews our claims first.
+        Neither while the loop it follows is stuck."""
+        if time.monotonic() - self._last < self.interval or self._loop_stuck():
             return
         now = self.clock()
         if self.renew is not None:
@@ -107,6 +126,24 @@ class Heartbeat:
         )
         self._share_rate(now)
         self._last = time.monotonic()
+
+    def _loop_stuck(self) -> bool:
+        if self._loop_turned is None:
+            return False
+        quiet = time.monotonic() - self._loop_turned()
+        if quiet <= self.stuck_after:
+            if self._stuck:
+                log.warning("the daemon's loop turns again: heartbeats and claim renewals resume")
+                self._stuck = False
+            return False
+        if not self._stuck:
+            log.error(
+                "the daemon's loop has not turned for %.0f s: no heartbeat and no claim"
+                " renewed until it does (its claims run out to the other daemons)",
+                quiet,
+            )
+            self._stuck = True
+        return True
 
     def _share_rate(self, now: datetime) -> None:
         if self.peers is None:

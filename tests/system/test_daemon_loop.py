@@ -4,6 +4,7 @@ exactly `--concurrency` Stripe calls in flight."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -124,3 +125,91 @@ def test_a_step_that_keeps_failing_is_one_log_line_not_a_traceback_every_turn(
         "projection failed: RuntimeError: the projection cannot catch up"
     ]
     assert all(r.exc_info is None for r in caplog.records if r.levelno >= 20)
+
+
+def test_a_daemon_whose_loop_is_stuck_stops_beating_until_it_turns_again(
+    migrated_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A live heartbeat thread must not vouch for a dead loop: while the loop
+    does not turn, no heartbeat is written and no claim renewed (its work
+    runs out to the other daemons, `ledger health` sees it); once it turns,
+    beats resume. (The threshold is shortened here; the default is
+    STUCK_AFTER_SECONDS.)"""
+    with running_simulator() as server:
+        world = new_world(migrated_url, server)
+        stop = threading.Event()
+        release = threading.Event()
+        with world.ledger(pool_size=4) as ledger:
+            daemon = build_daemon(
+                ledger,
+                world.stripe_settings(),
+                world.policy(),
+                DaemonOptions(concurrency=2, heartbeat_seconds=0.2),
+                stop,
+            )
+            assert daemon.heartbeat is not None
+            daemon.heartbeat.stuck_after = 1.0
+            catch_up = ledger.ensure_current
+            turns = 0
+
+            def one_turn_then_stuck() -> int:
+                nonlocal turns
+                turns += 1
+                if turns == 2:
+                    release.wait(30)  # the loop hangs here
+                return catch_up()
+
+            ledger.ensure_current = one_turn_then_stuck  # type: ignore[method-assign]
+            runner = threading.Thread(target=daemon.run)
+            runner.start()
+            try:
+                wait_for(
+                    lambda: "loop has not turned" in caplog.text,
+                    timeout=20,
+                    what="the heartbeat to see the loop stuck",
+                )
+                stuck_at = seen_at(world)
+                # While it stays stuck, beat after beat writes nothing.
+                heartbeat = daemon.heartbeat
+                renew = heartbeat.renew
+                assert renew is not None
+                renewals: list[datetime] = []
+
+                def counted_renew(now: datetime) -> int:
+                    renewals.append(now)
+                    return renew(now)
+
+                heartbeat.renew = counted_renew
+                was_stuck = heartbeat._loop_stuck
+                skipped: list[bool] = []
+
+                def counted() -> bool:
+                    stuck = was_stuck()
+                    skipped.append(stuck)
+                    return stuck
+
+                heartbeat._loop_stuck = counted  # type: ignore[method-assign]
+                wait_for(lambda: skipped.count(True) >= 10, what="ten beats while stuck")
+                assert renewals == []
+                assert seen_at(world) == stuck_at
+                release.set()
+                wait_for(
+                    lambda: "loop turns again" in caplog.text,
+                    timeout=20,
+                    what="beats to resume once the loop turns",
+                )
+                wait_for(lambda: seen_at(world) > stuck_at, what="a heartbeat written again")
+                wait_for(lambda: len(renewals) > 0, what="claims renewed again")
+            finally:
+                release.set()
+                stop.set()
+                daemon.wake.set()
+                runner.join(timeout=30)
+        assert not runner.is_alive()
+
+
+def seen_at(world: World) -> datetime:
+    with world.ledger() as ledger, ledger.db.transaction(write=False) as cursor:
+        cursor.execute("SELECT seen_at FROM daemon_heartbeats")
+        times = [ledger.db.from_db_time(row["seen_at"]) for row in cursor.fetchall()]
+    return max(t for t in times if t is not None)
