@@ -345,19 +345,6 @@ class SimWorld:
         # In the order they began (an id() order would differ run to run).
         self._finish(self.choices.pick(list(self._at_stripe)))
 
-    def _without_faults(self, request: ApiRequest) -> ApiResponse:
-        """The world's own request (the old system paying an order): it must
-        not take a fault a paused daemon's request left queued."""
-        queued = self.engine.scripted_faults()
-        self.engine.clear_scripted_faults()
-        try:
-            return self.engine.handle(request)
-        finally:
-            for fault in queued:
-                self.engine.add_fault(
-                    fault["fault"], fault["count"], path=fault["path"], method=fault["method"]
-                )
-
     def draw_fault(self, request: ApiRequest) -> str | None:
         if self.sched.current() is None:
             return None
@@ -611,7 +598,9 @@ class SimWorld:
         paid = self.choices.percent(50)
         stripe_id: str | None = None
         if paid:
-            answer = self._without_faults(
+            # The world's own request (the old system paying an order): no
+            # fault is queued between steps (send_to_stripe, _finish).
+            answer = self.engine.handle(
                 ApiRequest(
                     method="POST",
                     path="/v1/transfers",
