@@ -156,25 +156,30 @@ class _AppendRefused(Exception):
     pass
 
 
+def _import_lines(order_prefix: str, count: int) -> list[str]:
+    """`count` pending transfers as `transfer import` lines."""
+    return [
+        json.dumps(
+            {
+                "id": str(uuid.UUID(int=n + 1)),
+                "seller_account_id": "acct_1",
+                "order_ref": f"{order_prefix}-{n}",
+                "amount": 100 + n,
+                "currency": "usd",
+                "status": "pending",
+            }
+        )
+        for n in range(count)
+    ]
+
+
 def test_an_import_whose_second_batch_fails_keeps_the_first_and_a_rerun_finishes_it(
     migrated_url: str,
 ) -> None:
     """The import appends one batch while it builds the next: an append that
     fails stops it there, the batches before it committed, none after it;
     running it again imports the rest."""
-    lines = [
-        json.dumps(
-            {
-                "id": str(uuid.UUID(int=n + 1)),
-                "seller_account_id": "acct_1",
-                "order_ref": f"order-batch-{n}",
-                "amount": 100 + n,
-                "currency": "usd",
-                "status": "pending",
-            }
-        )
-        for n in range(IMPORT_BATCH_SIZE * 2 + 10)
-    ]
+    lines = _import_lines("order-batch", IMPORT_BATCH_SIZE * 2 + 10)
     records = parse_lines(lines)
     appends: list[str] = []
 
@@ -208,19 +213,7 @@ def test_when_an_append_and_the_next_batch_both_fail_the_append_s_error_is_the_o
 ) -> None:
     """The next batch is built while the one before is appended: if building
     it fails too, the earlier batch's failure (an earlier line's) is raised."""
-    lines = [
-        json.dumps(
-            {
-                "id": str(uuid.UUID(int=n + 1)),
-                "seller_account_id": "acct_1",
-                "order_ref": f"order-both-{n}",
-                "amount": 100 + n,
-                "currency": "usd",
-                "status": "pending",
-            }
-        )
-        for n in range(IMPORT_BATCH_SIZE + 10)
-    ]
+    lines = _import_lines("order-both", IMPORT_BATCH_SIZE + 10)
     records = parse_lines(lines)
     prepare_new = Transfers.prepare_new
     prepared: list[int] = []
