@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
@@ -43,6 +44,7 @@ class LedgerPostgresFactory(PostgresFactory):
         # recorder is made, and on every new connection after) for its own
         # insert statement; FunctionAppendPostgresRecorder sends JSON.
         self.datastore.register_type_adapters = _no_type_adapters  # type: ignore[method-assign]
+        _lend_most_recent_first(self.datastore.pool)
         # Open the pool now, waiting for its first connections: a command asking
         # for a connection while they are still being made would have the pool
         # open one more for it (each a server process, and a login). Once, here:
@@ -54,6 +56,33 @@ class LedgerPostgresFactory(PostgresFactory):
 
 def _no_type_adapters() -> None:
     pass
+
+
+class _MostRecentFirst(deque[Any]):
+    """A pool's idle connections, lent last in, first out."""
+
+    def popleft(self) -> Any:
+        return self.pop()
+
+
+def _lend_most_recent_first(pool: object) -> None:
+    """Have the pool lend the connection returned last, as PgBouncer does by
+    default, where psycopg_pool lends the one returned first. First in, first
+    out spreads one thread's calls over every connection: each call then meets
+    a server process that has been idle the longest, its caches cold, and a
+    single thread's `create_transfer` took about a quarter longer with ten
+    connections than with one (scripts/bench --only api). Last in, first out,
+    the busy connections stay warm and the rest sit idle until the pool
+    shrinks them (the pool's shrink, which also takes from the left, then
+    closes the most recent idle one instead of the oldest: either is idle).
+
+    psycopg_pool keeps its idle connections in a private deque, `_pool`, taken
+    from with popleft() and returned to with append(); a version that does
+    otherwise keeps its own order, and test_the_pool_lends_the_connection_
+    returned_last (tests/integration/test_database_settings.py) fails."""
+    idle = getattr(pool, "_pool", None)
+    if type(idle) is deque and not idle:  # before the pool opens
+        pool._pool = _MostRecentFirst()  # type: ignore[attr-defined]
 
 
 def _id_text(originator_id: UUID | str) -> str:

@@ -2,7 +2,7 @@
 nothing else. TLS and every other libpq parameter in LEDGER_DATABASE_URL are
 honoured; the eventsourcing library's own variables in the process
 environment are not; the ledger's statements inside an append report their
-own errors."""
+own errors; the pool lends the connection returned last."""
 
 from __future__ import annotations
 
@@ -54,6 +54,29 @@ def test_every_connection_the_ledger_opens_carries_the_urls_parameters(
         cursor.execute("SELECT current_setting('application_name') AS name")
         row = cursor.fetchone()
     assert row is not None and row["name"] == "ledger-under-test"
+
+
+def _backend_pid(ledger: Ledger) -> int:
+    with ledger.db.transaction(write=False) as cursor:
+        cursor.execute("SELECT pg_backend_pid() AS pid")
+        row = cursor.fetchone()
+    assert row is not None
+    return int(row["pid"])
+
+
+def test_the_pool_lends_the_connection_returned_last(migrated_postgres_url: str) -> None:
+    # psycopg_pool alone lends first in, first out: one thread's calls would
+    # go round every connection, each meeting a server process gone cold.
+    with Ledger.open(migrated_postgres_url, pool_size=4) as ledger:
+        with ledger.db.transaction(write=False) as outer:
+            outer.execute("SELECT pg_backend_pid() AS pid")
+            row = outer.fetchone()
+            assert row is not None
+            held = int(row["pid"])
+            nested = _backend_pid(ledger)  # another connection, returned first
+        assert nested != held
+        # `held` went back last: it is lent next, and again and again.
+        assert [_backend_pid(ledger) for _ in range(6)] == [held] * 6
 
 
 def test_verify_full_with_a_missing_root_certificate_is_refused(
