@@ -79,8 +79,8 @@ class InlineLinks:
         _link_after_head(cursor, self.db, zip(appended.positions, appended.events, strict=True))
 
     def arguments(self, appended: Appended) -> dict[str, Any]:
-        # PostgreSQL links in SQL (migration 0012's function, called by 0017's
-        # ledger_append), where the events' positions are.
+        # PostgreSQL links in SQL (ledger_append, as migration 0018 defines
+        # it), where the events' positions are.
         return {"link": True}
 
 

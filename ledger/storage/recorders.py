@@ -139,7 +139,7 @@ class AppendHook(Protocol):
 
     On SQLite the recorder calls `after_insert`, which runs the hook's
     statements in the append's transaction. On PostgreSQL an append is one
-    call of migration 0017's `ledger_append`, which does all of it in SQL:
+    call of `ledger_append` (migrations 0017, 0018), which does it all in SQL:
     the recorder asks each hook for its part of the function's document
     (`arguments`, JSON-ready), or raises what the hook raises (a row that
     cannot be stored) before anything is sent."""
@@ -191,7 +191,7 @@ class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
 
 class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
     """The library's PostgreSQL application recorder, appending through one
-    call of `ledger_append` (migration 0017) instead of the library's
+    call of `ledger_append` (migrations 0017, 0018) instead of the library's
     statements.
 
     Everything that makes an append safe is kept, in the function: the

@@ -1,4 +1,4 @@
-"""PostgreSQL's ledger_append (migration 0017) takes each read row as a JSON
+"""PostgreSQL's ledger_append (migration 0017, and 0018 after it) takes each read row as a JSON
 array of values by position: its INSERT's column list must be the order the
 inline projection sends them in (ledger.views.COLUMNS), and the values sent
 must be the projection's row of the transfer."""
@@ -11,14 +11,19 @@ from uuid import UUID
 import pytest
 
 from ledger.matrix import STATUSES
-from ledger.migrate import available_migrations
+from ledger.migrate import Migration, available_migrations
 from ledger.projections.rows import ProjectionError, check_storable, json_row_of, row_of
 from ledger.views import COLUMNS, TIME_COLUMNS
 from tests.unit.builders import a_new_transfer, a_transfer_in
 
 
+def _newest_ledger_append() -> Migration:
+    """The migration that last defines ledger_append: the one a database runs."""
+    return [m for m in available_migrations("postgresql") if "FUNCTION ledger_append(" in m.sql][-1]
+
+
 def test_ledger_append_inserts_the_rows_columns_in_the_order_the_projection_sends_them() -> None:
-    (migration,) = [m for m in available_migrations("postgresql") if m.version == 17]
+    migration = _newest_ledger_append()
     listed = re.search(r"INSERT INTO seller_transfers \(([^)]*)\)", migration.sql)
     assert listed is not None
     assert tuple(" ".join(listed[1].split()).split(", ")) == COLUMNS
@@ -28,7 +33,7 @@ def test_ledger_append_inserts_the_rows_columns_in_the_order_the_projection_send
 
 
 def test_ledger_append_upserts_every_column_but_the_id_from_the_newer_row() -> None:
-    (migration,) = [m for m in available_migrations("postgresql") if m.version == 17]
+    migration = _newest_ledger_append()
     assignments = re.findall(r"(\w+) = excluded\.(\w+)", migration.sql)
     assert all(column == source for column, source in assignments)
     assert tuple(column for column, _ in assignments) == COLUMNS[1:]
