@@ -54,7 +54,7 @@ class Transfers(Application[UUID]):
 
     def get(self, transfer_id: UUID) -> Transfer:
         try:
-            transfer: object = self.repository.get(transfer_id)
+            transfer: object = self.repository.get(transfer_id, projector_func=_replayed)
         except AggregateNotFoundError:
             raise TransferNotFound(transfer_id) from None
         assert isinstance(transfer, Transfer)
@@ -129,6 +129,17 @@ class Transfers(Application[UUID]):
         if not isinstance(recorder, PreparingRecorder):
             raise TypeError(f"{type(recorder).__name__} cannot prepare an append")
         return recorder
+
+
+def _replayed(transfer: Transfer | None, events: Iterable[Any]) -> Transfer | None:
+    """A transfer from its events: the library's project_aggregate, without
+    its `assert isinstance(event, CanMutateProtocol)` on every event. That is
+    a runtime-checked Protocol, about 14 microseconds an event on this
+    machine, paid on every command's load; the events here are the mapper's
+    Transfer events, each with the library's own mutate()."""
+    for event in events:
+        transfer = event.mutate(transfer)
+    return transfer
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
