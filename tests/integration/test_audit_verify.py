@@ -17,8 +17,17 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from eventsourcing.persistence import StoredEvent
 
-from ledger.audit.chain import UNLINKED, check_chain, seal, stream_links, verify_chain
+from ledger.audit.chain import (
+    GENESIS,
+    UNLINKED,
+    check_chain,
+    link,
+    seal,
+    stream_links,
+    verify_chain,
+)
 from ledger.audit.verify import verify as verify_ledger
 from ledger.cli import run
 from ledger.config import DatabaseConfig
@@ -327,6 +336,48 @@ def test_the_database_checks_the_chain_as_verify_chain_does(
         (deleted, "event deleted"),
     ]
     assert (in_sql.sealed, in_sql.unsealed) == (5, 1)
+
+
+def test_ledger_append_links_events_byte_for_byte_as_the_python_chain_does(
+    migrated_postgres_url: str,
+) -> None:
+    """PostgreSQL's ledger_append makes the links in SQL, from the rows its
+    INSERT returns; `ledger.audit.chain.link` is the definition. Several
+    transfers in one append, in the document's order, with what could trip a
+    byte-level difference: a non-ASCII topic, an empty state, a large
+    version, and a link before them to chain on."""
+    first = [["0" * 31 + "1", 1, "ledger.domain:Transfer.Created", "7b7d"]]
+    many = [
+        ["0" * 31 + "2", 1, "ledger.domain:Transfer.Créé", "7b22c3a9223a317d"],
+        ["0" * 31 + "3", 2**40, "ledger.domain:Transfer.Imported", ""],
+        ["0" * 31 + "2", 2, "t", "00ff" * 300],
+        ["0" * 31 + "1", 2, "ledger.domain:Transfer.PayoutSucceeded", "7b7d"],
+    ]
+    with psycopg.connect(migrated_postgres_url, autocommit=True) as conn:
+        returned = []
+        for events in (first, many):
+            document = json.dumps({"events": events, "link": True, "lock_timeout": "5s"})
+            (positions,) = conn.execute("SELECT ledger_append(%s::jsonb)", (document,)).fetchone()
+            returned += positions
+        stored = conn.execute(
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM transfers_events ORDER BY notification_id"
+        ).fetchall()
+        chain = conn.execute(
+            "SELECT position, transfer_id, version, link, seq FROM event_chain ORDER BY seq"
+        ).fetchall()
+    assert returned == [row[0] for row in stored]
+    # The document's order is the log's order.
+    assert [
+        (str(row[1]).replace("-", ""), row[2], row[3], bytes(row[4]).hex()) for row in stored
+    ] == [tuple(e) for e in first + many]
+    previous = GENESIS
+    expected = []
+    for seq, (position, originator_id, version, topic, state) in enumerate(stored, start=1):
+        event = StoredEvent(originator_id, version, topic, bytes(state))
+        previous = link(previous, position, event)
+        expected.append((position, originator_id, version, previous, seq))
+    assert [(p, t, v, bytes(lk), s) for p, t, v, lk, s in chain] == expected
 
 
 def test_the_table_is_compared_at_its_own_position(ledger_url: str) -> None:
