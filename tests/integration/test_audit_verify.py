@@ -357,8 +357,9 @@ def test_ledger_append_links_events_byte_for_byte_as_the_python_chain_does(
         returned = []
         for events in (first, many):
             document = json.dumps({"events": events, "link": True, "lock_timeout": "5s"})
-            (positions,) = conn.execute("SELECT ledger_append(%s::jsonb)", (document,)).fetchone()
-            returned += positions
+            row = conn.execute("SELECT ledger_append(%s::jsonb)", (document,)).fetchone()
+            assert row is not None
+            returned += row[0]
         stored = conn.execute(
             "SELECT notification_id, originator_id, originator_version, topic, state"
             " FROM transfers_events ORDER BY notification_id"
