@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,20 +70,38 @@ def _lend_most_recent_first(pool: object) -> None:
     """Have the pool lend the connection returned last, as PgBouncer does by
     default, where psycopg_pool lends the one returned first. First in, first
     out spreads one thread's calls over every connection: each call then meets
-    a server process that has been idle the longest, its caches cold, and a
-    single thread's `create_transfer` took about a quarter longer with ten
-    connections than with one (scripts/bench --only api). Last in, first out,
-    the busy connections stay warm and the rest sit idle until the pool
-    shrinks them (the pool's shrink, which also takes from the left, then
-    closes the most recent idle one instead of the oldest: either is idle).
+    a server process that has been idle the longest, its caches cold. One
+    thread's `create_transfer` took 1.2 to 1.6 ms with four connections, about
+    1.0 ms with one (scripts/bench --only api: 0.74-0.86 of the ceiling before,
+    1.00-1.17 after). Last in, first out, the busy connections stay warm.
+
+    What it costs: a connection at the bottom can sit idle for hours, and
+    psycopg_pool checks a connection's age only when it comes back. If
+    something between kills idle connections (a firewall, the server's
+    idle_session_timeout), a burst that reaches that deep meets a dead one:
+    the statement fails as after a server restart, the pool checks every idle
+    connection (storage.failures.pool_checked_on_connection_loss) and the
+    statement is tried again, as reads and appends are (the ledger does not
+    ping a connection before lending it: a round trip a call, ledger.config).
+    Against a firewall, TCP keepalives in the URL (`keepalives_idle=60`, which
+    every connection honours) keep idle connections alive. The pool's shrink,
+    which also takes from the left, closes the most recently used idle
+    connection rather than the oldest; it only closes connections above the
+    pool's size (the overflow).
 
     psycopg_pool keeps its idle connections in a private deque, `_pool`, taken
-    from with popleft() and returned to with append(); a version that does
-    otherwise keeps its own order, and test_the_pool_lends_the_connection_
-    returned_last (tests/integration/test_database_settings.py) fails."""
+    from with popleft() and returned to with append(). A version that does
+    otherwise keeps its own order, with a warning here, and
+    test_the_pool_lends_the_connection_returned_last
+    (tests/integration/test_database_settings.py) fails."""
     idle = getattr(pool, "_pool", None)
     if type(idle) is deque and not idle:  # before the pool opens
         pool._pool = _MostRecentFirst()  # type: ignore[attr-defined]
+    else:
+        logging.getLogger("ledger.storage").warning(
+            "the connection pool keeps its own order (first in, first out): this"
+            " psycopg_pool does not keep its idle connections as the ledger expects"
+        )
 
 
 def _id_text(originator_id: UUID | str) -> str:
