@@ -94,7 +94,12 @@ from ledger.domain import Transfer  # noqa: E402
 from scripts.bench_api import __doc__ as bench_api_doc  # noqa: E402
 from scripts.bench_api import bench_api  # noqa: E402
 from tests.ledgers import Ledger  # noqa: E402
-from tests.postgres_server import create_database, database_url, postgres_server  # noqa: E402
+from tests.postgres_server import (  # noqa: E402
+    create_database,
+    database_url,
+    drop_database,
+    postgres_server,
+)
 
 LEDGER: Final = str(Path(sys.executable).with_name("ledger"))
 BENCHMARKS: Final = (
@@ -286,6 +291,7 @@ def ledger_import(url: str, path: Path) -> None:
 def measure_import(url: str, path: Path, count: int) -> float:
     """Transfers/s of `ledger transfer import`, end to end, read table included."""
     ledger_migrate(url)
+    checkpoint(url)
     started = time.perf_counter()
     ledger_import(url, path)
     elapsed = time.perf_counter() - started
@@ -312,10 +318,16 @@ def bench_import(admin_url: str, tmp: Path, count: int, rounds: int) -> list[Tar
     ratios = []
     for round_number in range(1, rounds + 1):
         suffix = uuid.uuid4().hex[:8]
-        ceiling_url = create_database(admin_url, f"bench_ceiling_{suffix}")
-        ledger_url = create_database(admin_url, f"bench_ledger_{suffix}")
-        ceiling = measure_ceiling(ceiling_url, rows)
-        ledger = measure_import(ledger_url, path, len(rows))
+        names = (f"bench_ceiling_{suffix}", f"bench_ledger_{suffix}")
+        ceiling_url, ledger_url = (create_database(admin_url, name) for name in names)
+        try:
+            # Each side starts with nothing of the round before left to flush.
+            checkpoint(ceiling_url)
+            ceiling = measure_ceiling(ceiling_url, rows)
+            ledger = measure_import(ledger_url, path, len(rows))
+        finally:
+            for name in names:
+                drop_database(admin_url, name)
         ratios.append(ledger / ceiling)
         print(
             f"round {round_number}: ceiling {ceiling:,.0f} rows/s (raw psycopg executemany,"
