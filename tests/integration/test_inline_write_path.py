@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -39,6 +41,16 @@ def _scalar(ledger: Ledger, sql: str) -> Any:
         row = cursor.fetchone()
     assert row is not None
     return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+
+@contextmanager
+def _failpoints_hooked(hook: Callable[[str], None]) -> Iterator[None]:
+    """`hook` called at every failpoint for the block's length."""
+    failpoints.install_hook(hook)
+    try:
+        yield
+    finally:
+        failpoints.install_hook(None)
 
 
 def _events_table(url: str) -> tuple[str, str]:
@@ -190,12 +202,8 @@ def test_an_import_whose_second_batch_fails_keeps_the_first_and_a_rerun_finishes
                 raise _AppendRefused
 
     with Ledger.open(migrated_url) as ledger:
-        failpoints.install_hook(refuse_the_second)
-        try:
-            with pytest.raises(_AppendRefused):
-                ledger.import_transfers(records)
-        finally:
-            failpoints.install_hook(None)
+        with _failpoints_hooked(refuse_the_second), pytest.raises(_AppendRefused):
+            ledger.import_transfers(records)
         assert len(ledger.list()) == IMPORT_BATCH_SIZE
         assert _scalar(ledger, "SELECT COUNT(*) FROM event_chain") == IMPORT_BATCH_SIZE
 
@@ -230,11 +238,7 @@ def test_when_an_append_and_the_next_batch_both_fail_the_append_s_error_is_the_o
 
     monkeypatch.setattr(Transfers, "prepare_new", refuse_the_second_batch)
     with Ledger.open(migrated_url) as ledger:
-        failpoints.install_hook(refuse_the_first_append)
-        try:
-            with pytest.raises(_AppendRefused):
-                ledger.import_transfers(records)
-        finally:
-            failpoints.install_hook(None)
+        with _failpoints_hooked(refuse_the_first_append), pytest.raises(_AppendRefused):
+            ledger.import_transfers(records)
         assert prepared == [IMPORT_BATCH_SIZE, 10]
         assert ledger.list() == []
