@@ -42,6 +42,7 @@ from ledger.processing.heartbeat import LEASE_BEATS, Heartbeat
 from ledger.processing.manager import ProcessManager
 from ledger.processing.observer import NO_OBSERVER, Observer
 from ledger.processing.policy import RetryPolicy
+from ledger.processing.recording import OutcomeRecorder
 from ledger.processing.work import WorkStore
 from ledger.projections.inline import InlineProjection
 from ledger.projections.projection import SellerTransfersProjection
@@ -158,12 +159,15 @@ def build_daemon(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
     one_thread_at_a_time: bool = False,
+    outcome_recorder: OutcomeRecorder | None = None,
 ) -> Daemon:
     """`ledger daemon`'s daemon. The defaults are what it runs; the
     deterministic simulation (tests/simulation) gives its own clock, sleep
     and randomness (virtual time, a seeded generator), a fixed identity, and
-    runs one thread at a time (`one_thread_at_a_time`: each outcome saved in
-    its worker's own thread, no limit on the calls in flight)."""
+    runs one thread at a time (`one_thread_at_a_time`: no limit on the calls
+    in flight), with an `outcome_recorder` whose group commits it schedules
+    itself (one thread at a time without one: each outcome saved alone, in
+    its worker's thread)."""
     # A claim lives as long as its holder: a lease of a few heartbeats, which
     # every beat renews (ledger/processing/work.py). A killed daemon's work is
     # taken over when its lease runs out, or at once when it is known dead.
@@ -212,8 +216,10 @@ def build_daemon(
         policy,
         clock,
         observer=observer,
-        # One thread at a time cannot wait for a recorder thread's batch.
-        group_commit=not one_thread_at_a_time,
+        # One thread at a time cannot wait for a recorder thread's batch: the
+        # simulation gives a recorder whose batches its schedule forms.
+        recorder=outcome_recorder
+        or OutcomeRecorder(backend.transfers, group_commit=not one_thread_at_a_time),
         # A try is sent only while the claim holds at least half a lease
         # longer: a process paused between checking and sending has that long.
         send_margin=timedelta(seconds=claim_seconds / 2),

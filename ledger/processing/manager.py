@@ -112,7 +112,7 @@ class ProcessManager:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
         observer: Observer = NO_OBSERVER,
-        group_commit: bool = True,
+        recorder: OutcomeRecorder | None = None,
         send_margin: timedelta = timedelta(seconds=4),
     ) -> None:
         self.observer = observer
@@ -124,7 +124,7 @@ class ProcessManager:
         self.policy = policy
         self.clock = clock
         # Outcomes of several workers saved in one append (see recording.py).
-        self.recorder = OutcomeRecorder(transfers, group_commit=group_commit)
+        self.recorder = recorder or OutcomeRecorder(transfers)
 
     def handle(self, claim: Claim) -> str:
         """Do the claimed work if it is still due; returns what happened, in a

@@ -28,7 +28,9 @@ MAX_BATCH: Final = 64
 
 
 @dataclass
-class _Outcome:
+class Outcome:
+    """One worker's outcome, waiting to be saved: `done` settles when it is."""
+
     transfer: Transfer
     command: Callable[[Transfer], None]
     also_execute: Sequence[Statement]
@@ -44,10 +46,11 @@ class _Outcome:
 class OutcomeRecorder:
     def __init__(self, transfers: Transfers, *, group_commit: bool = True) -> None:
         """`group_commit=False`: each outcome is saved alone, in the caller's
-        thread (no recorder thread at all): what a single-threaded caller such
-        as the deterministic simulation (tests/simulation) wants."""
+        thread (no recorder thread at all). The deterministic simulation
+        (tests/simulation/grouping.py) forms the batches itself, from its
+        schedule, and saves each through `save_batch`, as the thread does."""
         self.transfers = transfers
-        self._queue: queue.Queue[_Outcome] = queue.Queue()
+        self._queue: queue.Queue[Outcome] = queue.Queue()
         self._group_commit = group_commit
         if group_commit:
             thread = threading.Thread(target=self._run, name="ledger-recorder", daemon=True)
@@ -63,11 +66,11 @@ class OutcomeRecorder:
         """Run `command` on `transfer` (loaded for this handling, unchanged) and
         save its events with `also_execute`, in one append with whatever else is
         waiting; returns once saved, or raises what the command or save raised."""
-        outcome = _Outcome(transfer, command, also_execute, cause)
+        outcome = Outcome(transfer, command, also_execute, cause)
         if self._group_commit:
             self._queue.put(outcome)
         else:
-            self._save([outcome])
+            self.save_batch([outcome])
         outcome.done.result()
 
     def _run(self) -> None:
@@ -79,14 +82,17 @@ class OutcomeRecorder:
                 except queue.Empty:
                     break
             try:
-                self._save(batch)
+                self.save_batch(batch)
             except BaseException as error:  # this thread must outlive any batch
                 for outcome in batch:
                     if not outcome.done.done():
                         outcome.done.set_exception(error)
 
-    def _save(self, batch: list[_Outcome]) -> None:
-        ready: list[_Outcome] = []
+    def save_batch(self, batch: Sequence[Outcome]) -> None:
+        """Save `batch` in one append and settle each outcome's `done`: its
+        command refused, or saved (with the others, or alone after a conflict),
+        or the append's error."""
+        ready: list[Outcome] = []
         for outcome in batch:
             try:
                 outcome.command(outcome.transfer)
@@ -113,7 +119,7 @@ class OutcomeRecorder:
             for outcome in ready:
                 outcome.done.set_result(None)
 
-    def _save_alone(self, outcome: _Outcome) -> None:
+    def _save_alone(self, outcome: Outcome) -> None:
         try:
             if not self._already_recorded(outcome):
                 self.transfers.change(
@@ -124,7 +130,7 @@ class OutcomeRecorder:
         else:
             outcome.done.set_result(None)
 
-    def _already_recorded(self, outcome: _Outcome) -> bool:
+    def _already_recorded(self, outcome: Outcome) -> bool:
         """A conflict can also mean the batch DID commit and only its answer was
         lost (the library retries an append after a dropped connection): then
         the transfer already holds an outcome of this cause, recorded after it

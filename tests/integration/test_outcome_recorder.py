@@ -9,7 +9,7 @@ import pytest
 
 from ledger.domain import Transfer
 from ledger.errors import TransitionRefused
-from ledger.processing.recording import OutcomeRecorder, _Outcome
+from ledger.processing.recording import Outcome, OutcomeRecorder
 from tests.ledgers import Ledger
 
 
@@ -33,10 +33,10 @@ def test_outcomes_arriving_together_are_saved_in_one_append(migrated_url: str) -
         recorder = OutcomeRecorder(ledger.transfers)
         before = ledger.transfers.recorder.max_notification_id() or 0
         batch = [
-            _Outcome(ledger.transfers.get(i), paid(f"tr_{n}"), [], f"{i}:1")
+            Outcome(ledger.transfers.get(i), paid(f"tr_{n}"), [], f"{i}:1")
             for n, i in enumerate(ids)
         ]
-        recorder._save(batch)
+        recorder.save_batch(batch)
         for outcome in batch:
             assert outcome.done.result(timeout=5) is None
         assert [ledger.transfers.get(i).status for i in ids] == ["completed"] * 3
@@ -58,10 +58,10 @@ def test_a_stale_copy_in_a_batch_is_re_run_on_the_current_state(migrated_url: st
         ledger.set_status(stale_id, "failed", actor="alice", reason="ticket 9")
         recorder = OutcomeRecorder(ledger.transfers)
         batch = [
-            _Outcome(stale_copy, paid("tr_stale"), [], f"{stale_id}:1"),
-            _Outcome(ledger.transfers.get(fresh_id), paid("tr_fresh"), [], f"{fresh_id}:1"),
+            Outcome(stale_copy, paid("tr_stale"), [], f"{stale_id}:1"),
+            Outcome(ledger.transfers.get(fresh_id), paid("tr_fresh"), [], f"{fresh_id}:1"),
         ]
-        recorder._save(batch)
+        recorder.save_batch(batch)
         for outcome in batch:
             outcome.done.result(timeout=5)
         stale = ledger.transfers.get(stale_id)
@@ -83,9 +83,9 @@ def test_a_refused_outcome_fails_alone_and_the_rest_is_saved(migrated_url: str) 
         ledger.set_status(refused_id, "failed", actor="alice", reason="ticket 9")
         ledger.set_status(refused_id, "permanently_failed", actor="alice", reason="ticket 9")
         recorder = OutcomeRecorder(ledger.transfers)
-        refused = _Outcome(ledger.transfers.get(refused_id), paid("tr_x"), [], f"{refused_id}:1")
-        accepted = _Outcome(ledger.transfers.get(ok_id), paid("tr_ok"), [], f"{ok_id}:1")
-        recorder._save([refused, accepted])
+        refused = Outcome(ledger.transfers.get(refused_id), paid("tr_x"), [], f"{refused_id}:1")
+        accepted = Outcome(ledger.transfers.get(ok_id), paid("tr_ok"), [], f"{ok_id}:1")
+        recorder.save_batch([refused, accepted])
         with pytest.raises(TransitionRefused):
             refused.done.result(timeout=5)
         assert accepted.done.result(timeout=5) is None
@@ -123,7 +123,7 @@ def test_an_outcome_whose_commit_answer_was_lost_is_not_recorded_twice(
 
         loaded = ledger.transfers.get(transfer_id)
         ledger.transfers.change(transfer_id, failed)  # the batch that did commit
-        outcome = _Outcome(loaded, failed, [], cause)
+        outcome = Outcome(loaded, failed, [], cause)
         OutcomeRecorder(ledger.transfers)._save_alone(outcome)
         assert outcome.done.result(timeout=5) is None
         events = [type(e).__name__ for e in ledger.transfers.events.get(transfer_id)]
