@@ -112,14 +112,6 @@ class Scheduler:
             self.step(actor)
         return dying
 
-    def finish(self, actor: Actor, *, limit: int = 10_000) -> None:
-        """Run `actor` to its end."""
-        for _ in range(limit):
-            if actor.done:
-                return
-            self.step(actor)
-        raise RuntimeError(f"{actor.name} did not finish in {limit} steps")
-
     # ----- the actor's side ---------------------------------------------------------
 
     def current(self) -> Actor | None:

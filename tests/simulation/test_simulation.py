@@ -60,6 +60,7 @@ def test_a_schedule_does_work_worth_checking() -> None:
         "a client timed out, Stripe still at it": "timed out, still at Stripe",
         "Stripe finished a gone client's request": "(its client is gone)",
         "a same-key request met one in flight": "-> 409",
+        "two workers' outcomes saved in one append": "commits 2 outcome(s) in one append",
     }
     for seed in range(60):
         text = "\n".join(run_schedule(seed).trace)

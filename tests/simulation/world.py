@@ -61,6 +61,7 @@ from ledger.stripe.simulator.faults import BEFORE_FAULTS
 from ledger.stripe.simulator.webhooks import Delivery
 from ledger.webhooks import handle_delivery
 from tests.ramdisk import ram_temp_dir
+from tests.simulation.grouping import ScheduledGroupCommit
 from tests.simulation.scheduler import Actor, Choices, Scheduler
 from tests.simulation.transport import FAULTS, InProcessStripe
 
@@ -219,6 +220,9 @@ class SimWorld:
         self.api = TransferLedger(self.backend)
         self.decode = self.backend.transfers.mapper.to_domain_event
         self.daemons: dict[str, Daemon] = {}
+        # Each daemon's recorder: its workers' outcomes wait there for a
+        # group commit, which the schedule gives (grouping.py).
+        self.recorders: dict[str, ScheduledGroupCommit] = {}
         self.daemons_started = 0
         self.orders: list[Order] = []
         self.deliveries: list[Delivery] = []
@@ -413,12 +417,14 @@ class SimWorld:
 
     def _chaos_step(self) -> None:
         options: list[tuple[int, str, Callable[[], None]]] = []
-        paused = self.sched.runnable()
+        paused = [a for a in self.sched.runnable() if not self._blocked(a)]
         if paused:
             options.append((30, "step", lambda: self._step_actor(paused)))
         for name, daemon in self.daemons.items():
             options.append((6, f"dispatch {name}", partial(self._dispatch, name, daemon)))
             options.append((6, f"work {name}", partial(self._start_worker, name, daemon)))
+            if self.recorders[name].waiting:
+                options.append((3, f"commit {name}", partial(self._group_commit, name)))
         options += [
             (8, "create", self._create),
             (5, "refund", self._refund),
@@ -458,6 +464,9 @@ class SimWorld:
             sleep=self.sleep,
             rng=random.Random(self.seed * 31 + self.daemons_started),
             one_thread_at_a_time=True,
+            outcome_recorder=self.recorders.setdefault(
+                name, ScheduledGroupCommit(self.backend.transfers, self.sched)
+            ),
         )
         self.note(f"daemon {name} starts")
 
@@ -477,6 +486,29 @@ class SimWorld:
         actor = self.sched.spawn(label, name, lambda: daemon.work_on(claim))
         self._step(actor)
 
+    def _blocked(self, actor: Actor) -> bool:
+        recorder = self.recorders.get(actor.group)
+        return recorder is not None and recorder.blocked(actor)
+
+    def _group_commit(self, name: str) -> None:
+        """Daemon `name`'s recorder takes its turn: the first few outcomes
+        waiting (how many is drawn) saved in one append."""
+        recorder = self.recorders[name]
+        count = 1 + self.choices.below(len(recorder.waiting))
+        saved = recorder.commit(count)
+        self.note(
+            f"{name} commits {len(saved)} outcome(s) in one append: "
+            + ", ".join(a.name for a in saved)
+        )
+
+    def _run_until_waiting(self, actor: Actor, *, limit: int = 10_000) -> None:
+        """Run `actor` to its end, or until it waits for a group commit."""
+        for _ in range(limit):
+            if actor.done or self._blocked(actor):
+                return
+            self.sched.step(actor)
+        raise RuntimeError(f"{actor.name} did not finish in {limit} steps")
+
     def _step_actor(self, paused: list[Actor]) -> None:
         self._step(self.choices.pick(paused))
 
@@ -489,6 +521,8 @@ class SimWorld:
         name = self.choices.pick(sorted(self.daemons))
         dying = self.sched.crash(name)
         del self.daemons[name]
+        # Its workers died waiting, if they were: their outcomes with them.
+        assert not self.recorders.pop(name).waiting
         where = ", ".join(f"{a.name} at {a.at or 'its start'}" for a in dying) or "idle"
         self.note(f"daemon {name} CRASHES ({where})")
         for actor in dying:
@@ -687,11 +721,18 @@ class SimWorld:
     # ----- settling ------------------------------------------------------------------
 
     def _finish_workers(self) -> None:
-        for actor in list(self.sched.actors):
-            self.sched.finish(actor)
-            self._after_step()
-            if actor.error is not None:
-                raise Violation("daemon error", f"{actor.name} raised:\n{actor.error}")
+        """Every worker runs to its end. A daemon's recorder takes its turn
+        once each of its workers is done or waiting for it, so that outcomes
+        arriving together may be saved together, as its thread saves them."""
+        while self.sched.actors:
+            for actor in list(self.sched.actors):
+                self._run_until_waiting(actor)
+                self._after_step()
+                if actor.error is not None:
+                    raise Violation("daemon error", f"{actor.name} raised:\n{actor.error}")
+            for name, recorder in sorted(self.recorders.items()):
+                if recorder.waiting:
+                    self._group_commit(name)
 
     def _one_turn_each(self) -> None:
         """Every daemon hands out what is due and its workers run it through,
@@ -699,16 +740,26 @@ class SimWorld:
         otherwise come only after the faults stopped."""
         for name, daemon in sorted(self.daemons.items()):
             daemon.dispatch()
-            while (claim := daemon.next_claim()) is not None:
-                actor = self.sched.spawn(
+            self._work_through_claims(name, daemon)
+
+    def _work_through_claims(self, name: str, daemon: Daemon) -> bool:
+        """Daemon `name` works through what it has claimed, as many at once
+        as it has workers, their outcomes saved as they arrive together.
+        Whether there was anything."""
+        worked = False
+        while True:
+            started = 0
+            while started < WORKERS_PER_DAEMON and (claim := daemon.next_claim()) is not None:
+                self.sched.spawn(
                     f"{name}.{claim.kind}.{self._order_of(claim.transfer_id)}",
                     name,
                     partial(daemon.work_on, claim),
                 )
-                self.sched.finish(actor)
-                self._after_step()
-                if actor.error is not None:
-                    raise Violation("daemon error", f"{actor.name} raised:\n{actor.error}")
+                started += 1
+            if not started:
+                return worked
+            worked = True
+            self._finish_workers()
 
     def _settle(self) -> None:
         if not self.daemons:
@@ -724,16 +775,8 @@ class SimWorld:
             for name, daemon in sorted(self.daemons.items()):
                 if daemon.dispatch():
                     worked = True
-                while (claim := daemon.next_claim()) is not None:
+                if self._work_through_claims(name, daemon):
                     worked = True
-                    actor = self.sched.spawn(
-                        f"{name}.{claim.kind}.{self._order_of(claim.transfer_id)}",
-                        name,
-                        lambda d=daemon, c=claim: d.work_on(c),  # type: ignore[misc]
-                    )
-                    self.sched.finish(actor)
-                    if actor.error is not None:
-                        raise Violation("daemon error", f"{actor.name} raised:\n{actor.error}")
             self._after_step()
             if worked:
                 continue
