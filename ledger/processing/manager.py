@@ -10,7 +10,10 @@ reversal, ledger/processing/effects.py), once.
 3. if an earlier call's outcome is unknown, look the object up at Stripe and
    record what is there instead of calling again; if nothing is there, call
    again under the earlier call's key (within an hour of it), which Stripe
-   answers once however many daemons send it;
+   answers once however many daemons send it. Nothing there proves the
+   earlier call made nothing only when the look-up ran after its last try
+   surely finished at Stripe (an hour and STRIPE_FINISHES_WITHIN after it
+   began): until then, too late for its key, the work waits;
 4. record the attempt as started (committed, the claim renewed), then call
    Stripe with the key `ledger-<kind>-<cause>-a<attempt>`, outside any
    database transaction, sending each try only while the claim outlives its
@@ -75,6 +78,10 @@ _WAITING_FOR: Final = {
 # Stripe keeps an idempotency key's answer for at least 24 hours: a try is
 # sent under an attempt's key only this soon after the attempt began.
 SAME_KEY_WITHIN: Final = timedelta(hours=1)
+# How long a request that reached Stripe may still be executing there: a
+# client that timed out or died does not stop it. Minutes at the very worst
+# (the deterministic simulation's Stripe takes up to five).
+STRIPE_FINISHES_WITHIN: Final = timedelta(minutes=10)
 
 
 @dataclass
@@ -86,6 +93,14 @@ class _Progress:
     call_started: bool = False
     # The claim was released with the recorded outcome, in its transaction.
     released: bool = False
+
+
+def _lookup_proves_from(attempt_began: datetime) -> datetime:
+    """From when a look-up that finds nothing proves that the attempt begun
+    at `attempt_began` made nothing: its tries are all sent within
+    SAME_KEY_WITHIN of its start (`may_send`), and Stripe is done with each
+    within STRIPE_FINISHES_WITHIN of receiving it."""
+    return attempt_began + SAME_KEY_WITHIN + STRIPE_FINISHES_WITHIN
 
 
 def settles_unknown(failure: StripeCallFailed) -> bool:
@@ -193,6 +208,7 @@ class ProcessManager:
         cause: str,
         progress: _Progress,
     ) -> str:
+        looked_up_at = self.clock()
         if progress.outcome_unknown:
             # An earlier call may have happened: what Stripe has decides.
             try:
@@ -210,11 +226,33 @@ class ProcessManager:
         # answers once (a concurrent one gets 409, a finished one its saved
         # answer), while Stripe surely still knows the key.
         earlier = progress.claim.attempt_started_at
+        # Judged by when the look-up ran, not by now. Found by the
+        # deterministic simulation: a handling paused for a day between its
+        # look-up and its call (its heartbeat renewing the claim meanwhile)
+        # took its day-old "nothing there" for proof and called under a new
+        # key; the earlier request, still running at Stripe when it looked,
+        # had made its transfer since. Paid twice.
         same_key = (
             progress.outcome_unknown
             and earlier is not None
-            and self.clock() < earlier + SAME_KEY_WITHIN - self.send_margin
+            and looked_up_at < _lookup_proves_from(earlier)
         )
+        if (
+            same_key
+            and earlier is not None
+            and self.clock() >= earlier + SAME_KEY_WITHIN - self.send_margin
+        ):
+            # Too late to send under its key, too early for a look-up to
+            # prove anything: the work waits until one can.
+            proof_from = _lookup_proves_from(earlier)
+            self.work.release(
+                progress.claim, outcome_unknown=True, now=self.clock(), until=proof_from
+            )
+            progress.released = True
+            return (
+                "not sent: the earlier attempt's request may have been running at Stripe"
+                f" when it was looked up; looking up again from {values.iso(proof_from)}"
+            )
         try:
             effect.check_callable(self.gateway, transfer)
         except StripeCallFailed as failure:

@@ -265,21 +265,32 @@ class WorkStore:
         self._hold([(claim.transfer_id, claim.kind)], now)
         return int(row["attempts"])
 
-    def release(self, claim: Claim, *, outcome_unknown: bool, now: datetime) -> None:
-        """Done with this work for now; handling went through (no failure to count)."""
-        self.db.execute_alone(*self.release_statement(claim, outcome_unknown, now))
+    def release(
+        self,
+        claim: Claim,
+        *,
+        outcome_unknown: bool,
+        now: datetime,
+        until: datetime | None = None,
+    ) -> None:
+        """Done with this work for now; handling went through (no failure to
+        count). `until`: not due again before then."""
+        self.db.execute_alone(*self.release_statement(claim, outcome_unknown, now, until))
 
-    def release_statement(self, claim: Claim, outcome_unknown: bool, now: datetime) -> Statement:
+    def release_statement(
+        self, claim: Claim, outcome_unknown: bool, now: datetime, until: datetime | None = None
+    ) -> Statement:
         """`release` as a statement, to commit in the same transaction as the
         outcome's events: the outcome and "nothing unknown any more" together."""
         return (
             "UPDATE stripe_work SET claimed_by = NULL, claim_expires_at = NULL,"
-            " outcome_unknown = ?, handling_failures = 0, not_before = NULL,"
+            " outcome_unknown = ?, handling_failures = 0, not_before = ?,"
             " last_failure = NULL, waiting_for = NULL, waiting_since = NULL, waits = 0,"
             " updated_at = ?"
             " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?",
             (
                 outcome_unknown,
+                None if until is None else self.db.to_db_time(until),
                 self.db.to_db_time(now),
                 *self._key(claim.transfer_id, claim.kind),
                 claim.owner,

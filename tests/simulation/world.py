@@ -48,6 +48,7 @@ from ledger.errors import LedgerError
 from ledger.import_records import ImportRecord
 from ledger.matrix import TERMINAL_STATUSES
 from ledger.processing.daemon import Daemon, DaemonOptions
+from ledger.processing.manager import STRIPE_FINISHES_WITHIN
 from ledger.processing.policy import RetryPolicy
 from ledger.processing.work import WorkStore
 from ledger.projections.rebuild import rebuild
@@ -79,6 +80,9 @@ NAMESPACE: Final = UUID("5b1f0c1e-3f7e-4c53-9a39-6f2b1f1f0a01")
 # enough for the killed daemon's claim to run out and another daemon to take
 # its work over meanwhile, as in the real world.
 STRIPE_ANSWERS_WITHIN: Final = 300.0
+# The daemons count on Stripe finishing a request within STRIPE_FINISHES_WITHIN:
+# this world's Stripe must not take longer.
+assert timedelta(seconds=STRIPE_ANSWERS_WITHIN) <= STRIPE_FINISHES_WITHIN
 # Chaos: at most this many steps; then the settling phase.
 MAX_CHAOS_STEPS: Final = 50
 MAX_DAEMONS: Final = 2

@@ -8,13 +8,16 @@ The real stripe-python client over HTTP, against the simulator."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from ledger.bootstrap import build_daemon, work_store
 from ledger.processing.daemon import DaemonOptions
+from ledger.processing.effects import EFFECTS, PAYOUT, idempotency_key
+from ledger.processing.manager import SAME_KEY_WITHIN, STRIPE_FINISHES_WITHIN
 from ledger.processing.ports import ClaimRanOut
 from ledger.processing.work import WorkStore
 from ledger.stripe.budget import RateBudget
@@ -27,6 +30,9 @@ from tests.system.world import API_KEY, new_world, running_simulator
 def sim() -> Iterator[SimulatorServer]:
     with running_simulator(api_key=API_KEY) as server:
         yield server
+
+
+PAYOUT_EFFECT = EFFECTS[PAYOUT]
 
 
 def _gateway(sim: SimulatorServer) -> StripeGateway:
@@ -170,3 +176,110 @@ def test_a_try_that_waited_for_the_rate_budget_past_its_claim_is_not_sent(
 
     assert waited  # it did wait for the budget
     assert _posts(sim) == []
+
+
+class _LandsWhileItPauses:
+    """The daemon's own gateway, with one thing happening around it: right
+    after the look-up, the earlier attempt's request, which was still running
+    at Stripe when the look-up ran, lands there (as `land` makes it), while
+    this handling pauses for a day, alive: its heartbeat renews its claim."""
+
+    def __init__(self, gateway: Any, clock: _Clock, land: Callable[[], None]) -> None:
+        self._gateway = gateway
+        self._clock = clock
+        self._land = land
+
+    def transfers_in_group(self, transfer_group: str) -> Any:
+        found = self._gateway.transfers_in_group(transfer_group)
+        self._land()
+        self._clock.sleep(0)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gateway, name)
+
+
+@pytest.mark.parametrize(
+    ("looks_up_after", "pauses_for"),
+    [
+        # Found by the deterministic simulation (a 20,000-seed sweep).
+        (timedelta(minutes=1), timedelta(hours=25)),
+        # The earlier attempt's last try may have been sent just inside its
+        # hour: a look-up just after the hour may still miss it.
+        (SAME_KEY_WITHIN + timedelta(minutes=5), timedelta(0)),
+    ],
+    ids=["paused-a-day-after-looking", "looked-just-after-the-hour"],
+)
+def test_a_look_up_made_while_the_earlier_request_may_still_run_proves_nothing(
+    migrated_url: str, looks_up_after: timedelta, pauses_for: timedelta
+) -> None:
+    """A daemon's payout request timed out while Stripe was still executing
+    it; another daemon took the work over and looked up: nothing yet. Found
+    by the deterministic simulation: that daemon then paused for a day before
+    calling (alive, its claim renewed), took its day-old "nothing there" for
+    proof, the earlier attempt being more than an hour old by then, and
+    called under a new key; the earlier request had made its transfer
+    meanwhile. Paid twice. A look-up now proves nothing unless it ran after
+    every try of the earlier attempt had surely finished at Stripe (each is
+    sent within SAME_KEY_WITHIN of the attempt's start, and Stripe finishes
+    one within STRIPE_FINISHES_WITHIN): until then the work waits, sending
+    nothing, and the next look-up finds the transfer and records it."""
+    with running_simulator(api_key=API_KEY) as sim:
+        world = new_world(migrated_url, sim)
+        transfer_id = world.create("order-looked-up-too-early")
+        # The earlier attempt began now; its request never answered.
+        clock = _Clock(jump=pauses_for)
+        began = clock.now
+        with world.ledger(pool_size=3) as ledger:
+            earlier = WorkStore(ledger.db, "daemon-that-timed-out", 30)
+            (claim,) = earlier.claim_many([(transfer_id, "payout")], began)
+            transfer = ledger.transfers.get(transfer_id)
+            cause = PAYOUT_EFFECT.cause(transfer, began)
+            assert cause is not None
+            earlier.begin_attempt(claim, cause, began)
+            earlier.release(claim, outcome_unknown=True, now=began)
+
+            clock.now = began + looks_up_after
+            daemon = build_daemon(
+                ledger,
+                world.stripe_settings(),
+                world.policy(),
+                DaemonOptions(concurrency=1),
+                clock=clock,
+                sleep=clock.sleep,
+            )
+            clock.work = daemon.work
+            manager = daemon.manager
+            real_gateway = manager.gateway
+
+            def land() -> None:
+                # The earlier request, under its own key, as the ledger sent it.
+                PAYOUT_EFFECT.call(
+                    real_gateway, transfer, cause, idempotency_key("payout", cause, 1), lambda: True
+                )
+
+            def handle_once() -> None:
+                assert daemon.dispatch() == 1
+                handling = daemon.next_claim()
+                assert handling is not None
+                daemon.work_on(handling)
+
+            manager.gateway = _LandsWhileItPauses(real_gateway, clock, land)
+            handle_once()
+            assert len(world.stripe_transfers(transfer_id)) == 1  # landed; nothing after it
+            assert [p["idempotency_key"] for p in world.money_posts()] == [
+                idempotency_key("payout", cause, 1)
+            ]
+            assert world.show(transfer_id).status == "pending"
+
+            # Not due again until a look-up can prove something: no look-up
+            # after look-up meanwhile.
+            proof_from = began + SAME_KEY_WITHIN + STRIPE_FINISHES_WITHIN
+            if clock.now < proof_from:
+                assert daemon.dispatch() == 0
+                clock.now = proof_from
+            # The next handling's look-up is proof: it finds the transfer.
+            manager.gateway = real_gateway
+            handle_once()
+        assert world.show(transfer_id).status == "completed"
+        assert len(world.stripe_transfers(transfer_id)) == 1  # paid once
