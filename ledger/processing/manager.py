@@ -10,10 +10,11 @@ reversal, ledger/processing/effects.py), once.
 3. if an earlier call's outcome is unknown, look the object up at Stripe and
    record what is there instead of calling again; if nothing is there, call
    again under the earlier call's key (within an hour of it), which Stripe
-   answers once however many daemons send it. Nothing there proves the
-   earlier call made nothing only when the look-up ran after its last try
-   surely finished at Stripe (an hour and STRIPE_FINISHES_WITHIN after it
-   began): until then, too late for its key, the work waits;
+   answers once however many daemons send it. "Nothing there" proves the
+   earlier call made nothing only if the look-up ran after the call's last
+   try surely finished at Stripe (an hour and STRIPE_FINISHES_WITHIN after
+   the call began). A look-up before then that comes too late to use the
+   earlier key leaves the work waiting until a look-up can prove it;
 4. record the attempt as started (committed, the claim renewed), then call
    Stripe with the key `ledger-<kind>-<cause>-a<attempt>`, outside any
    database transaction, sending each try only while the claim outlives its
@@ -78,9 +79,11 @@ _WAITING_FOR: Final = {
 # Stripe keeps an idempotency key's answer for at least 24 hours: a try is
 # sent under an attempt's key only this soon after the attempt began.
 SAME_KEY_WITHIN: Final = timedelta(hours=1)
-# How long a request that reached Stripe may still be executing there: a
-# client that timed out or died does not stop it. Minutes at the very worst
-# (the deterministic simulation's Stripe takes up to five).
+# How long after `may_send` let a try go Stripe may still be acting on it: the
+# request's way there plus its execution, which a client that timed out or
+# died does not stop. An assumption, not a figure Stripe documents: minutes at
+# the very worst (the deterministic simulation's Stripe takes up to five). A
+# request Stripe acted on later than this could still be paid twice.
 STRIPE_FINISHES_WITHIN: Final = timedelta(minutes=10)
 
 
@@ -226,33 +229,42 @@ class ProcessManager:
         # answers once (a concurrent one gets 409, a finished one its saved
         # answer), while Stripe surely still knows the key.
         earlier = progress.claim.attempt_started_at
-        # Judged by when the look-up ran, not by now. Found by the
-        # deterministic simulation: a handling paused for a day between its
-        # look-up and its call (its heartbeat renewing the claim meanwhile)
-        # took its day-old "nothing there" for proof and called under a new
-        # key; the earlier request, still running at Stripe when it looked,
-        # had made its transfer since. Paid twice.
-        same_key = (
+        # Does "nothing there" prove the earlier attempt made nothing? Judged
+        # by when the look-up ran, not by now. Found by the deterministic
+        # simulation: a handling paused for a day between its look-up and its
+        # call (its heartbeat renewing the claim meanwhile) took its day-old
+        # "nothing there" for proof and called under a new key; the earlier
+        # request, still running at Stripe when it looked, had made its
+        # transfer since. Paid twice.
+        unproven = (
             progress.outcome_unknown
             and earlier is not None
             and looked_up_at < _lookup_proves_from(earlier)
         )
         if (
-            same_key
+            unproven
             and earlier is not None
             and self.clock() >= earlier + SAME_KEY_WITHIN - self.send_margin
         ):
             # Too late to send under its key, too early for a look-up to
             # prove anything: the work waits until one can.
             proof_from = _lookup_proves_from(earlier)
+            reason = (
+                "not sent: the earlier attempt's request may have been running at Stripe"
+                " when it was looked up; a look-up from"
+                f" {values.iso(max(proof_from, self.clock()))} decides"
+            )
             self.work.release(
-                progress.claim, outcome_unknown=True, now=self.clock(), until=proof_from
+                progress.claim,
+                outcome_unknown=True,
+                now=self.clock(),
+                until=proof_from,
+                reason=reason,
             )
             progress.released = True
-            return (
-                "not sent: the earlier attempt's request may have been running at Stripe"
-                f" when it was looked up; looking up again from {values.iso(proof_from)}"
-            )
+            return reason
+        # Unproven, and early enough: the earlier attempt again, under its key.
+        same_key = unproven
         try:
             effect.check_callable(self.gateway, transfer)
         except StripeCallFailed as failure:

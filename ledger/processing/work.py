@@ -71,6 +71,9 @@ class WorkState:
     claimed_by: str | None
     claim_expires_at: datetime | None
     parked_at: datetime | None
+    # Not due again before then (a backoff, a wait), and why, if known.
+    not_before: datetime | None = None
+    last_failure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -272,25 +275,33 @@ class WorkStore:
         outcome_unknown: bool,
         now: datetime,
         until: datetime | None = None,
+        reason: str | None = None,
     ) -> None:
         """Done with this work for now; handling went through (no failure to
-        count). `until`: not due again before then."""
-        self.db.execute_alone(*self.release_statement(claim, outcome_unknown, now, until))
+        count). `until`: not due again before then, for `reason` (what
+        `ledger reconcile` tells of it)."""
+        self.db.execute_alone(*self.release_statement(claim, outcome_unknown, now, until, reason))
 
     def release_statement(
-        self, claim: Claim, outcome_unknown: bool, now: datetime, until: datetime | None = None
+        self,
+        claim: Claim,
+        outcome_unknown: bool,
+        now: datetime,
+        until: datetime | None = None,
+        reason: str | None = None,
     ) -> Statement:
         """`release` as a statement, to commit in the same transaction as the
         outcome's events: the outcome and "nothing unknown any more" together."""
         return (
             "UPDATE stripe_work SET claimed_by = NULL, claim_expires_at = NULL,"
             " outcome_unknown = ?, handling_failures = 0, not_before = ?,"
-            " last_failure = NULL, waiting_for = NULL, waiting_since = NULL, waits = 0,"
+            " last_failure = ?, waiting_for = NULL, waiting_since = NULL, waits = 0,"
             " updated_at = ?"
             " WHERE transfer_id = ? AND kind = ? AND claimed_by = ?",
             (
                 outcome_unknown,
                 None if until is None else self.db.to_db_time(until),
+                None if reason is None else reason[:_MAX_FAILURE_TEXT],
                 self.db.to_db_time(now),
                 *self._key(claim.transfer_id, claim.kind),
                 claim.owner,
@@ -426,7 +437,8 @@ class WorkStore:
         """The row for this work, or None when no daemon has taken it yet."""
         with self.db.transaction(write=False) as cursor:
             cursor.execute(
-                "SELECT attempts, outcome_unknown, claimed_by, claim_expires_at, parked_at"
+                "SELECT attempts, outcome_unknown, claimed_by, claim_expires_at, parked_at,"
+                " not_before, last_failure"
                 " FROM stripe_work WHERE transfer_id = ? AND kind = ?",
                 self._key(transfer_id, kind),
             )
@@ -439,6 +451,8 @@ class WorkStore:
             claimed_by=row["claimed_by"],
             claim_expires_at=self.db.from_db_time(row["claim_expires_at"]),
             parked_at=self.db.from_db_time(row["parked_at"]),
+            not_before=self.db.from_db_time(row["not_before"]),
+            last_failure=row["last_failure"],
         )
 
     # ----- parked work (`ledger parked ...`) ------------------------------------

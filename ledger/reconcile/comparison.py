@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TextIO
 from uuid import UUID
 
@@ -581,6 +581,9 @@ class Reconciliation:
             expires = work.claim_expires_at
             until = f" until {values.iso(expires)}" if expires else ""
             state = f"daemon {work.claimed_by} holds the {kind}{until}"
+        elif work.not_before is not None and work.not_before > datetime.now(UTC):
+            why = f" ({work.last_failure})" if work.last_failure else ""
+            state = f"the {kind} is due again at {values.iso(work.not_before)}{why}"
         elif work.outcome_unknown:
             state = (
                 f"the last {kind} call's outcome is unknown and no daemon holds it:"

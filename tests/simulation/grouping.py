@@ -68,5 +68,12 @@ class ScheduledGroupCommit(OutcomeRecorder):
         batch = list(self.waiting.items())[:count]
         for actor, _ in batch:
             del self.waiting[actor]
-        self.save_batch([outcome for _, outcome in batch])
+        outcomes = [outcome for _, outcome in batch]
+        try:
+            self.save_batch(outcomes)
+        except BaseException as error:
+            # As the recorder thread does: every worker hears of it.
+            for outcome in outcomes:
+                if not outcome.done.done():
+                    outcome.done.set_exception(error)
         return [actor for actor, _ in batch]

@@ -99,7 +99,9 @@ def _release_then_record(world: SimWorld) -> Iterator[None]:
 def _send_after_claim(world: SimWorld) -> Iterator[None]:
     """Tries are sent however long ago the attempt began: its claim may have
     run out and another daemon taken over, looked up and paid, or Stripe may
-    have forgotten the key."""
+    have forgotten the key. (Stretching SAME_KEY_WITHIN also puts the moment a
+    look-up proves anything ten years off, so every later attempt goes out
+    under the first one's key.)"""
     init = manager.ProcessManager.__init__
 
     def never_late(self: manager.ProcessManager, *args: Any, **kwargs: Any) -> None:
@@ -140,6 +142,16 @@ def _429_settles_unknown(world: SimWorld) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _lookup_always_proof(world: SimWorld) -> Iterator[None]:
+    """A look-up that finds nothing taken for proof that the earlier attempt
+    made nothing, however soon after it ran: the next attempt goes out under
+    a new key while the earlier request may still be running at Stripe (the
+    rule behind the fix for the simulation's seed 914368)."""
+    with mock.patch.object(manager, "_lookup_proves_from", lambda began: began):
+        yield
+
+
 def _variant(name: str, install: Callable[[SimWorld], AbstractContextManager[None]]) -> Variant:
     return Variant(name=name, install=install, expected=MONEY_TWICE)
 
@@ -153,6 +165,7 @@ VARIANTS: dict[str, Variant] = {
         _variant("release-then-record", _release_then_record),
         _variant("send-after-claim", _send_after_claim),
         _variant("429-settles-unknown", _429_settles_unknown),
+        _variant("lookup-always-proof", _lookup_always_proof),
         Variant(
             name="429-spends-an-attempt",
             install=_429_spends_an_attempt,

@@ -458,6 +458,8 @@ class SimWorld:
     def _start_daemon(self) -> None:
         self.daemons_started += 1
         name = f"d{self.daemons_started}"
+        recorder = ScheduledGroupCommit(self.backend.transfers, self.sched)
+        self.recorders[name] = recorder
         self.daemons[name] = build_daemon(
             self.backend,
             self.settings,
@@ -468,9 +470,7 @@ class SimWorld:
             sleep=self.sleep,
             rng=random.Random(self.seed * 31 + self.daemons_started),
             one_thread_at_a_time=True,
-            outcome_recorder=self.recorders.setdefault(
-                name, ScheduledGroupCommit(self.backend.transfers, self.sched)
-            ),
+            outcome_recorder=recorder,
         )
         self.note(f"daemon {name} starts")
 
@@ -526,7 +526,8 @@ class SimWorld:
         dying = self.sched.crash(name)
         del self.daemons[name]
         # Its workers died waiting, if they were: their outcomes with them.
-        assert not self.recorders.pop(name).waiting
+        recorder = self.recorders.pop(name)
+        assert not recorder.waiting
         where = ", ".join(f"{a.name} at {a.at or 'its start'}" for a in dying) or "idle"
         self.note(f"daemon {name} CRASHES ({where})")
         for actor in dying:

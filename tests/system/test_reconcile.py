@@ -26,10 +26,12 @@ from uuid import UUID
 import pytest
 import stripe
 
+from ledger import values
 from ledger.cli import run
 from ledger.domain import event_ref, payout_cause
 from ledger.importing import parse_lines
 from ledger.processing.effects import PAYOUT, REVERSAL, idempotency_key
+from ledger.processing.work import WorkStore
 from ledger.reconcile import reconcile
 from ledger.stripe.listing import Backoff, StripeReader, StripeReadFailed
 from ledger.stripe.simulator import SimulatorServer
@@ -120,6 +122,26 @@ def own_reconcile(
 ) -> Reconcile:
     """`ledger reconcile ARGS` against this test's own world."""
     return reconcile_cli(world, capsys, monkeypatch)
+
+
+def _ledger_payout_at_stripe(world: World, transfer_id: UUID, order_ref: str, amount: int) -> Any:
+    """The ledger's first payout attempt for this transfer, as a daemon sends
+    it, made at Stripe and not recorded (its daemon died, or waits)."""
+    cause = payout_cause(transfer_id)
+    return stripe_client(world.sim.base_url, api_key=API_KEY).v1.transfers.create(
+        params={
+            "amount": amount,
+            "currency": "usd",
+            "destination": SELLER,
+            "transfer_group": str(transfer_id),
+            "metadata": {
+                "ledger_transfer_id": str(transfer_id),
+                "ledger_cause": cause,
+                "ledger_order_ref": order_ref,
+            },
+        },
+        options={"idempotency_key": idempotency_key(PAYOUT, cause, 1)},
+    )
 
 
 def differences(result: CliResult) -> list[dict[str, Any]]:
@@ -459,20 +481,7 @@ def test_money_moved_twice_for_an_unrecorded_payout_is_listed_once_after_the_rec
         }
     )
     # ...then the daemon's first attempt, not recorded yet (it died).
-    ours = client.v1.transfers.create(
-        params={
-            "amount": 4200,
-            "currency": "usd",
-            "destination": SELLER,
-            "transfer_group": str(transfer_id),
-            "metadata": {
-                "ledger_transfer_id": str(transfer_id),
-                "ledger_cause": payout_cause(transfer_id),
-                "ledger_order_ref": "order-paid-twice",
-            },
-        },
-        options={"idempotency_key": idempotency_key(PAYOUT, payout_cause(transfer_id), 1)},
-    )
+    ours = _ledger_payout_at_stripe(world, transfer_id, "order-paid-twice", 4200)
     # Newest first: the ledger's own payout is met before the other one, and
     # checked again at the end as "may be in flight".
     assert [t.id for t in client.v1.transfers.list().data] == [ours.id, other.id]
@@ -805,3 +814,33 @@ def test_a_rejected_key_is_one_line_and_never_shown(
     line = assert_one_line_error(result)
     assert "401" in line and "Invalid API Key" in line
     assert wrong_key not in result.err + result.out
+
+
+def test_an_unrecorded_payout_whose_work_waits_says_until_when_and_why(
+    world: World, own_reconcile: Reconcile
+) -> None:
+    """A payout made at Stripe and not recorded yet, whose work waits (a
+    daemon will look it up again only once a look-up can prove anything):
+    reconcile says until when and why, not "is `ledger daemon` running?"."""
+    transfer_id = world.create("order-waiting", amount=4200)
+    cause = payout_cause(transfer_id)
+    now = datetime.now(UTC)
+    with world.ledger() as ledger:
+        work = WorkStore(ledger.db, "daemon-a", 30)
+        (claim,) = work.claim_many([(transfer_id, PAYOUT)], now)
+        work.begin_attempt(claim, cause, now)
+        work.release(
+            claim,
+            outcome_unknown=True,
+            now=now,
+            until=now + timedelta(minutes=70),
+            reason="not sent: the earlier attempt's request may have been running at Stripe",
+        )
+    _ledger_payout_at_stripe(world, transfer_id, "order-waiting", 4200)
+
+    [found] = about(differences(own_reconcile("--json")), transfer_id)
+    assert found["in_flight"] is True
+    assert (
+        f"the payout is due again at {values.iso(now + timedelta(minutes=70))} (not sent: the"
+        " earlier attempt's request may have been running at Stripe)"
+    ) in found["note"]

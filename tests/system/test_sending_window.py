@@ -114,6 +114,19 @@ class _Clock:
             self.work.renew(self.now, beating_since=before)
 
 
+def _daemon(world: Any, ledger: Any, clock: _Clock) -> Any:
+    daemon = build_daemon(
+        ledger,
+        world.stripe_settings(),
+        world.policy(),
+        DaemonOptions(concurrency=1),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    clock.work = daemon.work
+    return daemon
+
+
 def test_a_retry_more_than_an_hour_after_the_attempt_began_is_not_sent(
     migrated_url: str,
 ) -> None:
@@ -128,15 +141,7 @@ def test_a_retry_more_than_an_hour_after_the_attempt_began_is_not_sent(
         transfer_id = world.create("order-paused-a-day")
         clock = _Clock(jump=timedelta(hours=2))
         with world.ledger(pool_size=3) as ledger:
-            daemon = build_daemon(
-                ledger,
-                world.stripe_settings(),
-                world.policy(),
-                DaemonOptions(concurrency=1),
-                clock=clock,
-                sleep=clock.sleep,
-            )
-            clock.work = daemon.work
+            daemon = _daemon(world, ledger, clock)
             daemon.dispatch()
             claim = daemon.next_claim()
             assert claim is not None
@@ -179,24 +184,47 @@ def test_a_try_that_waited_for_the_rate_budget_past_its_claim_is_not_sent(
 
 
 class _LandsWhileItPauses:
-    """The daemon's own gateway, with one thing happening around it: right
-    after the look-up, the earlier attempt's request, which was still running
-    at Stripe when the look-up ran, lands there (as `land` makes it), while
-    this handling pauses for a day, alive: its heartbeat renews its claim."""
+    """The daemon's own gateway, with one thing happening after its first
+    look-up: the earlier attempt's request, which was still running at Stripe
+    when the look-up ran, lands there (as `land` makes it), while this
+    handling pauses for the clock's jump, alive: its heartbeat renews its
+    claim."""
 
     def __init__(self, gateway: Any, clock: _Clock, land: Callable[[], None]) -> None:
         self._gateway = gateway
         self._clock = clock
-        self._land = land
+        self._land: Callable[[], None] | None = land
 
     def transfers_in_group(self, transfer_group: str) -> Any:
         found = self._gateway.transfers_in_group(transfer_group)
-        self._land()
-        self._clock.sleep(0)
+        if self._land is not None:
+            self._land()
+            self._land = None
+            self._clock.sleep(0)  # the pause: the clock jumps, the claim is renewed
         return found
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._gateway, name)
+
+
+def _timed_out_attempt(ledger: Any, transfer_id: Any, began: datetime) -> str:
+    """An earlier payout attempt, begun at `began`, whose call ended with its
+    outcome unknown (its request timed out): the work is released so, for
+    the next handling to look it up. Returns its cause."""
+    earlier = WorkStore(ledger.db, "daemon-that-timed-out", 30)
+    (claim,) = earlier.claim_many([(transfer_id, "payout")], began)
+    cause = PAYOUT_EFFECT.cause(ledger.transfers.get(transfer_id), began)
+    assert cause is not None
+    earlier.begin_attempt(claim, cause, began)
+    earlier.release(claim, outcome_unknown=True, now=began)
+    return cause
+
+
+def _handle_once(daemon: Any) -> None:
+    assert daemon.dispatch() == 1
+    handling = daemon.next_claim()
+    assert handling is not None
+    daemon.work_on(handling)
 
 
 @pytest.mark.parametrize(
@@ -213,63 +241,38 @@ class _LandsWhileItPauses:
 def test_a_look_up_made_while_the_earlier_request_may_still_run_proves_nothing(
     migrated_url: str, looks_up_after: timedelta, pauses_for: timedelta
 ) -> None:
-    """A daemon's payout request timed out while Stripe was still executing
-    it; another daemon took the work over and looked up: nothing yet. Found
-    by the deterministic simulation: that daemon then paused for a day before
+    """A payout request timed out while Stripe was still executing it; the
+    next handling looked the payout up: nothing yet. Found by the
+    deterministic simulation: that handling then paused for a day before
     calling (alive, its claim renewed), took its day-old "nothing there" for
     proof, the earlier attempt being more than an hour old by then, and
     called under a new key; the earlier request had made its transfer
     meanwhile. Paid twice. A look-up now proves nothing unless it ran after
     every try of the earlier attempt had surely finished at Stripe (each is
-    sent within SAME_KEY_WITHIN of the attempt's start, and Stripe finishes
-    one within STRIPE_FINISHES_WITHIN): until then the work waits, sending
-    nothing, and the next look-up finds the transfer and records it."""
+    sent within SAME_KEY_WITHIN of the attempt's start, and Stripe is done
+    with one within STRIPE_FINISHES_WITHIN): until then the work waits,
+    sending nothing, and the next look-up finds the transfer and records it."""
     with running_simulator(api_key=API_KEY) as sim:
         world = new_world(migrated_url, sim)
         transfer_id = world.create("order-looked-up-too-early")
-        # The earlier attempt began now; its request never answered.
         clock = _Clock(jump=pauses_for)
         began = clock.now
         with world.ledger(pool_size=3) as ledger:
-            earlier = WorkStore(ledger.db, "daemon-that-timed-out", 30)
-            (claim,) = earlier.claim_many([(transfer_id, "payout")], began)
-            transfer = ledger.transfers.get(transfer_id)
-            cause = PAYOUT_EFFECT.cause(transfer, began)
-            assert cause is not None
-            earlier.begin_attempt(claim, cause, began)
-            earlier.release(claim, outcome_unknown=True, now=began)
-
+            cause = _timed_out_attempt(ledger, transfer_id, began)
+            earlier_key = idempotency_key("payout", cause, 1)
             clock.now = began + looks_up_after
-            daemon = build_daemon(
-                ledger,
-                world.stripe_settings(),
-                world.policy(),
-                DaemonOptions(concurrency=1),
-                clock=clock,
-                sleep=clock.sleep,
-            )
-            clock.work = daemon.work
-            manager = daemon.manager
-            real_gateway = manager.gateway
+            daemon = _daemon(world, ledger, clock)
+            gateway = daemon.manager.gateway
+            transfer = ledger.transfers.get(transfer_id)
 
             def land() -> None:
                 # The earlier request, under its own key, as the ledger sent it.
-                PAYOUT_EFFECT.call(
-                    real_gateway, transfer, cause, idempotency_key("payout", cause, 1), lambda: True
-                )
+                PAYOUT_EFFECT.call(gateway, transfer, cause, earlier_key, lambda: True)
 
-            def handle_once() -> None:
-                assert daemon.dispatch() == 1
-                handling = daemon.next_claim()
-                assert handling is not None
-                daemon.work_on(handling)
-
-            manager.gateway = _LandsWhileItPauses(real_gateway, clock, land)
-            handle_once()
+            daemon.manager.gateway = _LandsWhileItPauses(gateway, clock, land)
+            _handle_once(daemon)
             assert len(world.stripe_transfers(transfer_id)) == 1  # landed; nothing after it
-            assert [p["idempotency_key"] for p in world.money_posts()] == [
-                idempotency_key("payout", cause, 1)
-            ]
+            assert [p["idempotency_key"] for p in world.money_posts()] == [earlier_key]
             assert world.show(transfer_id).status == "pending"
 
             # Not due again until a look-up can prove something: no look-up
@@ -279,7 +282,26 @@ def test_a_look_up_made_while_the_earlier_request_may_still_run_proves_nothing(
                 assert daemon.dispatch() == 0
                 clock.now = proof_from
             # The next handling's look-up is proof: it finds the transfer.
-            manager.gateway = real_gateway
-            handle_once()
+            _handle_once(daemon)
         assert world.show(transfer_id).status == "completed"
         assert len(world.stripe_transfers(transfer_id)) == 1  # paid once
+
+
+def test_a_look_up_made_once_every_earlier_try_has_finished_is_proof(migrated_url: str) -> None:
+    """The other side: a look-up that ran after the earlier attempt's last try
+    surely finished at Stripe, and found nothing, proves the attempt made
+    nothing. The payout goes out at once, under the next attempt's key."""
+    with running_simulator(api_key=API_KEY) as sim:
+        world = new_world(migrated_url, sim)
+        transfer_id = world.create("order-looked-up-late-enough")
+        clock = _Clock(jump=timedelta(0))
+        began = clock.now
+        with world.ledger(pool_size=3) as ledger:
+            cause = _timed_out_attempt(ledger, transfer_id, began)
+            clock.now = began + SAME_KEY_WITHIN + STRIPE_FINISHES_WITHIN
+            _handle_once(_daemon(world, ledger, clock))
+        assert [p["idempotency_key"] for p in world.money_posts()] == [
+            idempotency_key("payout", cause, 2)
+        ]
+        assert world.show(transfer_id).status == "completed"
+        assert len(world.stripe_transfers(transfer_id)) == 1
