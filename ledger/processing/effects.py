@@ -88,6 +88,10 @@ class StripeEffect(ABC):
 
     kind: str
     actor: str
+    # Can a resend under an attempt's key carry other parameters than the
+    # attempt's first request? Then Stripe's "other parameters under this
+    # key" may come while that first request still runs there.
+    resend_may_differ: bool = False
 
     @abstractmethod
     def cause(self, transfer: Transfer, now: datetime) -> str | None:
@@ -220,6 +224,8 @@ class Reversal(StripeEffect):
 
     kind = REVERSAL
     actor = "system:reversal-manager"
+    # A retry asks for no more than is left at Stripe (see `call`).
+    resend_may_differ = True
 
     def cause(self, transfer: Transfer, now: datetime) -> str | None:
         due = (

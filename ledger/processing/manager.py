@@ -248,21 +248,7 @@ class ProcessManager:
         ):
             # Too late to send under its key, too early for a look-up to
             # prove anything: the work waits until one can.
-            proof_from = _lookup_proves_from(earlier)
-            reason = (
-                "not sent: the earlier attempt's request may have been running at Stripe"
-                " when it was looked up; a look-up from"
-                f" {values.iso(max(proof_from, self.clock()))} decides"
-            )
-            self.work.release(
-                progress.claim,
-                outcome_unknown=True,
-                now=self.clock(),
-                until=proof_from,
-                reason=reason,
-            )
-            progress.released = True
-            return reason
+            return self._wait_for_proof(progress, earlier, "not sent")
         # Unproven, and early enough: the earlier attempt again, under its key.
         same_key = unproven
         try:
@@ -335,6 +321,7 @@ class ProcessManager:
         5xx, or refused other parameters under the key): what it made, if
         anything, is at Stripe now. Found: recorded. Not found: nothing was
         made, and the next attempt may use a new key."""
+        looked_up_at = self.clock()
         try:
             found = effect.look_up(self.gateway, transfer, cause)
         except StripeCallFailed as lookup_failure:
@@ -344,6 +331,24 @@ class ProcessManager:
         if found is not None:
             self._record_success(effect, transfer, found, cause, progress)
             return f"found {found.stripe_id} at Stripe after {failure.summary()}"
+        earlier = progress.claim.attempt_started_at
+        if (
+            effect.resend_may_differ
+            and not failure.replayed_error
+            and earlier is not None
+            and looked_up_at < _lookup_proves_from(earlier)
+        ):
+            # "Other parameters under this key" says a request with the key
+            # was received, not that it has finished: were Stripe to answer
+            # so while our first request under it still runs, nothing found
+            # here would prove nothing (found by review; the simulator
+            # answers 409 while a key is in use). Only a resend that can
+            # differ from that first request (a reversal's asks for what is
+            # left) meets it; a payout's never does, so for a payout the
+            # answer means someone else's request took the key first. This
+            # one waits for a look-up that can prove something, spending no
+            # attempt.
+            return self._wait_for_proof(progress, earlier, f"after {failure.summary()}")
         progress.outcome_unknown = False
         definite = StripeCallFailed(
             FailureKind.RETRY_LATER,
@@ -353,6 +358,20 @@ class ProcessManager:
             request_id=failure.request_id,
         )
         return self._failed(effect, transfer, cause, definite, progress)
+
+    def _wait_for_proof(self, progress: _Progress, earlier: datetime, what: str) -> str:
+        """Release the work, outcome unknown, until a look-up can prove that
+        the attempt begun at `earlier` made nothing; nothing is sent."""
+        proof_from = _lookup_proves_from(earlier)
+        reason = (
+            f"{what}: the earlier attempt's request may have been running at Stripe when it"
+            f" was looked up; a look-up from {values.iso(max(proof_from, self.clock()))} decides"
+        )
+        self.work.release(
+            progress.claim, outcome_unknown=True, now=self.clock(), until=proof_from, reason=reason
+        )
+        progress.released = True
+        return reason
 
     def _record_success(
         self,

@@ -56,6 +56,7 @@ class StripeCallFailed(Exception):
         condition: Condition | None = None,
         retry_after: float | None = None,
         key_spent: bool = False,
+        replayed_error: bool = False,
     ) -> None:
         self.kind = kind
         self.code = code
@@ -68,6 +69,9 @@ class StripeCallFailed(Exception):
         # finished: it replayed that request's 5xx, or refused other
         # parameters under it. Sending the key again cannot make anything.
         self.key_spent = key_spent
+        # Stripe replayed an earlier request's saved 5xx under this key: that
+        # request has surely finished there.
+        self.replayed_error = replayed_error
         super().__init__(message)
 
     def summary(self) -> str:
@@ -91,6 +95,7 @@ class StripeCallFailed(Exception):
             http_status=self.http_status,
             request_id=self.request_id,
             key_spent=self.key_spent,
+            replayed_error=self.replayed_error,
         )
 
 

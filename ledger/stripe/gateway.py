@@ -478,6 +478,7 @@ def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:
         retry_after=retry_after,
         key_spent=(isinstance(error, stripe.IdempotencyError) and status == 400)
         or (replayed and (status or 0) >= 500),
+        replayed_error=replayed and (status or 0) >= 500,
     )
 
 

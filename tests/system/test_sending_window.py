@@ -16,9 +16,9 @@ import pytest
 
 from ledger.bootstrap import build_daemon, work_store
 from ledger.processing.daemon import DaemonOptions
-from ledger.processing.effects import EFFECTS, PAYOUT, idempotency_key
+from ledger.processing.effects import EFFECTS, PAYOUT, REVERSAL, StripeEffect, idempotency_key
 from ledger.processing.manager import SAME_KEY_WITHIN, STRIPE_FINISHES_WITHIN
-from ledger.processing.ports import ClaimRanOut
+from ledger.processing.ports import ClaimRanOut, FailureKind, StripeCallFailed
 from ledger.processing.work import WorkStore
 from ledger.stripe.budget import RateBudget
 from ledger.stripe.gateway import StripeGateway, StripeSettings
@@ -33,6 +33,7 @@ def sim() -> Iterator[SimulatorServer]:
 
 
 PAYOUT_EFFECT = EFFECTS[PAYOUT]
+REVERSAL_EFFECT = EFFECTS[REVERSAL]
 
 
 def _gateway(sim: SimulatorServer) -> StripeGateway:
@@ -207,13 +208,15 @@ class _LandsWhileItPauses:
         return getattr(self._gateway, name)
 
 
-def _timed_out_attempt(ledger: Any, transfer_id: Any, began: datetime) -> str:
-    """An earlier payout attempt, begun at `began`, whose call ended with its
-    outcome unknown (its request timed out): the work is released so, for
+def _timed_out_attempt(
+    ledger: Any, transfer_id: Any, began: datetime, effect: StripeEffect = PAYOUT_EFFECT
+) -> str:
+    """An earlier attempt of `effect`, begun at `began`, whose call ended with
+    its outcome unknown (its request timed out): the work is released so, for
     the next handling to look it up. Returns its cause."""
     earlier = WorkStore(ledger.db, "daemon-that-timed-out", 30)
-    (claim,) = earlier.claim_many([(transfer_id, "payout")], began)
-    cause = PAYOUT_EFFECT.cause(ledger.transfers.get(transfer_id), began)
+    (claim,) = earlier.claim_many([(transfer_id, effect.kind)], began)
+    cause = effect.cause(ledger.transfers.get(transfer_id), began)
     assert cause is not None
     earlier.begin_attempt(claim, cause, began)
     earlier.release(claim, outcome_unknown=True, now=began)
@@ -305,3 +308,77 @@ def test_a_look_up_made_once_every_earlier_try_has_finished_is_proof(migrated_ur
         ]
         assert world.show(transfer_id).status == "completed"
         assert len(world.stripe_transfers(transfer_id)) == 1
+
+
+class _RefusesOtherParametersWhileItRuns:
+    """The daemon's own gateway, answering a reversal's same-key resend as
+    Stripe might while the first request under the key still runs there:
+    400, other parameters under this key (a reversal's resend asks for what
+    is left at Stripe, so its parameters can differ). The first request
+    lands right after the look-up that follows that answer."""
+
+    def __init__(self, gateway: Any, land: Callable[[], None]) -> None:
+        self._gateway = gateway
+        self._land = land
+        self._look_ups = 0
+
+    def create_reversal(self, *_: Any, **__: Any) -> Any:
+        raise StripeCallFailed(
+            FailureKind.BUG,
+            "idempotency_error: keys for idempotent requests can only be used with the same"
+            " parameters they were first used with",
+            http_status=400,
+            key_spent=True,
+        )
+
+    def reversals_of(self, stripe_transfer: str) -> Any:
+        found = self._gateway.reversals_of(stripe_transfer)
+        self._look_ups += 1
+        if self._look_ups == 2:
+            self._land()
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gateway, name)
+
+
+def test_other_parameters_under_a_reversals_key_prove_nothing_while_its_first_request_may_run(
+    migrated_url: str,
+) -> None:
+    """Found by review: "other parameters under this key" was taken to mean
+    that the first request under the key had finished, so a look-up finding
+    nothing cleared the unknown outcome and the next attempt went out under
+    a new key. A reversal's resend can differ from its first request; were
+    Stripe to answer so while that request still runs, the money would be
+    reversed twice. Now such an answer proves nothing before a look-up
+    could: the work waits, spending no attempt, and the next look-up finds
+    what the first request made."""
+    with running_simulator(api_key=API_KEY) as sim:
+        world = new_world(migrated_url, sim)
+        transfer_id = world.create("order-other-parameters")
+        world.run_daemon_once()
+        world.request_reversal(transfer_id, amount=600)
+        clock = _Clock(jump=timedelta(0))
+        began = clock.now
+        with world.ledger(pool_size=3) as ledger:
+            cause = _timed_out_attempt(ledger, transfer_id, began, REVERSAL_EFFECT)
+            earlier_key = idempotency_key(REVERSAL, cause, 1)
+            clock.now = began + timedelta(minutes=1)
+            daemon = _daemon(world, ledger, clock)
+            gateway = daemon.manager.gateway
+            transfer = ledger.transfers.get(transfer_id)
+
+            def land() -> None:
+                REVERSAL_EFFECT.call(gateway, transfer, cause, earlier_key, lambda: True)
+
+            daemon.manager.gateway = _RefusesOtherParametersWhileItRuns(gateway, land)
+            _handle_once(daemon)
+            [stripe_transfer] = world.stripe_transfers(transfer_id)
+            assert len(world.stripe_reversals(stripe_transfer["id"])) == 1  # the first landed
+            assert world.show(transfer_id).retry_count == 0  # no attempt spent
+            assert daemon.dispatch() == 0  # waits for a look-up that can prove something
+            clock.now = began + SAME_KEY_WITHIN + STRIPE_FINISHES_WITHIN
+            daemon.manager.gateway = gateway
+            _handle_once(daemon)
+        assert world.show(transfer_id).amount_reversed == 600
+        assert len(world.stripe_reversals(stripe_transfer["id"])) == 1  # reversed once
