@@ -467,7 +467,8 @@ def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:
         # APIError (5xx, 409 in-progress key), APIConnectionError (timeout,
         # dropped connection), anything unforeseen: it may have happened.
         kind = FailureKind.UNKNOWN
-    replayed = _header(error, "idempotent-replayed") == "true"
+    # Stripe replayed the saved 5xx of an earlier request under this key.
+    replayed_error = _header(error, "idempotent-replayed") == "true" and (status or 0) >= 500
     return StripeCallFailed(
         kind,
         message,
@@ -476,9 +477,8 @@ def classify(error: stripe.StripeError, secret: str = "") -> StripeCallFailed:
         request_id=error.request_id,
         condition=condition,
         retry_after=retry_after,
-        key_spent=(isinstance(error, stripe.IdempotencyError) and status == 400)
-        or (replayed and (status or 0) >= 500),
-        replayed_error=replayed and (status or 0) >= 500,
+        key_spent=(isinstance(error, stripe.IdempotencyError) and status == 400) or replayed_error,
+        replayed_error=replayed_error,
     )
 
 
