@@ -189,6 +189,16 @@ class WorkStore:
             + " ON CONFLICT (transfer_id, kind) DO UPDATE SET"
             " claimed_by = excluded.claimed_by,"
             " claim_expires_at = excluded.claim_expires_at,"
+            # A row whose outcome is unknown but which says nothing of when its
+            # attempt began was written by a release before migration 0014 (or
+            # by such a daemon still running during an upgrade). Its last write
+            # came after that attempt began, so taking it for the start errs
+            # late, the safe way: a look-up that finds nothing proves nothing
+            # until an hour and STRIPE_FINISHES_WITHIN after it (manager.py);
+            # with no start at all, any look-up was taken for proof.
+            " attempt_started_at = CASE WHEN stripe_work.outcome_unknown"
+            " AND stripe_work.attempt_started_at IS NULL THEN stripe_work.updated_at"
+            " ELSE stripe_work.attempt_started_at END,"
             " updated_at = excluded.updated_at"
             " WHERE (stripe_work.claimed_by IS NULL OR stripe_work.claim_expires_at <= ?"
             + of_the_dead

@@ -241,8 +241,11 @@ def _handle_once(daemon: Any) -> None:
     ],
     ids=["paused-a-day-after-looking", "looked-just-after-the-hour"],
 )
+@pytest.mark.parametrize(
+    "written_before_0014", [False, True], ids=["row-of-this-release", "row-from-before-0014"]
+)
 def test_a_look_up_made_while_the_earlier_request_may_still_run_proves_nothing(
-    migrated_url: str, looks_up_after: timedelta, pauses_for: timedelta
+    migrated_url: str, looks_up_after: timedelta, pauses_for: timedelta, written_before_0014: bool
 ) -> None:
     """A payout request timed out while Stripe was still executing it; the
     next handling looked the payout up: nothing yet. Found by the
@@ -254,7 +257,12 @@ def test_a_look_up_made_while_the_earlier_request_may_still_run_proves_nothing(
     every try of the earlier attempt had surely finished at Stripe (each is
     sent within SAME_KEY_WITHIN of the attempt's start, and Stripe is done
     with one within STRIPE_FINISHES_WITHIN): until then the work waits,
-    sending nothing, and the next look-up finds the transfer and records it."""
+    sending nothing, and the next look-up finds the transfer and records it.
+
+    `row-from-before-0014`: the earlier attempt's work row as a release
+    before migration 0014 left it, its outcome unknown but no record of when
+    the attempt began. Any look-up was proof for such a row (found by review):
+    its last write now stands for the start, which errs late."""
     with running_simulator(api_key=API_KEY) as sim:
         world = new_world(migrated_url, sim)
         transfer_id = world.create("order-looked-up-too-early")
@@ -262,6 +270,9 @@ def test_a_look_up_made_while_the_earlier_request_may_still_run_proves_nothing(
         began = clock.now
         with world.ledger(pool_size=3) as ledger:
             cause = _timed_out_attempt(ledger, transfer_id, began)
+            if written_before_0014:
+                with ledger.db.transaction() as cursor:
+                    cursor.execute("UPDATE stripe_work SET attempt_started_at = NULL")
             earlier_key = idempotency_key("payout", cause, 1)
             clock.now = began + looks_up_after
             daemon = _daemon(world, ledger, clock)
