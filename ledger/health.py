@@ -30,21 +30,30 @@ from ledger.projections.queries import (
 from ledger.projections.rows import TRACKING_NAME
 from ledger.storage import Database
 
-# Each kind of due work (the daemon's due queries' conditions) with the
-# expression for when it became due.
+# Each kind of due work (the daemon's due queries' conditions), the work
+# row's kind, and the expression for when the transfer asked for it.
 _DUE_SINCE: Final = (
-    ("reversal", DUE_REVERSAL_WHERE, "COALESCE(s.next_retry_at, s.updated_at)"),
-    ("further_reversal", DUE_FURTHER_REVERSAL_WHERE, "s.next_retry_at"),
-    ("payout_retry", DUE_PAYOUT_RETRY_WHERE, "s.next_retry_at"),
-    ("payout", DUE_PAYOUT_WHERE, "s.created_at"),
+    ("reversal", DUE_REVERSAL_WHERE, "reversal", "COALESCE(s.next_retry_at, s.updated_at)"),
+    ("further_reversal", DUE_FURTHER_REVERSAL_WHERE, "reversal", "s.next_retry_at"),
+    ("payout_retry", DUE_PAYOUT_RETRY_WHERE, "payout", "s.next_retry_at"),
+    ("payout", DUE_PAYOUT_WHERE, "payout", "s.created_at"),
 )
-# How many are due and since when, `?` being now. Parked work is reported on
-# its own: it is not waiting for a daemon.
+# How many are due and since when, both `?` being now. Parked work is
+# reported on its own: it is not waiting for a daemon. Nor is work the
+# daemons put off (stripe_work.not_before: waiting for Stripe's rate limit,
+# the platform's balance, a seller's account, or a look-up that can prove
+# something): it is due from then, not from when it was asked for, so that
+# a wait neither counts as overdue (the `waiting` check says it) nor makes
+# the work overdue the moment it ends.
 DUE_WORK_SQL: Final[Mapping[str, str]] = {
-    kind: f"SELECT COUNT(*) AS n, MIN({since}) AS since FROM seller_transfers s"
-    f" WHERE {where} AND NOT EXISTS (SELECT 1 FROM stripe_work w"
-    " WHERE w.transfer_id = s.id AND w.parked_at IS NOT NULL)"
-    for kind, where, since in _DUE_SINCE
+    kind: "SELECT COUNT(*) AS n,"
+    f" MIN(CASE WHEN w.not_before > {since} THEN w.not_before ELSE {since} END) AS since"
+    f" FROM seller_transfers s LEFT JOIN stripe_work w"
+    f" ON w.transfer_id = s.id AND w.kind = '{work_kind}'"
+    f" WHERE {where} AND (w.not_before IS NULL OR w.not_before <= ?)"
+    " AND NOT EXISTS (SELECT 1 FROM stripe_work p"
+    " WHERE p.transfer_id = s.id AND p.parked_at IS NOT NULL)"
+    for kind, where, work_kind, since in _DUE_SINCE
 }
 
 
@@ -126,7 +135,7 @@ def measure(db: Database, decode: Callable[[Any], Any], now: datetime) -> Measur
                 lag_seconds = max((now - appended_at).total_seconds(), 0.0)
         due = {}
         for kind, sql in DUE_WORK_SQL.items():
-            cursor.execute(sql, (db.to_db_time(now),))
+            cursor.execute(sql, (db.to_db_time(now), db.to_db_time(now)))
             row = cursor.fetchone()
             since = db.from_db_time(row["since"]) if row else None
             due[kind] = DueWork(
