@@ -15,8 +15,9 @@ its process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Final
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, Final
 
 from ledger.application import Transfers
 from ledger.domain import Transfer
@@ -62,18 +63,49 @@ class ScheduledGroupCommit(OutcomeRecorder):
         outcome = self.waiting.get(actor)
         return outcome is not None and not outcome.done.done()
 
-    def commit(self, count: int) -> list[Actor]:
+    def commit(self, count: int, *, answer_lost: bool = False) -> list[Actor]:
         """The recorder's turn: the first `count` waiting outcomes saved in
-        one append. Returns their workers."""
+        one append. Returns their workers. `answer_lost`: the append commits,
+        the connection drops before its answer comes back, and the library
+        sends the same append again (its retry after a lost connection),
+        which meets the events' primary key: the recorder sees a conflict
+        for a batch that is in the log."""
         batch = list(self.waiting.items())[:count]
         for actor, _ in batch:
             del self.waiting[actor]
         outcomes = [outcome for _, outcome in batch]
         try:
-            self.save_batch(outcomes)
+            with answer_lost_once(self.transfers) if answer_lost else nullcontext():
+                self.save_batch(outcomes)
         except BaseException as error:
             # As the recorder thread does: every worker hears of it.
             for outcome in outcomes:
                 if not outcome.done.done():
                     outcome.done.set_exception(error)
         return [actor for actor, _ in batch]
+
+
+@contextmanager
+def answer_lost_once(transfers: Transfers) -> Iterator[list[bool]]:
+    """The next append commits, and the connection drops before its answer
+    comes back: the library sends the same append again (its retry after a
+    lost connection), which meets the events' primary key, and that error
+    is what the caller sees, for an append that is in the log. Yields a list
+    that holds True once that has happened. Only the world's own thread runs
+    meanwhile (no actor reaches a yield point)."""
+    recorder: Any = transfers.recorder
+    insert_events = recorder.insert_events
+    lost: list[bool] = []
+
+    def committed_then_sent_again(stored_events: Any, **kwargs: Any) -> Any:
+        if lost:
+            return insert_events(stored_events, **kwargs)
+        insert_events(stored_events, **kwargs)
+        lost.append(True)
+        return insert_events(stored_events, **kwargs)
+
+    recorder.insert_events = committed_then_sent_again
+    try:
+        yield lost
+    finally:
+        del recorder.insert_events

@@ -62,7 +62,7 @@ from ledger.stripe.simulator.faults import BEFORE_FAULTS
 from ledger.stripe.simulator.webhooks import Delivery
 from ledger.webhooks import handle_delivery
 from tests.ramdisk import ram_temp_dir
-from tests.simulation.grouping import ScheduledGroupCommit
+from tests.simulation.grouping import ScheduledGroupCommit, answer_lost_once
 from tests.simulation.scheduler import Actor, Choices, Scheduler
 from tests.simulation.transport import FAULTS, InProcessStripe
 
@@ -87,6 +87,9 @@ assert timedelta(seconds=STRIPE_ANSWERS_WITHIN) <= STRIPE_FINISHES_WITHIN
 MAX_CHAOS_STEPS: Final = 50
 MAX_DAEMONS: Final = 2
 WORKERS_PER_DAEMON: Final = 2
+# Under faults, one append in this many (a group commit's, a client
+# command's) commits and loses its answer.
+ANSWER_LOST_ONE_IN: Final = 6
 # Settling: time may run this far past the last chaos step, and no further.
 SETTLE_WITHIN: Final = timedelta(days=2)
 MAX_SETTLE_ROUNDS: Final = 400
@@ -245,6 +248,8 @@ class SimWorld:
         # other requests finish first.
         self._after_fault: dict[int, str] = {}
         self._paid: dict[str, str] = {}
+        # The ledger's reversals at Stripe: the one each ledger cause made.
+        self._reversed_for: dict[str, str] = {}
 
     def close(self) -> None:
         for actor in list(self.sched.actors):
@@ -499,9 +504,14 @@ class SimWorld:
         waiting (how many is drawn) saved in one append."""
         recorder = self.recorders[name]
         count = 1 + self.choices.below(len(recorder.waiting))
-        saved = recorder.commit(count)
+        # Under faults, now and then the append commits and its answer is
+        # lost (the library then sends it again: see ScheduledGroupCommit).
+        answer_lost = self.chaos and self.choices.below(ANSWER_LOST_ONE_IN) == 0
+        saved = recorder.commit(count, answer_lost=answer_lost)
         self.note(
-            f"{name} commits {len(saved)} outcome(s) in one append: "
+            f"{name} commits {len(saved)} outcome(s) in one append"
+            + (" (committed, its answer lost: sent again)" if answer_lost else "")
+            + ": "
             + ", ".join(a.name for a in saved)
         )
 
@@ -548,11 +558,20 @@ class SimWorld:
         return str(transfer_id)[:8]
 
     def _command(self, what: str, run: Callable[[], object]) -> None:
+        # Under faults, now and then its append commits and its answer is
+        # lost (the library then sends it again: see answer_lost_once).
+        lost: list[bool] = []
         try:
-            result = run()
+            if self.chaos and self.choices.below(ANSWER_LOST_ONE_IN) == 0:
+                with answer_lost_once(self.backend.transfers) as lost:
+                    result = run()
+            else:
+                result = run()
         except LedgerError as refused:
             self.note(f"{what}: refused: {type(refused).__name__}: {refused}")
             return
+        if lost:
+            what += " (committed, its answer lost: sent again)"
         self.note(f"{what}: {result}")
 
     def _create(self) -> None:
@@ -880,13 +899,25 @@ class SimWorld:
 
     def check_stripe(self) -> None:
         """After every step: at most one Stripe transfer pays a ledger transfer,
-        and no transfer is reversed by more than it paid."""
+        at most one Stripe reversal carries out a ledger reversal request (its
+        cause), and no transfer is reversed by more than it paid."""
         for transfer in self.engine.transfers():
             if transfer.amount_reversed > transfer.amount:
                 raise Violation(
                     "reversed more than paid",
                     f"{transfer.id}: {transfer.amount_reversed} of {transfer.amount}",
                 )
+            for reversal in transfer.reversals:
+                cause = reversal.metadata.get("ledger_cause")
+                if cause is None:  # someone's in the Dashboard
+                    continue
+                earlier_reversal = self._reversed_for.setdefault(cause, reversal.id)
+                if earlier_reversal != reversal.id:
+                    raise Violation(
+                        "money moved twice",
+                        f"{transfer.id}: one reversal request ({cause}) reversed as"
+                        f" {earlier_reversal} and {reversal.id}",
+                    )
             if transfer.id in self._seen_stripe:
                 continue
             ledger_id = transfer.metadata.get("ledger_transfer_id")
