@@ -38,23 +38,36 @@ _DUE_SINCE: Final = (
     ("payout_retry", DUE_PAYOUT_RETRY_WHERE, "payout", "s.next_retry_at"),
     ("payout", DUE_PAYOUT_WHERE, "payout", "s.created_at"),
 )
+# What the `waiting` check calls work waiting for proof (its own condition).
+PROOF: Final = "proof"
+# Work the daemons put off until its not_before: waiting for a condition
+# (Stripe's rate limit, the platform's balance, a seller's account) or for a
+# look-up that can prove an earlier call made nothing (released with no
+# failure). A handling failure's backoff is not a wait: that work stays due
+# from when it was asked for, and overdue if it keeps failing.
+_PUT_OFF: Final = "(w.waiting_for IS NOT NULL OR w.handling_failures = 0)"
 # How many are due and since when, both `?` being now. Parked work is
-# reported on its own: it is not waiting for a daemon. Nor is work the
-# daemons put off (stripe_work.not_before: waiting for Stripe's rate limit,
-# the platform's balance, a seller's account, or a look-up that can prove
-# something): it is due from then, not from when it was asked for, so that
-# a wait neither counts as overdue (the `waiting` check says it) nor makes
-# the work overdue the moment it ends.
+# reported on its own: it is not waiting for a daemon. Nor is work put off:
+# it is due from its not_before, not from when it was asked for, so that a
+# wait neither counts as overdue (the `waiting` check says it) nor makes the
+# work overdue the moment it ends.
 DUE_WORK_SQL: Final[Mapping[str, str]] = {
     kind: "SELECT COUNT(*) AS n,"
-    f" MIN(CASE WHEN w.not_before > {since} THEN w.not_before ELSE {since} END) AS since"
+    f" MIN(CASE WHEN w.not_before > {since} AND {_PUT_OFF} THEN w.not_before"
+    f" ELSE {since} END) AS since"
     f" FROM seller_transfers s LEFT JOIN stripe_work w"
     f" ON w.transfer_id = s.id AND w.kind = '{work_kind}'"
-    f" WHERE {where} AND (w.not_before IS NULL OR w.not_before <= ?)"
+    f" WHERE {where} AND (w.not_before IS NULL OR w.not_before <= ? OR NOT {_PUT_OFF})"
     " AND NOT EXISTS (SELECT 1 FROM stripe_work p"
     " WHERE p.transfer_id = s.id AND p.parked_at IS NOT NULL)"
     for kind, where, work_kind, since in _DUE_SINCE
 }
+# The other wait, for proof: (kind, how many, since when each was last written).
+PROOF_WAITS_SQL: Final = (
+    "SELECT kind, COUNT(*) AS n, MIN(updated_at) AS since FROM stripe_work"
+    " WHERE waiting_for IS NULL AND handling_failures = 0 AND outcome_unknown"
+    " AND not_before > ? AND parked_at IS NULL AND claimed_by IS NULL GROUP BY kind"
+)
 
 
 # The largest threshold in seconds a variable may set.
@@ -169,6 +182,13 @@ def measure(db: Database, decode: Callable[[Any], Any], now: datetime) -> Measur
                 int(r["n"]),
                 max((now - began).total_seconds(), 0.0) if began else 0.0,
             )
+        cursor.execute(PROOF_WAITS_SQL, (db.to_db_time(now),))
+        for r in cursor.fetchall():
+            began = db.from_db_time(r["since"])
+            waiting[(PROOF, str(r["kind"]))] = (
+                int(r["n"]),
+                max((now - began).total_seconds(), 0.0) if began else 0.0,
+            )
         cursor.execute(
             "SELECT daemon_id, seen_at, stopped_at FROM daemon_heartbeats ORDER BY seen_at DESC"
         )
@@ -246,6 +266,8 @@ _WAITING_FOR: Final = {
     "rate_limit": "Stripe's rate limit (429s)",
     "platform_balance": "the platform's Stripe balance",
     "seller_capability": "sellers' accounts that cannot receive transfers yet",
+    PROOF: "a look-up that can prove an earlier call made nothing (at most 70 min;"
+    " `ledger reconcile` says until when)",
 }
 
 

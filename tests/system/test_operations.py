@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import stripe
 from ledger.cli import run
 from ledger.domain import Transfer, payout_cause
 from ledger.processing.effects import idempotency_key
+from ledger.processing.work import WorkStore
 from tests.system.world import World, finish, kill, start_daemon, wait_started
 from tests.waiting import wait_for
 
@@ -152,6 +154,46 @@ def test_health_fails_while_work_is_parked(
     assert not checks["parked"]["ok"] and checks["parked"]["parked"] == 1
     # Parked work is not counted as waiting for a daemon.
     assert checks["due work"]["due"]["payout"] == 0
+
+
+def test_a_handling_failures_backoff_stays_due_and_a_wait_for_proof_is_told(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Work the daemons put off on purpose (here: until a look-up can prove
+    an earlier call made nothing) is not due before its time, and `waiting`
+    says what it waits for; a handling failure's backoff is no such wait: a
+    transfer whose handling keeps failing stays due, and goes overdue."""
+    failing = world.create("order-handling-fails")
+    proving = world.create("order-waits-for-proof")
+    with world.ledger() as ledger:
+        store = WorkStore(ledger.db, "daemon-of-the-test", 30)
+        now = datetime.now(UTC)
+        (failed,) = store.claim_many([(failing, "payout")], now)
+        store.handling_failed(
+            failed,
+            failure="database went away",
+            outcome_unknown=False,
+            retry_at=now + timedelta(hours=1),
+            now=now,
+        )
+        (waits,) = store.claim_many([(proving, "payout")], now)
+        store.begin_attempt(waits, payout_cause(proving), now)
+        store.release(
+            waits,
+            outcome_unknown=True,
+            now=now,
+            until=now + timedelta(hours=1),
+            reason="not sent: a look-up from later decides",
+        )
+
+    code, checks = health(world.url, capsys, LEDGER_HEALTH_MAX_DUE_SECONDS="0")
+
+    assert checks["due work"]["due"]["payout"] == 1  # the failing one alone
+    assert code == 1 and not checks["due work"]["ok"]  # overdue at once with no time allowed
+    waiting = checks["waiting"]
+    assert waiting["ok"] and waiting["warning"]
+    assert waiting["waiting"]["proof:payout"]["count"] == 1
+    assert "a look-up that can prove" in waiting["detail"]
 
 
 def test_a_daemon_killed_outright_stops_being_seen(
