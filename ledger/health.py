@@ -40,29 +40,32 @@ _DUE_SINCE: Final = (
 )
 # What the `waiting` check calls work waiting for proof (its own condition).
 PROOF: Final = "proof"
-# Work the daemons put off until its not_before: waiting for a condition
-# (Stripe's rate limit, the platform's balance, a seller's account) or for a
-# look-up that can prove an earlier call made nothing (released with no
-# failure). A handling failure's backoff is not a wait: that work stays due
-# from when it was asked for, and overdue if it keeps failing.
-_PUT_OFF: Final = "(w.waiting_for IS NOT NULL OR w.handling_failures = 0)"
+# Work waiting for proof: released, with no failure, until a look-up can
+# prove that an earlier call whose outcome is unknown made nothing (the only
+# release with a not_before: ProcessManager._wait_for_proof). It resolves on
+# its own, within an hour and STRIPE_FINISHES_WITHIN of that call, and asks
+# nothing of a person: it is not due before its not_before, and due from
+# then. Work waiting for a condition (the platform's balance, a seller's
+# account, the rate limit) stays due from when it was asked for, as any
+# other work the daemons have not done: a payout that cannot go out for
+# lack of balance goes overdue, and the `waiting` check says why. So does a
+# handling failure's backoff.
+_WAITING_FOR_PROOF: Final = "(w.waiting_for IS NULL AND w.handling_failures = 0)"
 # How many are due and since when, both `?` being now. Parked work is
-# reported on its own: it is not waiting for a daemon. Nor is work put off:
-# it is due from its not_before, not from when it was asked for, so that a
-# wait neither counts as overdue (the `waiting` check says it) nor makes the
-# work overdue the moment it ends.
+# reported on its own: it is not waiting for a daemon.
 DUE_WORK_SQL: Final[Mapping[str, str]] = {
     kind: "SELECT COUNT(*) AS n,"
-    f" MIN(CASE WHEN w.not_before > {since} AND {_PUT_OFF} THEN w.not_before"
+    f" MIN(CASE WHEN w.not_before > {since} AND {_WAITING_FOR_PROOF} THEN w.not_before"
     f" ELSE {since} END) AS since"
     f" FROM seller_transfers s LEFT JOIN stripe_work w"
     f" ON w.transfer_id = s.id AND w.kind = '{work_kind}'"
-    f" WHERE {where} AND (w.not_before IS NULL OR w.not_before <= ? OR NOT {_PUT_OFF})"
+    f" WHERE {where}"
+    f" AND (w.not_before IS NULL OR w.not_before <= ? OR NOT {_WAITING_FOR_PROOF})"
     " AND NOT EXISTS (SELECT 1 FROM stripe_work p"
     " WHERE p.transfer_id = s.id AND p.parked_at IS NOT NULL)"
     for kind, where, work_kind, since in _DUE_SINCE
 }
-# The other wait, for proof: (kind, how many, since when each was last written).
+# The `waiting` check's waits for proof: kind, how many, since when (their release).
 PROOF_WAITS_SQL: Final = (
     "SELECT kind, COUNT(*) AS n, MIN(updated_at) AS since FROM stripe_work"
     " WHERE waiting_for IS NULL AND handling_failures = 0 AND outcome_unknown"
@@ -266,8 +269,8 @@ _WAITING_FOR: Final = {
     "rate_limit": "Stripe's rate limit (429s)",
     "platform_balance": "the platform's Stripe balance",
     "seller_capability": "sellers' accounts that cannot receive transfers yet",
-    PROOF: "a look-up that can prove an earlier call made nothing (at most 70 min;"
-    " `ledger reconcile` says until when)",
+    PROOF: "a look-up that can prove an earlier call made nothing (it comes on its own;"
+    " `ledger reconcile` says when)",
 }
 
 

@@ -18,6 +18,7 @@ import stripe
 
 from ledger.cli import run
 from ledger.domain import Transfer, payout_cause
+from ledger.health import measure
 from ledger.processing.effects import idempotency_key
 from ledger.processing.work import WorkStore
 from tests.system.world import World, finish, kill, start_daemon, wait_started
@@ -156,26 +157,19 @@ def test_health_fails_while_work_is_parked(
     assert checks["due work"]["due"]["payout"] == 0
 
 
-def test_a_handling_failures_backoff_stays_due_and_a_wait_for_proof_is_told(
+def test_a_wait_for_proof_is_not_due_till_it_ends_but_a_failing_handling_is(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Work the daemons put off on purpose (here: until a look-up can prove
-    an earlier call made nothing) is not due before its time, and `waiting`
-    says what it waits for; a handling failure's backoff is no such wait: a
-    transfer whose handling keeps failing stays due, and goes overdue."""
-    failing = world.create("order-handling-fails")
+    """Work released until a look-up can prove an earlier call made nothing
+    resolves on its own: not due before then (`waiting` says it), and due
+    from then. A handling failure's backoff is no such wait: a transfer whose
+    handling keeps failing stays due from when it was asked for, and goes
+    overdue. (A wait for a condition stays due too: see the platform balance
+    test in test_stripe_answers.py.)"""
     proving = world.create("order-waits-for-proof")
     with world.ledger() as ledger:
         store = WorkStore(ledger.db, "daemon-of-the-test", 30)
         now = datetime.now(UTC)
-        (failed,) = store.claim_many([(failing, "payout")], now)
-        store.handling_failed(
-            failed,
-            failure="database went away",
-            outcome_unknown=False,
-            retry_at=now + timedelta(hours=1),
-            now=now,
-        )
         (waits,) = store.claim_many([(proving, "payout")], now)
         store.begin_attempt(waits, payout_cause(proving), now)
         store.release(
@@ -184,6 +178,24 @@ def test_a_handling_failures_backoff_stays_due_and_a_wait_for_proof_is_told(
             now=now,
             until=now + timedelta(hours=1),
             reason="not sent: a look-up from later decides",
+        )
+        decode = ledger.transfers.mapper.to_domain_event
+        assert measure(ledger.db, decode, now).due["payout"].count == 0
+        after = measure(ledger.db, decode, now + timedelta(hours=1, seconds=30))
+    assert after.due["payout"].count == 1
+    # Due from the wait's end, not from the transfer's creation an hour before.
+    assert after.due["payout"].oldest_seconds == pytest.approx(30, abs=5)
+
+    failing = world.create("order-handling-fails")
+    with world.ledger() as ledger:
+        store = WorkStore(ledger.db, "daemon-of-the-test", 30)
+        (failed,) = store.claim_many([(failing, "payout")], now)
+        store.handling_failed(
+            failed,
+            failure="database went away",
+            outcome_unknown=False,
+            retry_at=now + timedelta(hours=1),
+            now=now,
         )
 
     code, checks = health(world.url, capsys, LEDGER_HEALTH_MAX_DUE_SECONDS="0")
