@@ -190,12 +190,16 @@ class WorkStore:
             " claimed_by = excluded.claimed_by,"
             " claim_expires_at = excluded.claim_expires_at,"
             # A row whose outcome is unknown but which says nothing of when its
-            # attempt began was written by a release before migration 0014 (or
-            # by such a daemon still running during an upgrade). Its last write
-            # came after that attempt began, so taking it for the start errs
-            # late, the safe way: a look-up that finds nothing proves nothing
-            # until an hour and STRIPE_FINISHES_WITHIN after it (manager.py);
-            # with no start at all, any look-up was taken for proof.
+            # attempt began was written by a release before migration 0014.
+            # Every write sets updated_at to the shared clock's now, the
+            # attempt's own start included, so its last write is no earlier
+            # than that start: taken for the start, it errs late, the safe
+            # way. A look-up that finds nothing proves nothing until an hour
+            # and STRIPE_FINISHES_WITHIN after it (manager.py), where with no
+            # start at all any look-up was taken for proof; and a resend under
+            # the attempt's key within the hour after it is safe even if the
+            # real start was days before (Stripe then answers afresh, and the
+            # earlier request finished long ago).
             " attempt_started_at = CASE WHEN stripe_work.outcome_unknown"
             " AND stripe_work.attempt_started_at IS NULL THEN stripe_work.updated_at"
             " ELSE stripe_work.attempt_started_at END,"

@@ -321,6 +321,40 @@ def test_a_look_up_made_once_every_earlier_try_has_finished_is_proof(migrated_ur
         assert len(world.stripe_transfers(transfer_id)) == 1
 
 
+def test_a_row_from_before_0014_counts_its_attempt_from_its_last_write(migrated_url: str) -> None:
+    """A work row a release before migration 0014 left, its outcome unknown
+    and no record of when its attempt began, written again after that
+    attempt began (an old daemon's later claim, say): its last write stands
+    for the start, so a look-up proves nothing until an hour and
+    STRIPE_FINISHES_WITHIN after that write, later than after the real start
+    (the safe side). Until then nothing is sent."""
+    with running_simulator(api_key=API_KEY) as sim:
+        world = new_world(migrated_url, sim)
+        transfer_id = world.create("order-row-from-before-0014")
+        clock = _Clock(jump=timedelta(0))
+        began = clock.now
+        last_write = began + timedelta(minutes=10)
+        with world.ledger(pool_size=3) as ledger:
+            cause = _timed_out_attempt(ledger, transfer_id, began)
+            with ledger.db.transaction() as cursor:
+                cursor.execute(
+                    "UPDATE stripe_work SET attempt_started_at = NULL, updated_at = ?",
+                    (ledger.db.to_db_time(last_write),),
+                )
+            # Proof, had the real start been known; not by the last write.
+            clock.now = began + SAME_KEY_WITHIN + STRIPE_FINISHES_WITHIN + timedelta(minutes=1)
+            daemon = _daemon(world, ledger, clock)
+            _handle_once(daemon)
+            assert world.money_posts() == []
+            assert daemon.dispatch() == 0  # waits
+            clock.now = last_write + SAME_KEY_WITHIN + STRIPE_FINISHES_WITHIN
+            _handle_once(daemon)
+        assert [p["idempotency_key"] for p in world.money_posts()] == [
+            idempotency_key("payout", cause, 2)
+        ]
+        assert world.show(transfer_id).status == "completed"
+
+
 class _RefusesOtherParametersWhileItRuns:
     """The daemon's own gateway, answering a reversal's same-key resend as
     Stripe might while the first request under the key still runs there:
