@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol, cast
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
@@ -30,7 +30,7 @@ from ledger.domain import Transfer
 from ledger.errors import IdempotencyConflict, LedgerError, TransferNotFound
 from ledger.import_records import ImportRecord, WithinFile
 from ledger.matrix import AWAITING_PAYOUT
-from ledger.storage import Database, Statement, is_version_conflict
+from ledger.storage import Database, PreparedAppend, Statement, is_version_conflict
 from ledger.views import TransferView
 
 IMPORT_BATCH_SIZE: Final = 2000
@@ -330,10 +330,35 @@ class LedgerService:
                     # The batch before has committed, or its error stops the import.
                     imported += appending.result()
                 # The append reserves their orders (orders.OrderReservations).
-                appending = appends.submit(self.transfers.append_prepared, prepared)
+                appending = appends.submit(self._append_batch, prepared)
             if appending is not None:
                 imported += appending.result()
         return ImportResult(imported=imported, already_present=present)
+
+    def _append_batch(self, prepared: PreparedAppend) -> int:
+        """Send one batch's append; returns how many transfers it saved.
+        After a dropped connection the library sends an append again, and if
+        the first one had committed (only its answer was lost) the second
+        fails on what the first wrote (the orders' reservations, the events'
+        keys). The batch is saved all the same when the log holds each of its
+        events exactly as this import made it: the timestamps are its own."""
+        try:
+            return self.transfers.append_prepared(prepared)
+        except IntegrityError:
+            if not self._stored_as_made(prepared):
+                raise
+            return len(prepared.aggregates)
+
+    def _stored_as_made(self, prepared: PreparedAppend) -> bool:
+        # An import's transfers are new: each has its creation event alone.
+        events = prepared.events
+        if not events or any(e.originator_version != 1 for e in events):
+            return False
+        with self.db.transaction(write=False) as cursor:
+            stored = self.db.first_stored_events(
+                cursor, [cast(UUID, e.originator_id) for e in events]
+            )
+        return all(stored.get(cast(UUID, e.originator_id)) == e for e in events)
 
     def _check_against_ledger(self, batch: Sequence[ImportRecord]) -> None:
         """Refuse (IdempotencyConflict, naming the line) a record the ledger

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -159,3 +160,65 @@ def test_an_import_and_a_create_racing_for_one_order_leave_one_transfer(
         rows = [v for v in ledger.list() if v.order_ref == "o-raced"]
     assert len(rows) == 1, rows
     assert len(outcomes) == 10
+
+
+def _import_lines(count: int, prefix: str) -> list[str]:
+    return [
+        json.dumps(
+            {
+                "id": str(uuid4()),
+                "seller_account_id": "acct_1",
+                "order_ref": f"{prefix}-{n}",
+                "amount": 100 + n,
+                "currency": "usd",
+                "status": "pending",
+            }
+        )
+        for n in range(count)
+    ]
+
+
+def test_an_import_whose_commit_answer_was_lost_is_imported_once(migrated_url: str) -> None:
+    """After a dropped connection the library sends an append again; when the
+    first had committed, the second fails on what it wrote (the orders'
+    reservations, the events' keys). The import finds its own batch in the
+    log, event for event, and goes on: imported, not an error, and nothing
+    twice. Another writer's events for the same transfers (another import's:
+    other timestamps) are still the conflict they are."""
+    records = parse_lines(_import_lines(3, "o-lost-answer"))
+    with Ledger.open(migrated_url) as ledger:
+        recorder: Any = ledger.transfers.recorder
+        append_prepared = recorder.append_prepared
+        sent: list[object] = []
+
+        def committed_then_sent_again(prepared: Any) -> Any:
+            sent.append(append_prepared(prepared))  # commits; its answer is lost
+            return append_prepared(prepared)
+
+        recorder.append_prepared = committed_then_sent_again
+        try:
+            result = ledger.import_transfers(records)
+        finally:
+            del recorder.append_prepared
+
+        assert len(sent) == 1
+        assert (result.imported, result.already_present) == (3, 0)
+        assert len(ledger.list()) == 3
+        for record in records:
+            assert event_types(ledger, record.transfer_id) == ["Imported"]
+
+    others = parse_lines(_import_lines(2, "o-raced-import"))
+    with Ledger.open(migrated_url) as ledger, Ledger.open(migrated_url) as rival:
+        recorder = ledger.transfers.recorder
+        append_prepared = recorder.append_prepared
+
+        def beaten_to_it(prepared: Any) -> Any:
+            rival.import_transfers(others)  # the same transfers, first
+            return append_prepared(prepared)
+
+        recorder.append_prepared = beaten_to_it
+        try:
+            with pytest.raises(IntegrityError):
+                ledger.import_transfers(others)
+        finally:
+            del recorder.append_prepared

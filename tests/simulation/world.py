@@ -568,6 +568,8 @@ class SimWorld:
             else:
                 result = run()
         except LedgerError as refused:
+            if lost:
+                what += " (committed, its answer lost: sent again)"
             self.note(f"{what}: refused: {type(refused).__name__}: {refused}")
             return
         if lost:
