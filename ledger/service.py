@@ -131,6 +131,7 @@ class LedgerService:
         # without looking first: a new order (the common case) costs no read,
         # and an order reserved already fails the reservation, and with it
         # the whole append.
+        pending = list(transfer.pending_events)
         try:
             self.transfers.save(transfer)
         except IntegrityError as error:
@@ -145,6 +146,11 @@ class LedgerService:
                     raise
                 owner = reserved
         else:
+            return Created(TransferView.of(transfer), created=True)
+        if owner == transfer.id and self.transfers.stored_already(transfer.id, pending):
+            # This very append committed, and only its answer was lost (the
+            # library sends an append again after a dropped connection, and
+            # the second meets the first's reservation): created, by this call.
             return Created(TransferView.of(transfer), created=True)
         existing = self.transfers.get(owner)
         _check_same_order(existing, transfer)

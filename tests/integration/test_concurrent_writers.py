@@ -222,3 +222,36 @@ def test_an_import_whose_commit_answer_was_lost_is_imported_once(migrated_url: s
                 ledger.import_transfers(others)
         finally:
             del recorder.append_prepared
+
+
+def test_a_create_whose_commit_answer_was_lost_says_it_created_the_transfer(
+    migrated_url: str,
+) -> None:
+    """The same lost answer for a create: the second send meets the first's
+    order reservation. The transfer is this call's, so it says created, and
+    the order has one transfer with one event; a create of the same order
+    afterwards says it was there already."""
+    with Ledger.open(migrated_url) as ledger:
+        recorder: Any = ledger.transfers.recorder
+        insert_events = recorder.insert_events
+        sent: list[object] = []
+
+        def committed_then_sent_again(stored_events: Any, **kwargs: Any) -> Any:
+            sent.append(insert_events(stored_events, **kwargs))  # commits; its answer is lost
+            return insert_events(stored_events, **kwargs)
+
+        recorder.insert_events = committed_then_sent_again
+        try:
+            transfer_id, created = ledger.create_transfer(
+                seller_account_id="acct_1", order_ref="o-create-lost", amount=100, currency="usd"
+            )
+        finally:
+            del recorder.insert_events
+
+        assert len(sent) == 1
+        assert created is True
+        assert event_types(ledger, transfer_id) == ["Created"]
+        again_id, again = ledger.create_transfer(
+            seller_account_id="acct_1", order_ref="o-create-lost", amount=100, currency="usd"
+        )
+        assert (again_id, again) == (transfer_id, False)

@@ -62,7 +62,7 @@ def test_a_schedule_does_work_worth_checking() -> None:
         "a same-key request met one in flight": "-> 409",
         "two workers' outcomes saved in one append": "commits 2 outcome(s) in one append",
         "a group commit committed, its answer lost": "append (committed, its answer lost",
-        "a client's command committed, its answer lost": "as re_1 (committed, its answer lost",
+        "a client's command committed, its answer lost": "(its append committed, its answer lost",
     }
     for seed in range(60):
         text = "\n".join(run_schedule(seed).trace)

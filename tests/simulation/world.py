@@ -557,23 +557,29 @@ class SimWorld:
                 return order.ref
         return str(transfer_id)[:8]
 
+    @contextmanager
+    def _maybe_answer_lost(self) -> Iterator[list[bool]]:
+        """Under faults, now and then a client's append commits and its answer
+        is lost (the library then sends it again: see answer_lost_once).
+        Yields a list that holds True once that has happened."""
+        if self.chaos and self.choices.below(ANSWER_LOST_ONE_IN) == 0:
+            with answer_lost_once(self.backend.transfers) as lost:
+                yield lost
+        else:
+            yield []
+
     def _command(self, what: str, run: Callable[[], object]) -> None:
-        # Under faults, now and then its append commits and its answer is
-        # lost (the library then sends it again: see answer_lost_once).
         lost: list[bool] = []
         try:
-            if self.chaos and self.choices.below(ANSWER_LOST_ONE_IN) == 0:
-                with answer_lost_once(self.backend.transfers) as lost:
-                    result = run()
-            else:
+            with self._maybe_answer_lost() as lost:
                 result = run()
         except LedgerError as refused:
             if lost:
-                what += " (committed, its answer lost: sent again)"
+                what += " (its append committed, its answer lost: sent again)"
             self.note(f"{what}: refused: {type(refused).__name__}: {refused}")
             return
         if lost:
-            what += " (committed, its answer lost: sent again)"
+            what += " (its append committed, its answer lost: sent again)"
         self.note(f"{what}: {result}")
 
     def _create(self) -> None:
@@ -590,12 +596,17 @@ class SimWorld:
                 amount=100 * (1 + self.choices.below(50)),
                 transfer_id=uuid5(NAMESPACE, ref),
             )
-            created = self.api.create_transfer(
-                seller=order.seller, amount=order.amount, currency="usd", order_ref=order.ref
-            )
+            with self._maybe_answer_lost() as lost:
+                created = self.api.create_transfer(
+                    seller=order.seller, amount=order.amount, currency="usd", order_ref=order.ref
+                )
             order.transfer_id = created.id
             self.orders.append(order)
-            self.note(f"create {order.ref} {order.amount} to {order.seller}: {created.id}")
+            self.note(
+                f"create {order.ref} {order.amount} to {order.seller}"
+                + (" (its append committed, its answer lost: sent again)" if lost else "")
+                + f": {created.id}"
+            )
             return
         self._command(
             f"create {order.ref} again",
