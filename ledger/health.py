@@ -50,17 +50,21 @@ PROOF: Final = "proof"
 # other work the daemons have not done: a payout that cannot go out for
 # lack of balance goes overdue, and the `waiting` check says why. So does a
 # handling failure's backoff.
-_WAITING_FOR_PROOF: Final = "(w.waiting_for IS NULL AND w.handling_failures = 0)"
+# Such a row, its not_before aside; `{w}` is the work table's alias and dot.
+_WAITING_FOR_PROOF: Final = (
+    "({w}waiting_for IS NULL AND {w}handling_failures = 0 AND {w}outcome_unknown)"
+)
+_PROOF_W: Final = _WAITING_FOR_PROOF.format(w="w.")
 # How many are due and since when, both `?` being now. Parked work is
 # reported on its own: it is not waiting for a daemon.
 DUE_WORK_SQL: Final[Mapping[str, str]] = {
     kind: "SELECT COUNT(*) AS n,"
-    f" MIN(CASE WHEN w.not_before > {since} AND {_WAITING_FOR_PROOF} THEN w.not_before"
+    f" MIN(CASE WHEN w.not_before > {since} AND {_PROOF_W} THEN w.not_before"
     f" ELSE {since} END) AS since"
     f" FROM seller_transfers s LEFT JOIN stripe_work w"
     f" ON w.transfer_id = s.id AND w.kind = '{work_kind}'"
     f" WHERE {where}"
-    f" AND (w.not_before IS NULL OR w.not_before <= ? OR NOT {_WAITING_FOR_PROOF})"
+    f" AND (w.not_before IS NULL OR w.not_before <= ? OR NOT {_PROOF_W})"
     " AND NOT EXISTS (SELECT 1 FROM stripe_work p"
     " WHERE p.transfer_id = s.id AND p.parked_at IS NOT NULL)"
     for kind, where, work_kind, since in _DUE_SINCE
@@ -68,8 +72,8 @@ DUE_WORK_SQL: Final[Mapping[str, str]] = {
 # The `waiting` check's waits for proof: kind, how many, since when (their release).
 PROOF_WAITS_SQL: Final = (
     "SELECT kind, COUNT(*) AS n, MIN(updated_at) AS since FROM stripe_work"
-    " WHERE waiting_for IS NULL AND handling_failures = 0 AND outcome_unknown"
-    " AND not_before > ? AND parked_at IS NULL AND claimed_by IS NULL GROUP BY kind"
+    f" WHERE {_WAITING_FOR_PROOF.format(w='')} AND not_before > ?"
+    " AND parked_at IS NULL AND claimed_by IS NULL GROUP BY kind"
 )
 
 
