@@ -21,6 +21,7 @@ from ledger.domain import Transfer, payout_cause
 from ledger.health import measure
 from ledger.processing.effects import idempotency_key
 from ledger.processing.work import WorkStore
+from tests.paying import unknown_outcome_attempt
 from tests.system.world import World, finish, kill, start_daemon, wait_started
 from tests.waiting import wait_for
 
@@ -168,14 +169,11 @@ def test_a_wait_for_proof_is_not_due_till_it_ends_but_a_failing_handling_is(
     test in test_stripe_answers.py.)"""
     proving = world.create("order-waits-for-proof")
     with world.ledger() as ledger:
-        store = WorkStore(ledger.db, "daemon-of-the-test", 30)
         now = datetime.now(UTC)
-        (waits,) = store.claim_many([(proving, "payout")], now)
-        store.begin_attempt(waits, payout_cause(proving), now)
-        store.release(
-            waits,
-            outcome_unknown=True,
-            now=now,
+        unknown_outcome_attempt(
+            ledger,
+            proving,
+            now,
             until=now + timedelta(hours=1),
             reason="not sent: a look-up from later decides",
         )

@@ -31,11 +31,11 @@ from ledger.cli import run
 from ledger.domain import event_ref, payout_cause
 from ledger.importing import parse_lines
 from ledger.processing.effects import PAYOUT, REVERSAL, idempotency_key
-from ledger.processing.work import WorkStore
 from ledger.reconcile import reconcile
 from ledger.stripe.listing import Backoff, StripeReader, StripeReadFailed
 from ledger.stripe.simulator import SimulatorServer
 from tests.e2e.support import Cli, CliResult, assert_one_line_error
+from tests.paying import unknown_outcome_attempt
 from tests.stripe_sim import stripe_client
 from tests.system.world import API_KEY, World, new_world, running_simulator
 from tests.waiting import wait_for
@@ -823,16 +823,12 @@ def test_an_unrecorded_payout_whose_work_waits_says_until_when_and_why(
     daemon will look it up again only once a look-up can prove anything):
     reconcile says until when and why, not "is `ledger daemon` running?"."""
     transfer_id = world.create("order-waiting", amount=4200)
-    cause = payout_cause(transfer_id)
     now = datetime.now(UTC)
     with world.ledger() as ledger:
-        work = WorkStore(ledger.db, "daemon-a", 30)
-        (claim,) = work.claim_many([(transfer_id, PAYOUT)], now)
-        work.begin_attempt(claim, cause, now)
-        work.release(
-            claim,
-            outcome_unknown=True,
-            now=now,
+        unknown_outcome_attempt(
+            ledger,
+            transfer_id,
+            now,
             until=now + timedelta(minutes=70),
             reason="not sent: the earlier attempt's request may have been running at Stripe",
         )

@@ -16,13 +16,14 @@ import pytest
 
 from ledger.bootstrap import build_daemon, work_store
 from ledger.processing.daemon import DaemonOptions
-from ledger.processing.effects import EFFECTS, PAYOUT, REVERSAL, StripeEffect, idempotency_key
+from ledger.processing.effects import EFFECTS, PAYOUT, REVERSAL, idempotency_key
 from ledger.processing.manager import SAME_KEY_WITHIN, STRIPE_FINISHES_WITHIN
 from ledger.processing.ports import ClaimRanOut, FailureKind, StripeCallFailed
 from ledger.processing.work import WorkStore
 from ledger.stripe.budget import RateBudget
 from ledger.stripe.gateway import StripeGateway, StripeSettings
 from ledger.stripe.simulator import SimulatorServer
+from tests.paying import unknown_outcome_attempt
 from tests.system.world import API_KEY, new_world, running_simulator
 
 
@@ -208,21 +209,6 @@ class _LandsWhileItPauses:
         return getattr(self._gateway, name)
 
 
-def _timed_out_attempt(
-    ledger: Any, transfer_id: Any, began: datetime, effect: StripeEffect = PAYOUT_EFFECT
-) -> str:
-    """An earlier attempt of `effect`, begun at `began`, whose call ended with
-    its outcome unknown (its request timed out): the work is released so, for
-    the next handling to look it up. Returns its cause."""
-    earlier = WorkStore(ledger.db, "daemon-that-timed-out", 30)
-    (claim,) = earlier.claim_many([(transfer_id, effect.kind)], began)
-    cause = effect.cause(ledger.transfers.get(transfer_id), began)
-    assert cause is not None
-    earlier.begin_attempt(claim, cause, began)
-    earlier.release(claim, outcome_unknown=True, now=began)
-    return cause
-
-
 def _handle_once(daemon: Any) -> None:
     assert daemon.dispatch() == 1
     handling = daemon.next_claim()
@@ -269,7 +255,7 @@ def test_a_look_up_made_while_the_earlier_request_may_still_run_proves_nothing(
         clock = _Clock(jump=pauses_for)
         began = clock.now
         with world.ledger(pool_size=3) as ledger:
-            cause = _timed_out_attempt(ledger, transfer_id, began)
+            cause = unknown_outcome_attempt(ledger, transfer_id, began)
             if written_before_0014:
                 with ledger.db.transaction() as cursor:
                     cursor.execute("UPDATE stripe_work SET attempt_started_at = NULL")
@@ -311,7 +297,7 @@ def test_a_look_up_made_once_every_earlier_try_has_finished_is_proof(migrated_ur
         clock = _Clock(jump=timedelta(0))
         began = clock.now
         with world.ledger(pool_size=3) as ledger:
-            cause = _timed_out_attempt(ledger, transfer_id, began)
+            cause = unknown_outcome_attempt(ledger, transfer_id, began)
             clock.now = began + SAME_KEY_WITHIN + STRIPE_FINISHES_WITHIN
             _handle_once(_daemon(world, ledger, clock))
         assert [p["idempotency_key"] for p in world.money_posts()] == [
@@ -335,7 +321,7 @@ def test_a_row_from_before_0014_counts_its_attempt_from_its_last_write(migrated_
         began = clock.now
         last_write = began + timedelta(minutes=10)
         with world.ledger(pool_size=3) as ledger:
-            cause = _timed_out_attempt(ledger, transfer_id, began)
+            cause = unknown_outcome_attempt(ledger, transfer_id, began)
             with ledger.db.transaction() as cursor:
                 cursor.execute(
                     "UPDATE stripe_work SET attempt_started_at = NULL, updated_at = ?",
@@ -406,7 +392,7 @@ def test_other_parameters_under_a_reversals_key_prove_nothing_while_its_first_re
         clock = _Clock(jump=timedelta(0))
         began = clock.now
         with world.ledger(pool_size=3) as ledger:
-            cause = _timed_out_attempt(ledger, transfer_id, began, REVERSAL_EFFECT)
+            cause = unknown_outcome_attempt(ledger, transfer_id, began, REVERSAL_EFFECT)
             earlier_key = idempotency_key(REVERSAL, cause, 1)
             clock.now = began + timedelta(minutes=1)
             daemon = _daemon(world, ledger, clock)
