@@ -13,7 +13,7 @@ from itertools import islice
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.utils import Environment, EnvType
 
@@ -46,11 +46,31 @@ class Transfers(Application[UUID]):
         return Environment(name, {**type(self).env, **(env or {})})
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
-        """Save as the library does, handing the aggregates down to the
-        recorder with their events: the append hooks write what depends on
-        their state (the read table's rows) in the append's transaction."""
-        aggregates = [o for o in objs if isinstance(o, Transfer)]
-        return super().save(*objs, aggregates=aggregates, **kwargs)
+        """Save as the library's Application.save does, handing the
+        aggregates down to the recorder with their events: the append hooks
+        write what depends on their state (the read table's rows) in the
+        append's transaction.
+
+        Its steps, with the events collected here: the library's
+        ProcessingEvent.collect_events asks of every object whether it is a
+        domain event and whether it can collect events, both runtime-checked
+        Protocols, about 12 microseconds a save on this machine (the same
+        cost `_replayed` avoids on loads), and a save is on every command.
+        Only transfers are saved here."""
+        for obj in objs:
+            if not isinstance(obj, Transfer):
+                # Before any events are collected: collecting takes them.
+                raise TypeError(f"Transfers saves transfers, not {type(obj).__name__}")
+        processing: ProcessingEvent[UUID] = ProcessingEvent()
+        for transfer in objs:
+            processing.events.extend(transfer.collect_events())
+            processing.aggregates[transfer.id] = transfer
+        processing.saved_kwargs.update(kwargs, aggregates=list(objs))
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        self.notify(processing.events)  # the library's save calls it: subclasses may
+        return recordings
 
     def get(self, transfer_id: UUID) -> Transfer:
         try:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from uuid import uuid4
 
+import pytest
+from eventsourcing.application import Application
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 
 from ledger.storage import FunctionAppendPostgresRecorder
 from tests.ledgers import Ledger
+from tests.unit.builders import a_new_transfer
 
 
 def test_a_batch_append_reads_back_byte_for_byte_in_notification_order(
@@ -69,3 +72,38 @@ def test_reading_one_transfer_gives_what_the_library_s_own_read_gives(migrated_u
                             assert read == library(
                                 transfer_id, gt=gt, lte=lte, desc=desc, limit=limit
                             )
+
+
+def test_saving_transfers_records_what_the_library_s_own_save_records(
+    migrated_url: str,
+) -> None:
+    """Transfers.save collects the events itself (the library's save asks two
+    runtime-checked Protocols of every object): two transfers saved at once
+    give the same recordings, stored events and rows as Application.save."""
+    with Ledger.open(migrated_url) as ledger:
+        ours = [a_new_transfer(order_ref=f"ours-{i}") for i in range(2)]
+        theirs = [a_new_transfer(order_ref=f"theirs-{i}") for i in range(2)]
+        for transfer in ours + theirs:
+            transfer.record_payout_succeeded(
+                stripe_transfer_id=f"tr_{transfer.id.hex[:12]}",
+                actor="system:payout-manager",
+                caused_by=None,
+            )
+        saved = ledger.transfers.save(*ours)
+        library = Application.save(ledger.transfers, *theirs, aggregates=theirs)
+
+        assert [
+            (r.domain_event.originator_id, r.domain_event.originator_version) for r in saved
+        ] == [(t.id, v) for t in ours for v in (1, 2)]
+        assert len(library) == len(saved) == 4
+        for transfer in ours + theirs:
+            assert not transfer.pending_events
+            assert ledger.transfers.get(transfer.id) == transfer
+            row = ledger.service.get(transfer.id)
+            assert (row.status, row.version) == ("completed", 2)
+
+        refused = a_new_transfer(order_ref="refused")
+        with pytest.raises(TypeError, match="saves transfers"):
+            ledger.transfers.save(refused, object())
+        assert len(refused.pending_events) == 1
+        assert list(ledger.transfers.events.get(refused.id)) == []
