@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Final
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.application import Application
 
-from ledger.domain import Transfer, event_ref
+from ledger.domain import Transfer, TransferState, event_ref
 
 SELLER: Final = "acct_1A2b3C"
 ORDER: Final = "order-1001"
@@ -90,3 +90,33 @@ def a_transfer_in(status: str, app: Application[UUID] | None = None) -> Transfer
     step()
     assert transfer.status == status, f"no builder path to {status!r}"
     return transfer
+
+
+SOURCE_UPDATED_AT: Final = datetime(2024, 5, 1, 8, 30, tzinfo=UTC)
+
+
+def an_imported_transfer(
+    *,
+    status: str,
+    amount_reversed: object = 0,
+    transfer_id: UUID | None = None,
+) -> Transfer:
+    return Transfer.import_existing(
+        transfer_id=transfer_id or uuid4(),
+        state=TransferState(
+            seller_account_id=SELLER,
+            order_ref="legacy-77",
+            amount=AMOUNT,
+            currency="USD",
+            status=status,
+            retry_count=3,
+            next_retry_at=LATER,
+            stripe_transfer_id="tr_legacy",
+            amount_reversed=amount_reversed,  # type: ignore[arg-type]
+            last_error="previous error",
+            reversal_request_ref=None,
+            reversal_amount=None,
+        ),
+        source_updated_at=SOURCE_UPDATED_AT,
+        actor="system:import",
+    )

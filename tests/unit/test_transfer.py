@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Final
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 
-from ledger.domain import Transfer, TransferState, event_ref, transfer_id_for_order
+from ledger.domain import Transfer, event_ref, transfer_id_for_order
 from ledger.errors import IdempotencyConflict, InvalidInput, TransitionRefused
 from tests.design_matrix import LEGAL, STATUSES
 from tests.unit.builders import (
@@ -24,9 +23,11 @@ from tests.unit.builders import (
     REFUND_ACCOUNTING,
     REVERSAL_MANAGER,
     SELLER,
+    SOURCE_UPDATED_AT,
     SUPPORT_AGENT,
     a_new_transfer,
     a_transfer_in,
+    an_imported_transfer,
     in_memory_app,
 )
 
@@ -705,35 +706,6 @@ def test_an_outcome_without_a_proper_actor_is_not_recorded(actor: str) -> None:
 
 
 # ----- import ------------------------------------------------------------------
-
-SOURCE_UPDATED_AT: Final = datetime(2024, 5, 1, 8, 30, tzinfo=UTC)
-
-
-def an_imported_transfer(
-    *,
-    status: str,
-    amount_reversed: object = 0,
-    transfer_id: UUID | None = None,
-) -> Transfer:
-    return Transfer.import_existing(
-        transfer_id=transfer_id or uuid4(),
-        state=TransferState(
-            seller_account_id=SELLER,
-            order_ref="legacy-77",
-            amount=AMOUNT,
-            currency="USD",
-            status=status,
-            retry_count=3,
-            next_retry_at=LATER,
-            stripe_transfer_id="tr_legacy",
-            amount_reversed=amount_reversed,  # type: ignore[arg-type]
-            last_error="previous error",
-            reversal_request_ref=None,
-            reversal_amount=None,
-        ),
-        source_updated_at=SOURCE_UPDATED_AT,
-        actor="system:import",
-    )
 
 
 @pytest.mark.parametrize("status", STATUSES)
