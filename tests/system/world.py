@@ -145,6 +145,9 @@ def daemon_env(world: World, **extra: str) -> dict[str, str]:
         LEDGER_MAX_ATTEMPTS=str(world.max_attempts),
         LEDGER_RETRY_BASE_SECONDS="0",
         LEDGER_RETRY_MAX_SECONDS="0",
+        # A daemon that crashes (a signal, not an exception) writes every
+        # thread's stack to its log, for the test that sees it die.
+        PYTHONFAULTHANDLER="1",
     )
     env.update(extra)
     return env
