@@ -113,9 +113,13 @@ class DatabaseConfig:
         """The eventsourcing library's settings for this database. The library
         never creates tables on its own: `ledger migrate` does, under a lock.
         `pool_size`: connections kept open (the daemon wants one per worker)."""
+        # Both stores encode events with the ledger's transcoder: the
+        # library's JSON, written faster (ledger.storage.encoding).
+        transcoder = "ledger.storage.encoding:EventTranscoder"
         if self.kind == "sqlite":
             return {
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "TRANSCODER_TOPIC": transcoder,
                 "APPLICATION_RECORDER_TOPIC": "ledger.storage:StatementsSQLiteRecorder",
                 "SQLITE_DBNAME": self.path,
                 "SQLITE_LOCK_TIMEOUT": "30",
@@ -123,6 +127,7 @@ class DatabaseConfig:
             }
         return {
             "PERSISTENCE_MODULE": "ledger.storage:LedgerPostgresFactory",
+            "TRANSCODER_TOPIC": transcoder,
             "LEDGER_LIBPQ_OPTIONS": json.dumps(dict(self.options)),
             "APPLICATION_RECORDER_TOPIC": "ledger.storage:FunctionAppendPostgresRecorder",
             "POSTGRES_DBNAME": self.dbname,

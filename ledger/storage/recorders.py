@@ -23,6 +23,7 @@ from psycopg.rows import DictRow
 
 from ledger.failpoints import armed, failpoint
 from ledger.storage.cursors import Cursor, Statement, _SQLiteCursor
+from ledger.storage.encoding import dumps_document
 from ledger.storage.failures import pool_checked_on_connection_loss
 
 
@@ -216,7 +217,7 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
     Everything that makes an append safe is kept, in the function: the
     EXCLUSIVE table lock (insert order = commit order) with the library's
     lock timeout, the NOTIFY, the positions returned, one transaction. What
-    changes is the work on this side: one JSON document (json.dumps, in C)
+    changes is the work on this side: one JSON document (orjson, ledger.storage.encoding)
     instead of about nine statements whose parameters psycopg adapts in
     Python, which was most of an API call's time and, with several threads,
     queued on the GIL. And with nothing else to run in the transaction the
@@ -371,4 +372,4 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
         }
         for hook in self.append_hooks:
             document.update(hook.arguments(appended))
-        return json.dumps(document, separators=(",", ":"))
+        return dumps_document(document)

@@ -1,0 +1,185 @@
+"""The ledger's JSON (ledger.storage.encoding) writes what the library's
+would: an event's stored bytes are what its chain link hashes and what every
+later read decodes, so a faster encoder may not change one byte of them."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    Mapper,
+    Transcoder,
+    UUIDAsHex,
+)
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from ledger.domain import Transfer
+from ledger.storage.encoding import EventTranscoder, dumps_document
+from tests.unit.builders import a_new_transfer, an_imported_transfer
+
+
+class Colour(Enum):
+    RED = "red"
+
+
+class Text(str):
+    pass
+
+
+def registered(transcoder: JSONTranscoder) -> JSONTranscoder:
+    # As the library's Application.register_transcodings does.
+    transcoder.register(UUIDAsHex())
+    transcoder.register(DecimalAsStr())
+    transcoder.register(DatetimeAsISO())
+    return transcoder
+
+
+LIBRARY = registered(JSONTranscoder())
+OURS = registered(EventTranscoder())
+
+# Every character, lone surrogates and control characters included.
+any_text = st.text(st.characters(exclude_categories=()), max_size=30)
+times = (
+    st.datetimes(
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+        )
+    )
+    | st.datetimes()
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    any_text,
+    times,
+    st.floats(),
+    st.uuids(),
+    st.decimals(allow_nan=False),
+    st.just(Colour.RED),
+    any_text.map(Text),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3),
+    max_leaves=8,
+)
+states = st.dictionaries(any_text | st.integers(), values, max_size=12)
+
+
+def encoded(transcoder: Transcoder, obj: Any) -> tuple[str, Any]:
+    try:
+        return "bytes", transcoder.encode(obj)
+    except Exception as error:
+        return "error", type(error)
+
+
+@settings(max_examples=600)
+@given(states)
+@example({"timestamp": datetime(2026, 12, 7, 12, 0, 0, 1, tzinfo=UTC), "amount": 2**63})
+@example({"amount": 2**64})
+@example({"text": '\x00\x1f\x7f\u2028\u2029/\\"é𝄞'})
+@example({"text": "\ud800"})
+@example({"id": UUID(int=1), "status": Colour.RED, "ref": Text("x")})
+def test_an_event_state_is_encoded_to_the_library_s_very_bytes(state: dict[Any, Any]) -> None:
+    assert encoded(OURS, state) == encoded(LIBRARY, state)
+
+
+@settings(max_examples=300)
+@given(values)
+def test_a_value_that_is_not_an_event_state_is_the_library_s_too(value: Any) -> None:
+    assert encoded(OURS, value) == encoded(LIBRARY, value)
+
+
+@given(values)
+def test_decoding_is_the_library_s(value: Any) -> None:
+    kind, data = encoded(LIBRARY, value)
+    if kind == "bytes":
+        assert repr(OURS.decode(data)) == repr(LIBRARY.decode(data))
+
+
+def transfer_events() -> list[Any]:
+    """A transfer's every kind of event, and imported ones of every status."""
+    paid = a_new_transfer()
+    paid.record_payout_failed(
+        error="card_declined",
+        next_retry_at=datetime(2026, 12, 8, tzinfo=UTC),
+        actor="system:payout-manager",
+        caused_by=None,
+    )
+    paid.record_payout_succeeded(stripe_transfer_id="tr_1", actor="system:x", caused_by="p:1")
+    paid.request_reversal(request_ref="re_1", amount=700, actor="support", reason="refund é")
+    paid.record_reversed(
+        stripe_reversal_id="trr_1", amount_reversed=700, actor="system:y", caused_by="r:3"
+    )
+    events = list(paid.pending_events)
+    for status in ("pending", "completed", "failed", "reversal_pending", "reversed"):
+        events.extend(an_imported_transfer(status=status).pending_events)
+    return events
+
+
+def test_every_kind_of_the_ledger_s_events_is_stored_as_the_library_stores_it() -> None:
+    ours, library = Mapper[UUID](OURS), Mapper[UUID](LIBRARY)
+    events = transfer_events()
+    assert {type(e) for e in events} >= {Transfer.Created, Transfer.Imported, Transfer.Reversed}
+    for event in events:
+        stored = ours.to_stored_event(event)
+        assert stored == library.to_stored_event(event)
+        assert ours.to_domain_event(stored) == event
+
+
+documents = st.dictionaries(
+    st.text(max_size=8),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | any_text,
+        lambda inner: st.lists(inner, max_size=4),
+        max_leaves=12,
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=300)
+@given(documents)
+@example({"events": [["ab", 1, "t", "7b7d"]], "text": "\x00\ud800", "n": 2**70})
+def test_an_append_document_holds_the_values_json_dumps_would(document: dict[str, Any]) -> None:
+    def read_back(dumps: Callable[[dict[str, Any]], str]) -> tuple[str, Any]:
+        try:
+            return "values", json.loads(dumps(document))
+        except Exception as error:
+            return "error", type(error)
+
+    assert read_back(dumps_document) == read_back(lambda d: json.dumps(d, separators=(",", ":")))
+
+
+def test_an_event_with_a_decimal_is_left_to_the_library() -> None:
+    # A value orjson would write natively or differently goes the library's way.
+    state = {"amount": Decimal("1.10"), "when": datetime(2026, 1, 1, tzinfo=UTC)}
+    assert OURS.encode(state) == LIBRARY.encode(state)
+    assert b"decimal_str" in OURS.encode(state)
+
+
+def test_an_encoded_state_holds_no_more_memory_than_its_bytes() -> None:
+    # An import holds thousands of encoded states at once; orjson's own
+    # result keeps the whole buffer it wrote into (4 KB for this state).
+    state = {"text": "x" * 500, "when": datetime(2026, 1, 1, tzinfo=UTC)}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [OURS.encode(state) for _ in range(1000)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1000 * (len(kept[0]) + 200), held
