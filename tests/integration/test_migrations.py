@@ -253,6 +253,7 @@ def test_migrate_applies_each_migration_once_and_records_it(database_url: str) -
         (16, "daemon_heartbeats_rate_limited"),
         (17, "append_in_one_statement"),
         (18, "link_in_the_append"),
+        (19, "links_in_one_insert"),
     ]
 
 
