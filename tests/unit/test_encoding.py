@@ -9,16 +9,19 @@ import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import Any
 from uuid import UUID
 
+import orjson
+import pytest
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
     JSONTranscoder,
     Mapper,
     Transcoder,
+    Transcoding,
     UUIDAsHex,
 )
 from hypothesis import example, given, settings
@@ -37,6 +40,29 @@ class Text(str):
     pass
 
 
+class Level(IntEnum):
+    HIGH = 3
+
+
+class Moment(datetime):
+    pass
+
+
+class Petaseconds(Transcoding):
+    """A datetime transcoding other than the library's DatetimeAsISO: a small
+    float (the time in units of 10**15 seconds), which the library writes as
+    1.7e-06 and orjson as 1.7e-6."""
+
+    type = datetime
+    name = "datetime_petaseconds"
+
+    def encode(self, obj: datetime) -> float:
+        return obj.timestamp() / 1e15
+
+    def decode(self, data: float) -> datetime:
+        return datetime.fromtimestamp(data * 1e15, UTC)
+
+
 def registered(transcoder: JSONTranscoder) -> JSONTranscoder:
     # As the library's Application.register_transcodings does.
     transcoder.register(UUIDAsHex())
@@ -53,7 +79,12 @@ any_text = st.text(st.characters(exclude_categories=()), max_size=30)
 times = (
     st.datetimes(
         timezones=st.sampled_from(
-            [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+            [
+                UTC,
+                timezone(timedelta(hours=5, minutes=30)),
+                timezone(timedelta(hours=-8)),
+                timezone(timedelta(hours=1, seconds=7, microseconds=9)),
+            ]
         )
     )
     | st.datetimes()
@@ -69,14 +100,18 @@ scalars = st.one_of(
     st.uuids(),
     st.decimals(allow_nan=False),
     st.just(Colour.RED),
+    st.just(Level.HIGH),
     any_text.map(Text),
+    times.map(lambda t: Moment.fromisoformat(t.isoformat())),
 )
 values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3),
     max_leaves=8,
 )
-states = st.dictionaries(any_text | st.integers(), values, max_size=12)
+states = st.dictionaries(
+    any_text | any_text.map(Text) | st.integers() | st.booleans() | st.none(), values, max_size=12
+)
 
 
 def encoded(transcoder: Transcoder, obj: Any) -> tuple[str, Any]:
@@ -93,6 +128,7 @@ def encoded(transcoder: Transcoder, obj: Any) -> tuple[str, Any]:
 @example({"text": '\x00\x1f\x7f\u2028\u2029/\\"é𝄞'})
 @example({"text": "\ud800"})
 @example({"id": UUID(int=1), "status": Colour.RED, "ref": Text("x")})
+@example({"level": Level.HIGH, "when": Moment(2026, 1, 1, tzinfo=UTC), Text("k"): 1, True: 2})
 def test_an_event_state_is_encoded_to_the_library_s_very_bytes(state: dict[Any, Any]) -> None:
     assert encoded(OURS, state) == encoded(LIBRARY, state)
 
@@ -183,3 +219,46 @@ def test_an_encoded_state_holds_no_more_memory_than_its_bytes() -> None:
     finally:
         tracemalloc.stop()
     assert held < 1000 * (len(kept[0]) + 200), held
+
+
+def test_the_ledger_s_events_take_orjson_s_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the faster encoder is for: every kind of the ledger's events is
+    written without the library's encoder (which would be right, but slow)."""
+    events = transfer_events()
+    library = [Mapper[UUID](OURS).to_stored_event(e) for e in events]
+
+    def refused(self: JSONTranscoder, obj: Any) -> bytes:
+        raise AssertionError(f"the library's encoder was asked for {obj!r}")
+
+    monkeypatch.setattr(JSONTranscoder, "encode", refused)
+    assert [Mapper[UUID](OURS).to_stored_event(e) for e in events] == library
+
+
+def test_another_datetime_transcoding_is_left_to_the_library() -> None:
+    """orjson would write another transcoding's data (a float here) its own
+    way: with one registered for datetimes, datetimes go the library's way."""
+    assert orjson.dumps(1.7e-6) != json.dumps(1.7e-6).encode()
+    library, ours = JSONTranscoder(), EventTranscoder()
+    for transcoder in (library, ours):
+        transcoder.register(Petaseconds())
+    state = {"when": datetime(2026, 1, 1, 0, 0, 0, 100_001, tzinfo=UTC), "n": 1}
+    assert ours.encode(state) == library.encode(state)
+    assert encoded(ours, {"n": 1}) == encoded(library, {"n": 1})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [datetime(2026, 1, 1, tzinfo=UTC), Moment(2026, 1, 1), Text("x"), Petaseconds()],
+    ids=["datetime", "datetime subclass", "str subclass", "other object"],
+)
+def test_a_document_value_json_dumps_refuses_is_refused(value: Any) -> None:
+    document = {"events": [["ab", 1, "t", value]]}
+    try:
+        expected: tuple[str, Any] = ("values", json.loads(json.dumps(document)))
+    except TypeError as error:
+        expected = ("error", type(error))
+    try:
+        ours: tuple[str, Any] = ("values", json.loads(dumps_document(document)))
+    except TypeError as error:
+        ours = ("error", type(error))
+    assert ours == expected
