@@ -1,6 +1,6 @@
 """The tamper-evidence chain: one link per event, in log order, made in the
 same transaction as the event (since migration 0012; on PostgreSQL by
-`ledger_append` itself, migration 0018).
+`ledger_append` itself, migrations 0018 and 0019).
 
     link(position) = sha256(link(previous position) || position || transfer id
                             || version || topic || state)
@@ -80,7 +80,7 @@ class InlineLinks:
         _link_after_head(cursor, self.db, zip(appended.positions, appended.events, strict=True))
 
     def arguments(self, appended: Appended) -> dict[str, Any]:
-        # PostgreSQL links in SQL (ledger_append, as migration 0018 defines
+        # PostgreSQL links in SQL (ledger_append, as migrations 0018 and 0019 define
         # it), where the events' positions are.
         return {"link": True}
 
@@ -343,7 +343,7 @@ _LINKED: Final = ("linked", "edited", "after_gap")
 # verify_chain in one statement. Each link is recomputed from the STORED link
 # before it (lag), exactly as verify_chain does, so no recursion is needed and
 # every tampered position shows on its own. The hash is chain.link() in SQL,
-# as ledger_append (migration 0018) makes it. Every position is one of: linked (its
+# as ledger_append (migrations 0018 and 0019) makes it. Every position is one of: linked (its
 # link holds), edited (it does not), after_gap (its link's number does not
 # follow the one before: links are missing there), deleted (a link without
 # its event) or unlinked (an event without a link). `checked` is materialized:

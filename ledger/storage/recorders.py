@@ -159,10 +159,10 @@ class AppendHook(Protocol):
 
     On SQLite the recorder calls `after_insert`, which runs the hook's
     statements in the append's transaction. On PostgreSQL an append is one
-    call of `ledger_append` (migrations 0017, 0018), which does it all in SQL:
+    call of `ledger_append` (migrations 0017 to 0019), which does it all in SQL:
     the recorder asks each hook for its part of the function's document
-    (`arguments`, JSON-ready), or raises what the hook raises (a row that
-    cannot be stored) before anything is sent."""
+    (`arguments`: str, int, bool and None, in lists and dicts), or raises what
+    the hook raises (a row that cannot be stored) before anything is sent."""
 
     def after_insert(self, cursor: Cursor, appended: Appended) -> None: ...
 
@@ -211,7 +211,7 @@ class StatementsSQLiteRecorder(SQLiteApplicationRecorder):
 
 class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
     """The library's PostgreSQL application recorder, appending through one
-    call of `ledger_append` (migrations 0017, 0018) instead of the library's
+    call of `ledger_append` (migrations 0017 to 0019) instead of the library's
     statements.
 
     Everything that makes an append safe is kept, in the function: the

@@ -6,11 +6,12 @@
 -- loop; they are now gathered into arrays and inserted together after it. The
 -- rows, the bytes hashed and the seq numbers are 0018's. An import's
 -- 2,000-event append is about 2.5 microseconds an event quicker on the server
--- (33.2 against 30.7, the median of seven alternating runs of one document,
--- rolled back); a one-event append (the API's) costs the same (0.441 against
--- 0.445 ms, the median of eight alternating runs of 250 appends, within their
--- spread). Everything else is 0017's and 0018's, unchanged: read their
--- headers for the document and the order of the locks.
+-- (33.2 microseconds an event before, 30.7 after: the median of seven
+-- alternating runs of one document, rolled back); a one-event append (the
+-- API's) costs the same (0.441 ms before, 0.445 after: the median of eight
+-- alternating runs of 250 appends, each within the other's spread).
+-- Everything else is 0017's and 0018's, unchanged: read their headers for
+-- the document and the order of the locks.
 
 CREATE OR REPLACE FUNCTION ledger_append(appended jsonb) RETURNS bigint[]
     LANGUAGE plpgsql AS $$

@@ -1,5 +1,5 @@
-"""PostgreSQL's ledger_append (migration 0017, and 0018 after it) takes each read row as a JSON
-array of values by position: its INSERT's column list must be the order the
+"""PostgreSQL's ledger_append (migration 0017, and 0018 and 0019 after it) takes each read
+row as a JSON array of values by position: its INSERT's column list must be the order the
 inline projection sends them in (ledger.views.COLUMNS), and the values sent
 must be the projection's row of the transfer."""
 
