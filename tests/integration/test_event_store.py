@@ -79,7 +79,9 @@ def test_saving_transfers_records_what_the_library_s_own_save_records(
 ) -> None:
     """Transfers.save collects the events itself (the library's save asks two
     runtime-checked Protocols of every object): two transfers saved at once
-    give the same recordings, stored events and rows as Application.save."""
+    are recorded as Application.save records two others (their events in the
+    same order, with notification ids in log order), and each is stored and
+    has its row."""
     with Ledger.open(migrated_url) as ledger:
         ours = [a_new_transfer(order_ref=f"ours-{i}") for i in range(2)]
         theirs = [a_new_transfer(order_ref=f"theirs-{i}") for i in range(2)]
@@ -92,10 +94,13 @@ def test_saving_transfers_records_what_the_library_s_own_save_records(
         saved = ledger.transfers.save(*ours)
         library = Application.save(ledger.transfers, *theirs, aggregates=theirs)
 
-        assert [
-            (r.domain_event.originator_id, r.domain_event.originator_version) for r in saved
-        ] == [(t.id, v) for t in ours for v in (1, 2)]
-        assert len(library) == len(saved) == 4
+        for recordings, transfers in ((saved, ours), (library, theirs)):
+            assert [
+                (r.domain_event.originator_id, r.domain_event.originator_version)
+                for r in recordings
+            ] == [(t.id, v) for t in transfers for v in (1, 2)]
+            ids = [r.notification.id for r in recordings]
+            assert ids == sorted(ids) and len(set(ids)) == 4
         for transfer in ours + theirs:
             assert not transfer.pending_events
             assert ledger.transfers.get(transfer.id) == transfer
