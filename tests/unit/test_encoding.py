@@ -147,29 +147,49 @@ def test_decoding_is_the_library_s(value: Any) -> None:
 
 
 def transfer_events() -> list[Any]:
-    """A transfer's every kind of event, and imported ones of every status."""
-    paid = a_new_transfer()
-    paid.record_payout_failed(
+    """Events of every kind the domain has, and imported ones of every status."""
+    payout, waited, admin, refused = (a_new_transfer(f"order-{n}") for n in range(4))
+    payout.record_payout_failed(
         error="card_declined",
         next_retry_at=datetime(2026, 12, 8, tzinfo=UTC),
         actor="system:payout-manager",
         caused_by=None,
     )
-    paid.record_payout_succeeded(stripe_transfer_id="tr_1", actor="system:x", caused_by="p:1")
-    paid.request_reversal(request_ref="re_1", amount=700, actor="support", reason="refund é")
-    paid.record_reversed(
+    payout.record_payout_succeeded(stripe_transfer_id="tr_1", actor="system:x", caused_by="p:1")
+    payout.request_reversal(request_ref="re_1", amount=700, actor="support", reason="refund é")
+    payout.record_reversal_attempt_failed(
+        error="timeout", next_retry_at=datetime(2026, 12, 9, tzinfo=UTC), actor="s", caused_by=None
+    )
+    payout.record_reversed(
         stripe_reversal_id="trr_1", amount_reversed=700, actor="system:y", caused_by="r:3"
     )
-    events = list(paid.pending_events)
+    waited.record_payout_waiting(error="balance_insufficient", actor="s", caused_by=None)
+    waited.record_payout_failed(error="declined", next_retry_at=None, actor="s", caused_by=None)
+    waited.record_payout_permanently_failed(error="account closed", actor="s", caused_by=None)
+    admin.set_status_by_admin("completed", actor="alice@example.com", reason="paid by hand")
+    refused.record_payout_succeeded(stripe_transfer_id="tr_2", actor="s", caused_by=None)
+    refused.request_reversal(request_ref="re_2", amount=None, actor="support", reason=None)
+    refused.record_reversal_permanently_failed(error="no balance", actor="s", caused_by=None)
+    events = [e for t in (payout, waited, admin, refused) for e in t.pending_events]
     for status in ("pending", "completed", "failed", "reversal_pending", "reversed"):
         events.extend(an_imported_transfer(status=status).pending_events)
     return events
 
 
+# Every kind of event the domain defines (its bases aside).
+EVENT_KINDS = {
+    kind
+    for kind in vars(Transfer).values()
+    if isinstance(kind, type)
+    and issubclass(kind, Transfer.Event)
+    and kind not in (Transfer.Event, Transfer.StatusChanged)
+}
+
+
 def test_every_kind_of_the_ledger_s_events_is_stored_as_the_library_stores_it() -> None:
     ours, library = Mapper[UUID](OURS), Mapper[UUID](LIBRARY)
     events = transfer_events()
-    assert {type(e) for e in events} >= {Transfer.Created, Transfer.Imported, Transfer.Reversed}
+    assert {type(e) for e in events} == EVENT_KINDS and len(EVENT_KINDS) == 11
     for event in events:
         stored = ours.to_stored_event(event)
         assert stored == library.to_stored_event(event)
