@@ -13,6 +13,7 @@ from contextlib import closing, contextmanager
 from typing import Any, Final
 
 import psycopg
+from eventsourcing import persistence
 from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
 from eventsourcing.postgres import PostgresDatastore
 
@@ -43,6 +44,35 @@ def pool_checked_on_connection_loss(datastore: PostgresDatastore) -> Iterator[No
         with contextlib.suppress(Exception):
             datastore.pool.check()
         raise
+
+
+def as_library_error(error: psycopg.Error, datastore: PostgresDatastore) -> PersistenceError:
+    """psycopg's error as the eventsourcing library's class for it, exactly
+    as `PostgresDatastore.get_connection` maps them (its callers, the
+    library's retry among them, catch those classes), raise it `from` the
+    original (is_version_conflict reads the cause). On a lost connection the
+    pool first checks its idle connections, as
+    pool_checked_on_connection_loss does."""
+    if isinstance(error, psycopg.InterfaceError | psycopg.OperationalError):
+        with contextlib.suppress(Exception):
+            datastore.pool.check()
+    for driver_class, library_class in _LIBRARY_ERRORS:
+        if isinstance(error, driver_class):
+            return library_class(str(error))
+    return PersistenceError(str(error))
+
+
+# In the order PostgresDatastore.get_connection tries them (subclasses first).
+_LIBRARY_ERRORS: Final[tuple[tuple[type[psycopg.Error], type[PersistenceError]], ...]] = (
+    (psycopg.InterfaceError, InterfaceError),
+    (psycopg.OperationalError, OperationalError),
+    (psycopg.DataError, persistence.DataError),
+    (psycopg.IntegrityError, persistence.IntegrityError),
+    (psycopg.InternalError, persistence.InternalError),
+    (psycopg.ProgrammingError, persistence.ProgrammingError),
+    (psycopg.NotSupportedError, persistence.NotSupportedError),
+    (psycopg.DatabaseError, persistence.DatabaseError),
+)
 
 
 def is_version_conflict(error: BaseException) -> bool:

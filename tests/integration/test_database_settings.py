@@ -11,11 +11,13 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from ledger.application import ConcurrentUpdate
 from ledger.bootstrap import migrate_database
 from ledger.errors import DatabaseUnavailable
+from ledger.storage import FunctionAppendPostgresRecorder, is_version_conflict
+from ledger.storage.recorders import _Lent
 from tests.e2e.support import assert_one_line_error, run_script, script_result
 from tests.ledgers import Ledger
 from tests.system.world import World, ledger_matches_stripe, new_world, running_simulator
@@ -77,6 +79,60 @@ def test_the_pool_lends_the_connection_returned_last(migrated_postgres_url: str)
         assert nested != held
         # `held` went back last: it is lent next, and again and again.
         assert [_backend_pid(ledger) for _ in range(6)] == [held] * 6
+
+
+@pytest.mark.parametrize(
+    "driver_error",
+    [
+        psycopg.InterfaceError,
+        psycopg.OperationalError,
+        psycopg.DataError,
+        psycopg.errors.NumericValueOutOfRange,
+        psycopg.IntegrityError,
+        psycopg.errors.UniqueViolation,
+        psycopg.InternalError,
+        psycopg.ProgrammingError,
+        psycopg.errors.UndefinedTable,
+        psycopg.NotSupportedError,
+        psycopg.DatabaseError,
+        psycopg.errors.QueryCanceled,
+        psycopg.Error,
+    ],
+)
+def test_the_recorder_raises_the_library_s_error_classes_as_the_library_does(
+    migrated_postgres_url: str, driver_error: type[psycopg.Error]
+) -> None:
+    """The recorder lends its connections itself (storage.recorders._Lent),
+    not through the library's `get_connection`, and maps psycopg's errors
+    with `as_library_error`: the class the library's own lending raises for
+    each, raised from the driver's error (is_version_conflict reads it)."""
+    with Ledger.open(migrated_postgres_url) as ledger:
+        recorder = ledger.transfers.recorder
+        assert isinstance(recorder, FunctionAppendPostgresRecorder)
+        with pytest.raises(PersistenceError) as library, recorder.datastore.get_connection():
+            raise driver_error("refused")
+        with pytest.raises(PersistenceError) as ours, _Lent(recorder.datastore):
+            raise driver_error("refused")
+    assert type(ours.value) is type(library.value)
+    assert str(ours.value) == str(library.value) == "refused"
+    assert isinstance(ours.value.__cause__, driver_error)
+
+
+def test_an_append_that_meets_another_writer_s_version_is_a_version_conflict(
+    database_url: str,
+) -> None:
+    world = _migrated_world(database_url)
+    transfer_id = world.create("order-conflict")
+    with world.ledger() as ledger:
+        stale = ledger.transfers.get(transfer_id)
+        ledger.transfers.change(
+            transfer_id, lambda t: t.set_status_by_admin("failed", actor="alice", reason="r")
+        )
+        stale.set_status_by_admin("failed", actor="bob", reason="r")
+        with pytest.raises(IntegrityError) as raised:
+            ledger.transfers.save(stale)
+        assert is_version_conflict(raised.value)
+        assert ledger.transfers.get(transfer_id).version == stale.version
 
 
 def test_verify_full_with_a_missing_root_certificate_is_refused(
