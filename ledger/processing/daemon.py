@@ -56,6 +56,10 @@ SQLITE_POLL_SECONDS: Final = 0.1
 # whose time has come.
 POSTGRES_POLL_SECONDS: Final = 1.0
 SHUTDOWN_GRACE_SECONDS: Final = 5.0
+# Stopping waits this long at most for a heartbeat under way to end (its
+# statements, each bounded by the pool's timeout) before the daemon writes
+# its last rows and its caller closes the database.
+HEARTBEAT_END_SECONDS: Final = 30.0
 # While workers are busy, the loop takes at most one turn per this long. An idle
 # daemon still answers a NOTIFY at once.
 BUSY_TURN_SECONDS: Final = 0.02
@@ -152,11 +156,12 @@ class Daemon:
                 target=self._worker, name=f"ledger-worker-{number}", daemon=True
             ).start()
         beating = threading.Event()
+        beater: threading.Thread | None = None
         if self.heartbeat is not None:
             self._turned_at = time.monotonic()
             self.heartbeat.follow(lambda: self._turned_at)
             self.heartbeat.start()
-            self.heartbeat.keep_beating(beating)
+            beater = self.heartbeat.keep_beating(beating)
         with self._alive(), self._listening():
             while not self.stop.is_set():
                 self._turned_at = time.monotonic()
@@ -195,6 +200,18 @@ class Daemon:
             self._hand_back_queued()
             self._drain()
         beating.set()
+        if beater is not None:
+            # A beat under way ends before the daemon goes on: its caller
+            # closes the database next, and on SQLite a connection closed
+            # under another thread's statement kills the process (signal 11,
+            # seen in test_failover). The heartbeat's stop row comes after it.
+            beater.join(HEARTBEAT_END_SECONDS)
+            if beater.is_alive():
+                log.warning(
+                    "stopping while a heartbeat is still under way (%.0f s): the database"
+                    " is slow or unreachable",
+                    HEARTBEAT_END_SECONDS,
+                )
         if self._database_reachable():
             with contextlib.suppress(Exception):
                 # What the last outcomes recorded, visible on exit.

@@ -208,6 +208,67 @@ def test_a_daemon_whose_loop_is_stuck_stops_beating_until_it_turns_again(
         assert not runner.is_alive()
 
 
+def test_a_stopping_daemon_returns_only_after_a_heartbeat_under_way_has_ended(
+    migrated_url: str,
+) -> None:
+    """The heartbeat beats in a thread of its own. Stopping, the daemon must
+    not return (its caller then closes the database) while a beat is still
+    running statements: on SQLite a connection closed under another thread's
+    statement kills the process with signal 11, which a daemon in
+    test_failover did. A beat is held here in its claim renewal, as a slow
+    statement would hold it, for at most two seconds."""
+    with running_simulator() as server:
+        world = new_world(migrated_url, server)
+        stop = threading.Event()
+        with world.ledger(pool_size=4) as ledger:
+            daemon = build_daemon(
+                ledger,
+                world.stripe_settings(),
+                world.policy(),
+                DaemonOptions(concurrency=2, heartbeat_seconds=0.2),
+                stop,
+            )
+            heartbeat = daemon.heartbeat
+            assert heartbeat is not None and heartbeat.renew is not None
+            renew = heartbeat.renew
+            in_beat = threading.Event()
+            order: list[str] = []
+
+            def slow_renew(now: datetime) -> int:
+                if not order:
+                    in_beat.set()
+                    threading.Event().wait(2.0)  # the slow statement
+                    order.append("beat ended")
+                return renew(now)
+
+            stopped = heartbeat.stopped
+
+            def recorded_stop() -> None:
+                order.append("stopped row")
+                stopped()
+
+            heartbeat.renew = slow_renew
+            heartbeat.stopped = recorded_stop  # type: ignore[method-assign]
+
+            def run() -> None:
+                daemon.run()
+                order.append("run returned")
+
+            runner = threading.Thread(target=run)
+            runner.start()
+            try:
+                wait_for(in_beat.is_set, timeout=20, what="a beat under way")
+                stop.set()
+                daemon.wake.set()
+                runner.join(timeout=30)
+            finally:
+                stop.set()
+                daemon.wake.set()
+                runner.join(timeout=30)
+            assert not runner.is_alive()
+    assert order == ["beat ended", "stopped row", "run returned"]
+
+
 def seen_at(world: World) -> datetime:
     with world.ledger() as ledger, ledger.db.transaction(write=False) as cursor:
         cursor.execute("SELECT seen_at FROM daemon_heartbeats")
