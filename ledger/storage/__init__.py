@@ -10,12 +10,12 @@ from ledger.storage.database import Database, Dialect
 from ledger.storage.failures import (
     DATA_ERRORS,
     DATABASE_FAILURES,
+    LentConnection,
     as_ledger_error,
     check_postgres_reachable,
     connection_lost,
     describe_database_error,
     is_version_conflict,
-    pool_checked_on_connection_loss,
     use_sqlite_wal,
 )
 from ledger.storage.recorders import (
@@ -39,6 +39,7 @@ __all__ = [
     "Dialect",
     "FunctionAppendPostgresRecorder",
     "LedgerPostgresFactory",
+    "LentConnection",
     "PreparedAppend",
     "PreparingRecorder",
     "Row",
@@ -49,6 +50,5 @@ __all__ = [
     "connection_lost",
     "describe_database_error",
     "is_version_conflict",
-    "pool_checked_on_connection_loss",
     "use_sqlite_wal",
 ]

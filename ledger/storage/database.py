@@ -29,7 +29,7 @@ from ledger.storage.cursors import (
     _PostgresCursor,
     _SQLiteCursor,
 )
-from ledger.storage.failures import POLL_SECONDS, pool_checked_on_connection_loss
+from ledger.storage.failures import POLL_SECONDS, LentConnection
 
 # From this many rows on, PostgreSQL upserts go through COPY (see Database.upsert).
 COPY_THRESHOLD: Final = 64
@@ -93,20 +93,13 @@ class Database:
             ):
                 yield _PostgresCursor(cursor)
 
-    @contextmanager
-    def _postgres_connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection. One that turns out lost (the server restarted,
-        a failover) has the pool check every connection it holds before the
-        error goes up, so that whoever tries again (the Python API once, the
-        daemon's next turn, Stripe's next delivery) gets a live one at once.
-        The pool does not check a connection each time it lends it: that
-        would cost a round trip on every command, and psycopg's pool waits
-        seconds between failed checks."""
-        with (
-            pool_checked_on_connection_loss(self._postgres),
-            self._postgres.get_connection() as conn,
-        ):
-            yield conn
+    def _postgres_connection(self) -> LentConnection:
+        """A pooled connection, as the event store's recorder lends them
+        (failures.LentConnection: the library's error classes, and the pool
+        checked when a connection turns out lost, so that whoever tries again
+        (the Python API once, the daemon's next turn, Stripe's next delivery)
+        gets a live one at once)."""
+        return LentConnection(self._postgres)
 
     def stream_stored_events(
         self, *, order: Literal["transfer", "log"] = "transfer", batch_size: int = 2000

@@ -15,11 +15,7 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
-from eventsourcing.postgres import (
-    PostgresApplicationRecorder,
-    PostgresDatastore,
-    PostgresFactory,
-)
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from eventsourcing.utils import Environment, retry
 from psycopg import Connection
@@ -28,7 +24,7 @@ from psycopg.rows import DictRow, tuple_row
 from ledger.failpoints import armed, failpoint
 from ledger.storage.cursors import Cursor, Statement, _SQLiteCursor
 from ledger.storage.encoding import dumps_document
-from ledger.storage.failures import as_library_error
+from ledger.storage.failures import LentConnection
 
 
 class LedgerPostgresFactory(PostgresFactory):
@@ -85,7 +81,7 @@ def _lend_most_recent_first(pool: object) -> None:
     something between kills idle connections (a firewall, the server's
     idle_session_timeout), a burst that reaches that deep meets a dead one:
     the statement fails as after a server restart, the pool checks every idle
-    connection (storage.failures.pool_checked_on_connection_loss) and the
+    connection (storage.failures.LentConnection) and the
     statement is tried again, as reads and appends are (the ledger does not
     ping a connection before lending it: a round trip a call, ledger.config).
     Against a firewall, TCP keepalives in the URL (`keepalives_idle=60`, which
@@ -107,39 +103,6 @@ def _lend_most_recent_first(pool: object) -> None:
             "the connection pool keeps its own order (first in, first out): this"
             " psycopg_pool does not keep its idle connections as the ledger expects"
         )
-
-
-class _Lent:
-    """A connection from the datastore's pool for one statement or one
-    transaction, as the library's `PostgresDatastore.get_connection` lends
-    it, with the same error classes raised, at half its cost (5 against 2.7
-    microseconds a lend, and a command lends twice). What that method does
-    besides, none of which the recorder needs: it opens the pool (opened
-    once, by LedgerPostgresFactory), registers composite types (the ledger
-    registers none), and ends the connection's transaction on the way out
-    (the recorder's connections are in autocommit, and its transactions are
-    `conn.transaction()` blocks that end themselves; the pool rolls back
-    whatever else comes back open).
-
-    On a lost connection the pool checks every idle connection before the
-    error goes up (failures.pool_checked_on_connection_loss says why)."""
-
-    __slots__ = ("_conn", "_datastore")
-
-    def __init__(self, datastore: PostgresDatastore) -> None:
-        self._datastore = datastore
-
-    def __enter__(self) -> Connection[DictRow]:
-        try:
-            self._conn: Connection[DictRow] = self._datastore.pool.getconn()
-        except psycopg.Error as error:
-            raise as_library_error(error, self._datastore) from error
-        return self._conn
-
-    def __exit__(self, kind: object, error: BaseException | None, _: object) -> None:
-        self._datastore.pool.putconn(self._conn)
-        if isinstance(error, psycopg.Error):
-            raise as_library_error(error, self._datastore) from error
 
 
 def _id_text(originator_id: UUID | str) -> str:
@@ -301,7 +264,7 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
         if document is None and not also_execute:
             return []
         failpoint("mid_append")
-        with _Lent(self.datastore) as conn:
+        with LentConnection(self.datastore) as conn:
             if document is not None and not also_execute and not armed("append_before_commit"):
                 # Autocommit: the one statement is the whole transaction.
                 appended = conn.cursor(row_factory=tuple_row)
@@ -347,7 +310,7 @@ class FunctionAppendPostgresRecorder(PostgresApplicationRecorder):
             statement = self._select_statement(*shape)
             self._select_statements[shape] = statement
         params = [p for p in (originator_id, gt, lte, limit) if p is not None]
-        with _Lent(self.datastore) as conn:
+        with LentConnection(self.datastore) as conn:
             rows = conn.cursor(row_factory=tuple_row).execute(statement, params, prepare=True)
             return [
                 StoredEvent(

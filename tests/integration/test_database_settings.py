@@ -16,8 +16,7 @@ from eventsourcing.persistence import IntegrityError, PersistenceError
 from ledger.application import ConcurrentUpdate
 from ledger.bootstrap import migrate_database
 from ledger.errors import DatabaseUnavailable
-from ledger.storage import FunctionAppendPostgresRecorder, is_version_conflict
-from ledger.storage.recorders import _Lent
+from ledger.storage import FunctionAppendPostgresRecorder, LentConnection, is_version_conflict
 from tests.e2e.support import assert_one_line_error, run_script, script_result
 from tests.ledgers import Ledger
 from tests.system.world import World, ledger_matches_stripe, new_world, running_simulator
@@ -102,7 +101,7 @@ def test_the_pool_lends_the_connection_returned_last(migrated_postgres_url: str)
 def test_the_recorder_raises_the_library_s_error_classes_as_the_library_does(
     migrated_postgres_url: str, driver_error: type[psycopg.Error]
 ) -> None:
-    """The recorder lends its connections itself (storage.recorders._Lent),
+    """The recorder lends its connections itself (storage.failures.LentConnection),
     not through the library's `get_connection`, and maps psycopg's errors
     with `as_library_error`: the class the library's own lending raises for
     each, raised from the driver's error (is_version_conflict reads it)."""
@@ -111,7 +110,7 @@ def test_the_recorder_raises_the_library_s_error_classes_as_the_library_does(
         assert isinstance(recorder, FunctionAppendPostgresRecorder)
         with pytest.raises(PersistenceError) as library, recorder.datastore.get_connection():
             raise driver_error("refused")
-        with pytest.raises(PersistenceError) as ours, _Lent(recorder.datastore):
+        with pytest.raises(PersistenceError) as ours, LentConnection(recorder.datastore):
             raise driver_error("refused")
     assert type(ours.value) is type(library.value)
     assert str(ours.value) == str(library.value) == "refused"
