@@ -52,6 +52,7 @@ class LedgerPostgresFactory(PostgresFactory):
         # open one more for it (each a server process, and a login). Once, here:
         # the library's own waiting open runs on every get_connection, and with
         # every connection lent out (a nested one) it would wait for a full pool.
+        # The ledger lends through failures.LentConnection, which opens nothing.
         timeout = float(self.env.get("POSTGRES_CONNECT_TIMEOUT") or 30)
         self.datastore.pool.open(wait=True, timeout=timeout)
 
