@@ -56,10 +56,11 @@ SQLITE_POLL_SECONDS: Final = 0.1
 # whose time has come.
 POSTGRES_POLL_SECONDS: Final = 1.0
 SHUTDOWN_GRACE_SECONDS: Final = 5.0
-# Stopping waits this long at most for a heartbeat under way to end (its
-# statements, each bounded by the pool's timeout) before the daemon writes
-# its last rows and its caller closes the database.
-HEARTBEAT_END_SECONDS: Final = 30.0
+# Stopping waits this long at most for a heartbeat under way to end before
+# the daemon writes its last rows and its caller closes the database. A
+# stopped beat runs no further statement: this is the one it is in, which
+# on SQLite may wait out the file's lock timeout (SQLITE_LOCK_TIMEOUT, 30 s).
+HEARTBEAT_END_SECONDS: Final = 45.0
 # While workers are busy, the loop takes at most one turn per this long. An idle
 # daemon still answers a NOTIFY at once.
 BUSY_TURN_SECONDS: Final = 0.02
@@ -162,6 +163,24 @@ class Daemon:
             self.heartbeat.follow(lambda: self._turned_at)
             self.heartbeat.start()
             beater = self.heartbeat.keep_beating(beating)
+        try:
+            self._loop()
+        finally:
+            beating.set()
+            self._wait_for_heartbeat(beater)
+        if self._database_reachable():
+            with contextlib.suppress(Exception):
+                # What the last outcomes recorded, visible on exit.
+                self.observer.events_projected(self.backend.catch_up())
+            if self.heartbeat is not None:
+                with contextlib.suppress(Exception):
+                    self.heartbeat.stopped()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _loop(self) -> None:
+        """Turns until stopped, then hands back queued work and gives calls
+        in flight their grace."""
         with self._alive(), self._listening():
             while not self.stop.is_set():
                 self._turned_at = time.monotonic()
@@ -199,28 +218,24 @@ class Daemon:
             self.stop.set()
             self._hand_back_queued()
             self._drain()
-        beating.set()
-        if beater is not None:
-            # A beat under way ends before the daemon goes on: its caller
-            # closes the database next, and on SQLite a connection closed
-            # under another thread's statement kills the process (signal 11,
-            # seen in test_failover). The heartbeat's stop row comes after it.
-            beater.join(HEARTBEAT_END_SECONDS)
-            if beater.is_alive():
-                log.warning(
-                    "stopping while a heartbeat is still under way (%.0f s): the database"
-                    " is slow or unreachable",
-                    HEARTBEAT_END_SECONDS,
-                )
-        if self._database_reachable():
-            with contextlib.suppress(Exception):
-                # What the last outcomes recorded, visible on exit.
-                self.observer.events_projected(self.backend.catch_up())
-            if self.heartbeat is not None:
-                with contextlib.suppress(Exception):
-                    self.heartbeat.stopped()
-        if self._fatal is not None:
-            raise self._fatal
+
+    def _wait_for_heartbeat(self, beater: threading.Thread | None) -> None:
+        """A beat under way ends before the daemon goes on: its caller closes
+        the database next, and on SQLite the library closes connections in
+        use, which kills the process (signal 11) when another thread is in a
+        statement on one (seen in test_failover). On PostgreSQL a connection
+        in use is closed only once handed back, so with the database gone
+        the daemon does not wait out the pool's timeout for the beat."""
+        if beater is None:
+            return
+        if self.backend.db.dialect != "sqlite" and not self._database_reachable():
+            return
+        beater.join(HEARTBEAT_END_SECONDS)
+        if beater.is_alive():
+            log.warning(
+                "stopping while a heartbeat is still under way after %.0f s: the database is slow",
+                HEARTBEAT_END_SECONDS,
+            )
 
     def dispatch(self) -> int:
         """Hand due work to free workers; returns how many items were handed out."""

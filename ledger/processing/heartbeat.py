@@ -110,20 +110,26 @@ class Heartbeat:
         it last did (time.monotonic())."""
         self._loop_turned = loop_turned
 
-    def beat(self) -> None:
+    def beat(self, stopping: threading.Event | None = None) -> None:
         """Writes at most every `interval` seconds; renews our claims first.
-        Neither while the loop it follows is stuck."""
+        Neither while the loop it follows is stuck. Once `stopping` is set,
+        no further statement: a stopping daemon waits for a beat under way,
+        and then only for the statement it is in."""
         if time.monotonic() - self._last < self.interval or self._loop_stuck():
             return
         now = self.clock()
         if self.renew is not None:
             self.renew(now)
+        if stopping is not None and stopping.is_set():
+            return
         paused = self.peers.paused_for() if self.peers is not None else 0.0
         limited_until = now + timedelta(seconds=paused) if paused > 0 else None
         self.db.execute_alone(
             "UPDATE daemon_heartbeats SET seen_at = ?, rate_limited_until = ? WHERE daemon_id = ?",
             (self.db.to_db_time(now), self.db.to_db_time(limited_until), self.daemon_id),
         )
+        if stopping is not None and stopping.is_set():
+            return
         self._share_rate(now)
         self._last = time.monotonic()
 
@@ -169,7 +175,7 @@ class Heartbeat:
             failing = False
             while not stop.wait(self.interval / 4):
                 try:
-                    self.beat()
+                    self.beat(stop)
                     if failing:
                         log.info("heartbeat: working again")
                     failing = False
