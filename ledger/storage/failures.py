@@ -17,6 +17,7 @@ from eventsourcing import persistence
 from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
 from eventsourcing.postgres import PostgresDatastore
 from psycopg import Connection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
 
 from ledger.errors import DatabaseError, DatabaseUnavailable, LedgerError, first_line
@@ -41,11 +42,12 @@ class LentConnection:
     it, with the same error classes raised (`as_library_error`), at half its
     cost: 2.7 against 5 microseconds a lend on this machine, and a command
     lends twice. What that method does besides, none of which the ledger
-    needs: it opens the pool (LedgerPostgresFactory opens it once), registers
-    composite types (the ledger registers none) and ends the connection's
-    transaction on the way out (the ledger's connections are in autocommit,
-    its transactions are `conn.transaction()` blocks that end themselves,
-    and the pool rolls back whatever else comes back open).
+    needs: it opens the pool (LedgerPostgresFactory opens it once) and
+    registers composite types (the ledger registers none). Like it, a
+    transaction left open is committed on the way out, rolled back after an
+    error (the pool does that); the ledger's connections are in autocommit
+    and its transactions are `conn.transaction()` blocks that end
+    themselves, so neither happens in practice.
 
     A connection that turns out lost (the server restarted, a failover) has
     the pool check every idle connection before the error goes up: after a
@@ -66,9 +68,22 @@ class LentConnection:
         return self._conn
 
     def __exit__(self, kind: object, error: BaseException | None, _: object) -> None:
-        self._datastore.pool.putconn(self._conn)
+        conn = self._conn
+        try:
+            if error is None and conn.pgconn.transaction_status == TransactionStatus.INTRANS:
+                # What the library's lend does with a transaction left open:
+                # commit it. Never so in the ledger (autocommit connections).
+                conn.commit()
+        except psycopg.Error as failed:
+            error = failed
+        finally:
+            self._datastore.pool.putconn(conn)
         if isinstance(error, psycopg.Error):
             raise as_library_error(error, self._datastore) from error
+        if isinstance(error, InterfaceError | OperationalError):
+            # The library's class already (a library call nested in the
+            # block lent its own connection): lost all the same.
+            _check_pool(self._datastore)
 
 
 def as_library_error(error: psycopg.Error, datastore: PostgresDatastore) -> PersistenceError:
@@ -78,15 +93,19 @@ def as_library_error(error: psycopg.Error, datastore: PostgresDatastore) -> Pers
     original (is_version_conflict reads the cause). On a lost connection the
     pool first checks its idle connections (LentConnection says why)."""
     if isinstance(error, psycopg.InterfaceError | psycopg.OperationalError):
-        with contextlib.suppress(Exception):
-            datastore.pool.check()
+        _check_pool(datastore)
     for driver_class, library_class in _LIBRARY_ERRORS:
         if isinstance(error, driver_class):
             return library_class(str(error))
     return PersistenceError(str(error))
 
 
-# In the order PostgresDatastore.get_connection tries them (subclasses first).
+def _check_pool(datastore: PostgresDatastore) -> None:
+    with contextlib.suppress(Exception):
+        datastore.pool.check()
+
+
+# In the order PostgresDatastore.get_connection tries them.
 _LIBRARY_ERRORS: Final[tuple[tuple[type[psycopg.Error], type[PersistenceError]], ...]] = (
     (psycopg.InterfaceError, InterfaceError),
     (psycopg.OperationalError, OperationalError),

@@ -6,12 +6,15 @@ own errors; the pool lends the connection returned last."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import psycopg
 import pytest
-from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.persistence import IntegrityError, OperationalError, PersistenceError
 
 from ledger.application import ConcurrentUpdate
 from ledger.bootstrap import migrate_database
@@ -98,10 +101,10 @@ def test_the_pool_lends_the_connection_returned_last(migrated_postgres_url: str)
         psycopg.Error,
     ],
 )
-def test_the_recorder_raises_the_library_s_error_classes_as_the_library_does(
+def test_a_lent_connection_raises_the_library_s_error_classes_as_the_library_does(
     migrated_postgres_url: str, driver_error: type[psycopg.Error]
 ) -> None:
-    """The recorder lends its connections itself (storage.failures.LentConnection),
+    """The ledger lends its connections itself (storage.failures.LentConnection),
     not through the library's `get_connection`, and maps psycopg's errors
     with `as_library_error`: the class the library's own lending raises for
     each, raised from the driver's error (is_version_conflict reads it)."""
@@ -115,6 +118,46 @@ def test_the_recorder_raises_the_library_s_error_classes_as_the_library_does(
     assert type(ours.value) is type(library.value)
     assert str(ours.value) == str(library.value) == "refused"
     assert isinstance(ours.value.__cause__, driver_error)
+
+
+def test_a_lent_connection_ends_a_transaction_left_open_as_the_library_does(
+    migrated_postgres_url: str,
+) -> None:
+    """Left open by a block that succeeded: committed; by one that failed:
+    rolled back. The ledger never leaves one open (autocommit connections,
+    `conn.transaction()` blocks), but lending must not change what would
+    happen if it did."""
+    with Ledger.open(migrated_postgres_url) as ledger:
+        recorder = ledger.transfers.recorder
+        assert isinstance(recorder, FunctionAppendPostgresRecorder)
+        datastore = recorder.datastore
+        with datastore.get_connection() as conn:
+            conn.execute("CREATE TABLE lent_probe (lender text, outcome text)")
+        lenders: dict[str, Callable[[], AbstractContextManager[psycopg.Connection[Any]]]] = {
+            "library": datastore.get_connection,
+            "ledger": lambda: LentConnection(datastore),
+        }
+        for lender, lend in lenders.items():
+            with lend() as conn:
+                conn.execute("BEGIN")
+                conn.execute("INSERT INTO lent_probe VALUES (%s, 'kept')", (lender,))
+            with pytest.raises(PersistenceError), lend() as conn:
+                conn.execute("BEGIN")
+                conn.execute("INSERT INTO lent_probe VALUES (%s, 'undone')", (lender,))
+                raise psycopg.DataError("refused")
+        with datastore.get_connection() as conn:
+            rows = conn.execute("SELECT lender, outcome FROM lent_probe ORDER BY 1").fetchall()
+    assert [(r["lender"], r["outcome"]) for r in rows] == [("ledger", "kept"), ("library", "kept")]
+
+
+def test_a_closed_pool_is_the_library_s_operational_error(migrated_postgres_url: str) -> None:
+    ledger = Ledger.open(migrated_postgres_url)
+    recorder = ledger.transfers.recorder
+    assert isinstance(recorder, FunctionAppendPostgresRecorder)
+    ledger.close()
+    with pytest.raises(OperationalError) as raised, LentConnection(recorder.datastore):
+        pass
+    assert isinstance(raised.value.__cause__, psycopg.OperationalError)
 
 
 def test_an_append_that_meets_another_writer_s_version_is_a_version_conflict(
