@@ -117,6 +117,8 @@ class Heartbeat:
         and then only for the statement it is in."""
         if time.monotonic() - self._last < self.interval or self._loop_stuck():
             return
+        if stopping is not None and stopping.is_set():
+            return
         now = self.clock()
         if self.renew is not None:
             self.renew(now)

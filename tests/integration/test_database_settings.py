@@ -10,16 +10,22 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
-from eventsourcing.persistence import IntegrityError, OperationalError, PersistenceError
+from eventsourcing.persistence import (
+    IntegrityError,
+    OperationalError,
+    PersistenceError,
+    StoredEvent,
+)
 
 from ledger.application import ConcurrentUpdate
 from ledger.bootstrap import migrate_database
 from ledger.errors import DatabaseUnavailable
 from ledger.storage import FunctionAppendPostgresRecorder, LentConnection, is_version_conflict
+from ledger.storage.recorders import _RecorderConnection
 from tests.e2e.support import assert_one_line_error, run_script, script_result
 from tests.ledgers import Ledger
 from tests.system.world import World, ledger_matches_stripe, new_world, running_simulator
@@ -158,6 +164,33 @@ def test_a_closed_pool_is_the_library_s_operational_error(migrated_postgres_url:
     with pytest.raises(OperationalError) as raised, LentConnection(recorder.datastore):
         pass
     assert isinstance(raised.value.__cause__, psycopg.OperationalError)
+
+
+def test_the_recorder_reuses_a_cursor_per_statement_and_a_failed_append_spoils_none(
+    migrated_postgres_url: str,
+) -> None:
+    """One connection (a pool of one): its cursor per statement is made once
+    and used again (storage.recorders._RecorderConnection); an append that
+    fails on the events' key leaves the next read and append right."""
+    with Ledger.open(migrated_postgres_url, pool_size=1) as ledger:
+        recorder = ledger.transfers.recorder
+        assert isinstance(recorder, FunctionAppendPostgresRecorder)
+        transfer_id = uuid4()
+        recorder.insert_events([StoredEvent(transfer_id, 1, "topic", b"\x01")])
+        assert [e.state for e in recorder.select_events(transfer_id)] == [b"\x01"]
+        with LentConnection(recorder.datastore) as conn:
+            assert isinstance(conn, _RecorderConnection)
+            cursors = dict(conn._cursors or {})
+        assert len(cursors) == 2  # the append's and the read's
+
+        with pytest.raises(IntegrityError) as raised:
+            recorder.insert_events([StoredEvent(transfer_id, 1, "topic", b"\x02")])
+        assert is_version_conflict(raised.value)
+        recorder.insert_events([StoredEvent(transfer_id, 2, "topic", b"\x03")])
+        assert [e.state for e in recorder.select_events(transfer_id)] == [b"\x01", b"\x03"]
+        with LentConnection(recorder.datastore) as conn:
+            assert isinstance(conn, _RecorderConnection)
+            assert conn._cursors == cursors
 
 
 def test_an_append_that_meets_another_writer_s_version_is_a_version_conflict(
