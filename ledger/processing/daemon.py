@@ -61,6 +61,10 @@ SHUTDOWN_GRACE_SECONDS: Final = 5.0
 # stopped beat runs no further statement: this is the one it is in, which
 # on SQLite may wait out the file's lock timeout (SQLITE_LOCK_TIMEOUT, 30 s).
 HEARTBEAT_END_SECONDS: Final = 45.0
+# On PostgreSQL a late beat harms nothing (a connection in use is closed
+# only once handed back): the wait only keeps a healthy beat before the
+# stop row, and must not add a pool timeout to a stop with the database gone.
+HEARTBEAT_END_SECONDS_POSTGRES: Final = 5.0
 # While workers are busy, the loop takes at most one turn per this long. An idle
 # daemon still answers a NOTIFY at once.
 BUSY_TURN_SECONDS: Final = 0.02
@@ -224,17 +228,19 @@ class Daemon:
         the database next, and on SQLite the library closes connections in
         use, which kills the process (signal 11) when another thread is in a
         statement on one (seen in test_failover). On PostgreSQL a connection
-        in use is closed only once handed back, so with the database gone
-        the daemon does not wait out the pool's timeout for the beat."""
+        in use is closed only once handed back: the daemon waits a little,
+        and not at all with the database gone."""
         if beater is None:
             return
-        if self.backend.db.dialect != "sqlite" and not self._database_reachable():
+        sqlite = self.backend.db.dialect == "sqlite"
+        if not sqlite and not self._database_reachable():
             return
-        beater.join(HEARTBEAT_END_SECONDS)
+        bound = HEARTBEAT_END_SECONDS if sqlite else HEARTBEAT_END_SECONDS_POSTGRES
+        beater.join(bound)
         if beater.is_alive():
             log.warning(
                 "stopping while a heartbeat is still under way after %.0f s: the database is slow",
-                HEARTBEAT_END_SECONDS,
+                bound,
             )
 
     def dispatch(self) -> int:
