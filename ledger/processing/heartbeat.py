@@ -50,6 +50,8 @@ FORGET_AFTER: Final = timedelta(days=7)
 # for stuck (a catch-up this long) only loses its claims: a try is sent only
 # while its claim holds.
 STUCK_AFTER_SECONDS: Final = 120.0
+# Never set: a beat nobody stops (Heartbeat.beat's default).
+_NEVER: Final = threading.Event()
 
 
 class Heartbeat:
@@ -110,19 +112,19 @@ class Heartbeat:
         it last did (time.monotonic())."""
         self._loop_turned = loop_turned
 
-    def beat(self, stopping: threading.Event | None = None) -> None:
+    def beat(self, stopping: threading.Event = _NEVER) -> None:
         """Writes at most every `interval` seconds; renews our claims first.
         Neither while the loop it follows is stuck. Once `stopping` is set,
         no further statement: a stopping daemon waits for a beat under way,
         and then only for the statement it is in."""
         if time.monotonic() - self._last < self.interval or self._loop_stuck():
             return
-        if stopping is not None and stopping.is_set():
+        if stopping.is_set():
             return
         now = self.clock()
         if self.renew is not None:
             self.renew(now)
-        if stopping is not None and stopping.is_set():
+        if stopping.is_set():
             return
         paused = self.peers.paused_for() if self.peers is not None else 0.0
         limited_until = now + timedelta(seconds=paused) if paused > 0 else None
@@ -130,7 +132,7 @@ class Heartbeat:
             "UPDATE daemon_heartbeats SET seen_at = ?, rate_limited_until = ? WHERE daemon_id = ?",
             (self.db.to_db_time(now), self.db.to_db_time(limited_until), self.daemon_id),
         )
-        if stopping is not None and stopping.is_set():
+        if stopping.is_set():
             return
         self._share_rate(now)
         self._last = time.monotonic()

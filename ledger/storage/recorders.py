@@ -90,12 +90,9 @@ def _executed(
     conn: Connection[DictRow], statement: str, params: Sequence[Any]
 ) -> psycopg.cursor.Cursor[TupleRow]:
     """`statement`, prepared, run on the connection's cursor of tuples for
-    it (a new cursor on a connection some other pool made)."""
-    if isinstance(conn, _RecorderConnection):
-        cursor = conn.tuples(statement)
-    else:
-        cursor = conn.cursor(row_factory=tuple_row)
-    return cursor.execute(statement, params, prepare=True)
+    it."""
+    assert isinstance(conn, _RecorderConnection)  # LedgerPostgresFactory's pool makes them
+    return conn.tuples(statement).execute(statement, params, prepare=True)
 
 
 def _no_type_adapters() -> None:
